@@ -1,0 +1,83 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+/// Swell: a CSI block-storage driver that grows volumes online.
+let package = Package(
+  name: "swell",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "swell", targets: ["swell"])
+  ],
+  dependencies: [
+    .package(url: "https://github.com/grpc/grpc-swift-2.git", exact: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", exact: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", exact: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
+    .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+    .package(url: "https://github.com/swiftlang/swift-subprocess.git", exact: "1.0.2", traits: []),
+  ],
+  targets: [
+    // Generated from proto/csi.proto by scripts/gen-proto.sh; never edited by hand.
+    .target(
+      name: "CSIProto",
+      dependencies: [
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+      ]
+    ),
+    // The host: commands as argv arrays, mounts, loop devices, filesystems.
+    .target(
+      name: "SwellHost",
+      dependencies: [
+        .product(name: "Subprocess", package: "swift-subprocess"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    // Backends behind one protocol; the loop-file backend.
+    .target(
+      name: "SwellStorage",
+      dependencies: ["SwellHost"]
+    ),
+    // The CSI services, the error mapping, locks and the server.
+    .target(
+      name: "SwellDriver",
+      dependencies: [
+        "CSIProto", "SwellHost", "SwellStorage",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
+    // A CSI client over a unix socket, for the CLI, the demo and the tests.
+    .target(
+      name: "SwellClient",
+      dependencies: [
+        "CSIProto",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+      ]
+    ),
+    .executableTarget(
+      name: "swell",
+      dependencies: [
+        "SwellDriver", "SwellClient", "SwellHost", "SwellStorage", "CSIProto",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    .testTarget(
+      name: "SwellUnitTests",
+      dependencies: ["SwellDriver", "SwellStorage", "SwellHost", "CSIProto"]
+    ),
+    .testTarget(
+      name: "SwellIntegrationTests",
+      dependencies: ["SwellDriver", "SwellClient", "SwellStorage", "SwellHost", "CSIProto"]
+    ),
+  ]
+)

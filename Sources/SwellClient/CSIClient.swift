@@ -1,0 +1,63 @@
+import CSIProto
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+
+/// A CSI client for a plugin on a unix socket: the three services over one connection.
+public struct CSIClient: Sendable {
+  public typealias Transport = HTTP2ClientTransport.Posix
+  public let identity: Csi_V1_Identity.Client<Transport>
+  public let controller: Csi_V1_Controller.Client<Transport>
+  public let node: Csi_V1_Node.Client<Transport>
+
+  init(_ client: GRPCClient<Transport>) {
+    identity = .init(wrapping: client)
+    controller = .init(wrapping: client)
+    node = .init(wrapping: client)
+  }
+}
+
+/// Connects to the plugin at `socketPath`, runs `body`, then closes the connection.
+public func withCSIClient<Result: Sendable>(
+  socketPath: String, _ body: (CSIClient) async throws -> Result
+) async throws -> Result {
+  var config = HTTP2ClientTransport.Posix.Config.defaults
+  config.connection.flushCoalescing = nil
+  let transport = try HTTP2ClientTransport.Posix(
+    target: .unixDomainSocket(path: socketPath), transportSecurity: .plaintext, config: config)
+  return try await withGRPCClient(transport: transport) { client in
+    try await body(CSIClient(client))
+  }
+}
+
+/// Small builders for the requests a CO sends, shared by the CLI, the demo and the tests.
+public enum CSIRequests {
+  public static func mountCapability(
+    fsType: String = "ext4", mode: Csi_V1_VolumeCapability.AccessMode.Mode = .singleNodeWriter,
+    flags: [String] = []
+  ) -> Csi_V1_VolumeCapability {
+    .with {
+      $0.mount = .with {
+        $0.fsType = fsType
+        $0.mountFlags = flags
+      }
+      $0.accessMode.mode = mode
+    }
+  }
+
+  public static func blockCapability(
+    mode: Csi_V1_VolumeCapability.AccessMode.Mode = .singleNodeWriter
+  ) -> Csi_V1_VolumeCapability {
+    .with {
+      $0.block = .init()
+      $0.accessMode.mode = mode
+    }
+  }
+
+  public static func create(name: String, bytes: Int64, capability: Csi_V1_VolumeCapability) -> Csi_V1_CreateVolumeRequest {
+    .with {
+      $0.name = name
+      $0.capacityRange.requiredBytes = bytes
+      $0.volumeCapabilities = [capability]
+    }
+  }
+}

@@ -1,0 +1,256 @@
+import CSIProto
+import GRPCCore
+import SwellHost
+import SwellStorage
+
+/// The CSI Controller service: volumes made, grown, listed and removed.
+///
+/// Every handler reads the same way: check arguments, lock the volume, act through the backend
+/// (whose methods are idempotent), respond.
+public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
+  let config: DriverConfig
+  let backend: any ControllerBackend
+  let locks = VolumeLocks()
+
+  public init(config: DriverConfig, backend: any ControllerBackend) {
+    self.config = config
+    self.backend = backend
+  }
+
+  public func createVolume(
+    request: Csi_V1_CreateVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_CreateVolumeResponse {
+    try Names.validateVolumeID(request.name, field: "name")
+    let access = try Validation.access(request.volumeCapabilities)
+    try Validation.parameters(request.parameters)
+    if request.hasVolumeContentSource {
+      throw SwellError.invalid("volume_content_source is not supported: Swell makes no snapshots or clones yet")
+    }
+    if !request.mutableParameters.isEmpty {
+      throw SwellError.invalid("mutable_parameters are not supported")
+    }
+    let size = try Capacity.resolve(
+      required: request.capacityRange.requiredBytes, limit: request.capacityRange.limitBytes,
+      granularity: backend.granularity, defaultBytes: config.defaultVolumeBytes, maximum: backend.maximumBytes)
+    if request.hasAccessibilityRequirements {
+      try Validation.accessibility(request.accessibilityRequirements, config: config)
+    }
+    let spec = VolumeSpec(
+      id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
+      limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType)
+    let record = try await locks.withLock(request.name) { try await backend.create(spec) }
+    return .with { $0.volume = csiVolume(record) }
+  }
+
+  public func deleteVolume(
+    request: Csi_V1_DeleteVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_DeleteVolumeResponse {
+    try Names.validateVolumeID(request.volumeID)
+    try await locks.withLock(request.volumeID) { try await backend.delete(request.volumeID) }
+    return .init()
+  }
+
+  public func controllerExpandVolume(
+    request: Csi_V1_ControllerExpandVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_ControllerExpandVolumeResponse {
+    try Names.validateVolumeID(request.volumeID)
+    guard request.hasCapacityRange else { throw SwellError.invalid("capacity_range is missing") }
+    let required = request.capacityRange.requiredBytes
+    let limit = request.capacityRange.limitBytes
+    guard required >= 0, limit >= 0 else { throw SwellError.invalid("capacity_range must not be negative") }
+    guard required > 0 else { throw SwellError.invalid("capacity_range.required_bytes must be set") }
+    guard let target = Capacity.roundUp(required, to: backend.granularity), target <= backend.maximumBytes else {
+      throw SwellError(.outOfRange, "required_bytes \(required) exceeds the largest volume (\(backend.maximumBytes) bytes)")
+    }
+    if limit > 0, target > limit {
+      throw SwellError(.outOfRange, "required_bytes \(required) rounds up to \(target), over limit_bytes \(limit)")
+    }
+    if request.hasVolumeCapability { _ = try Validation.access(request.volumeCapability) }
+    let record = try await locks.withLock(request.volumeID) {
+      try await backend.expand(request.volumeID, to: target)
+    }
+    return .with {
+      $0.capacityBytes = record.capacityBytes
+      // A loop device must be told of the new size on its node, and a filesystem grown there.
+      $0.nodeExpansionRequired = true
+    }
+  }
+
+  public func validateVolumeCapabilities(
+    request: Csi_V1_ValidateVolumeCapabilitiesRequest, context: ServerContext
+  ) async throws -> Csi_V1_ValidateVolumeCapabilitiesResponse {
+    try Names.validateVolumeID(request.volumeID)
+    guard !request.volumeCapabilities.isEmpty else { throw SwellError.invalid("volume_capabilities is missing") }
+    guard let record = try await backend.volume(request.volumeID) else {
+      throw SwellError.notFound("volume \(request.volumeID) does not exist")
+    }
+    do {
+      try Validation.parameters(request.parameters)
+      let access = try Validation.access(request.volumeCapabilities)
+      if access.kind != record.access {
+        return .with { $0.message = "volume \(record.id) is a \(record.access.rawValue) volume, not \(access.kind.rawValue)" }
+      }
+      if !record.fsType.isEmpty, !access.fsType.isEmpty, record.fsType != access.fsType {
+        return .with { $0.message = "volume \(record.id) was created for \(record.fsType), not \(access.fsType)" }
+      }
+    } catch let error as SwellError where error.kind == .invalidArgument {
+      return .with { $0.message = error.message }
+    }
+    return .with {
+      $0.confirmed = .with {
+        $0.volumeContext = request.volumeContext
+        $0.volumeCapabilities = request.volumeCapabilities
+        $0.parameters = request.parameters
+      }
+    }
+  }
+
+  public func listVolumes(
+    request: Csi_V1_ListVolumesRequest, context: ServerContext
+  ) async throws -> Csi_V1_ListVolumesResponse {
+    guard request.maxEntries >= 0 else { throw SwellError.invalid("max_entries must not be negative") }
+    var volumes = try await backend.list()
+    if !request.startingToken.isEmpty {
+      guard let after = ListToken.decode(request.startingToken) else {
+        throw SwellError(.aborted, "starting_token \(request.startingToken.debugDescription) is not one this plugin issued")
+      }
+      volumes = volumes.filter { $0.id >= after }
+    }
+    let page = request.maxEntries > 0 ? Array(volumes.prefix(Int(request.maxEntries))) : volumes
+    var entries: [Csi_V1_ListVolumesResponse.Entry] = []
+    for record in page {
+      let health = await backend.health(record.id)
+      entries.append(.with {
+        $0.volume = csiVolume(record)
+        $0.status.volumeCondition = csiCondition(health)
+      })
+    }
+    return .with {
+      $0.entries = entries
+      if page.count < volumes.count { $0.nextToken = ListToken.encode(volumes[page.count].id) }
+    }
+  }
+
+  public func getCapacity(
+    request: Csi_V1_GetCapacityRequest, context: ServerContext
+  ) async throws -> Csi_V1_GetCapacityResponse {
+    if !request.volumeCapabilities.isEmpty, (try? Validation.access(request.volumeCapabilities)) == nil {
+      return .init()  // no capacity for volumes this driver cannot make
+    }
+    if request.hasAccessibleTopology, !Validation.topology(request.accessibleTopology, fits: config) {
+      return .init()
+    }
+    let available = Capacity.roundDown(try await backend.availableBytes(), to: backend.granularity)
+    return .with {
+      $0.availableCapacity = available
+      $0.maximumVolumeSize = .with { $0.value = min(available, backend.maximumBytes) }
+      $0.minimumVolumeSize = .with { $0.value = backend.granularity }
+    }
+  }
+
+  public func controllerGetCapabilities(
+    request: Csi_V1_ControllerGetCapabilitiesRequest, context: ServerContext
+  ) async throws -> Csi_V1_ControllerGetCapabilitiesResponse {
+    let types: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
+      .createDeleteVolume, .expandVolume, .listVolumes, .getCapacity, .getVolume, .volumeCondition,
+      .singleNodeMultiWriter,
+    ]
+    return .with { $0.capabilities = types.map { t in .with { $0.rpc.type = t } } }
+  }
+
+  public func controllerGetVolume(
+    request: Csi_V1_ControllerGetVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_ControllerGetVolumeResponse {
+    try Names.validateVolumeID(request.volumeID)
+    guard let record = try await backend.volume(request.volumeID) else {
+      throw SwellError.notFound("volume \(request.volumeID) does not exist")
+    }
+    let health = await backend.health(record.id)
+    return .with {
+      $0.volume = csiVolume(record)
+      $0.status.volumeCondition = csiCondition(health)
+    }
+  }
+
+  // MARK: Not offered (absent from ControllerGetCapabilities)
+
+  public func controllerPublishVolume(
+    request: Csi_V1_ControllerPublishVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_ControllerPublishVolumeResponse {
+    throw unimplemented("ControllerPublishVolume")
+  }
+
+  public func controllerUnpublishVolume(
+    request: Csi_V1_ControllerUnpublishVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_ControllerUnpublishVolumeResponse {
+    throw unimplemented("ControllerUnpublishVolume")
+  }
+
+  public func createSnapshot(
+    request: Csi_V1_CreateSnapshotRequest, context: ServerContext
+  ) async throws -> Csi_V1_CreateSnapshotResponse {
+    throw unimplemented("CreateSnapshot")
+  }
+
+  public func deleteSnapshot(
+    request: Csi_V1_DeleteSnapshotRequest, context: ServerContext
+  ) async throws -> Csi_V1_DeleteSnapshotResponse {
+    throw unimplemented("DeleteSnapshot")
+  }
+
+  public func listSnapshots(
+    request: Csi_V1_ListSnapshotsRequest, context: ServerContext
+  ) async throws -> Csi_V1_ListSnapshotsResponse {
+    throw unimplemented("ListSnapshots")
+  }
+
+  public func getSnapshot(
+    request: Csi_V1_GetSnapshotRequest, context: ServerContext
+  ) async throws -> Csi_V1_GetSnapshotResponse {
+    throw unimplemented("GetSnapshot")
+  }
+
+  public func controllerModifyVolume(
+    request: Csi_V1_ControllerModifyVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_ControllerModifyVolumeResponse {
+    throw unimplemented("ControllerModifyVolume")
+  }
+
+  // MARK: Helpers
+
+  func csiVolume(_ record: VolumeRecord) -> Csi_V1_Volume {
+    .with {
+      $0.volumeID = record.id
+      $0.capacityBytes = record.capacityBytes
+      $0.volumeContext = ["backend": record.backend]
+      $0.accessibleTopology = [.with { $0.segments = config.topologySegment }]
+    }
+  }
+}
+
+/// ListVolumes' opaque paging token: the ID of the next volume to return.
+enum ListToken {
+  static let prefix = "swell-next:"
+
+  static func encode(_ id: String) -> String { prefix + id }
+
+  static func decode(_ token: String) -> String? {
+    guard token.hasPrefix(prefix) else { return nil }
+    let id = String(token.dropFirst(prefix.count))
+    return (try? Names.validateVolumeID(id)) == nil ? nil : id
+  }
+}
+
+func csiCondition(_ health: VolumeHealth) -> Csi_V1_VolumeCondition {
+  switch health {
+  case .normal: return .with { $0.message = "volume is healthy" }
+  case .abnormal(let why): return .with {
+      $0.abnormal = true
+      $0.message = why
+    }
+  }
+}
+
+func unimplemented(_ method: String) -> RPCError {
+  RPCError(code: .unimplemented, message: "\(method) is not offered by this plugin")
+}

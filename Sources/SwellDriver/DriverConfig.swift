@@ -1,0 +1,36 @@
+/// Which CSI services one plugin process serves.
+public enum PluginMode: String, Sendable, CaseIterable {
+  case controller
+  case node
+  case all
+
+  public var servesController: Bool { self != .node }
+  public var servesNode: Bool { self != .controller }
+}
+
+/// What every service needs to know about this driver and node.
+public struct DriverConfig: Sendable {
+  public var driverName: String
+  public var version: String
+  public var nodeID: String
+  public var mode: PluginMode
+  public var maxVolumesPerNode: Int64
+  /// The default size of a volume whose request names none.
+  public var defaultVolumeBytes: Int64
+
+  public init(
+    driverName: String, version: String, nodeID: String, mode: PluginMode, maxVolumesPerNode: Int64 = 256,
+    defaultVolumeBytes: Int64 = 1 << 30
+  ) {
+    self.driverName = driverName
+    self.version = version
+    self.nodeID = nodeID
+    self.mode = mode
+    self.maxVolumesPerNode = maxVolumesPerNode
+    self.defaultVolumeBytes = defaultVolumeBytes
+  }
+
+  /// The topology key whose value names the node a local volume lives on.
+  public var topologyKey: String { "topology.\(driverName)/node" }
+  public var topologySegment: [String: String] { [topologyKey: nodeID] }
+}

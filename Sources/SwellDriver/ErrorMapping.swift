@@ -1,0 +1,54 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+import GRPCCore
+import SwellHost
+
+/// The one place that decides which gRPC status code each error becomes.
+///
+/// Domain errors carry a ``SwellError/Kind`` chosen where the failure was understood; a failed
+/// command or system call that nobody classified is INTERNAL, except that a full disk is
+/// RESOURCE_EXHAUSTED, never INTERNAL.
+public enum ErrorMapping {
+  public static func code(for kind: SwellError.Kind) -> RPCError.Code {
+    switch kind {
+    case .invalidArgument: .invalidArgument
+    case .notFound: .notFound
+    case .alreadyExists: .alreadyExists
+    case .outOfRange: .outOfRange
+    case .resourceExhausted: .resourceExhausted
+    case .failedPrecondition: .failedPrecondition
+    case .aborted: .aborted
+    case .unavailable: .unavailable
+    case .internal: .internalError
+    }
+  }
+
+  public static func rpcError(_ error: any Error) -> RPCError {
+    switch error {
+    case let error as RPCError:
+      return error
+    case let error as SwellError:
+      if case .internal = error.kind, let cause = error.cause, isDiskFull(cause) {
+        return RPCError(code: .resourceExhausted, message: error.description)
+      }
+      return RPCError(code: code(for: error.kind), message: error.description)
+    case let error as SystemCallError:
+      return RPCError(code: isDiskFull(error) ? .resourceExhausted : .internalError, message: error.description)
+    case let error as CommandError:
+      return RPCError(code: isDiskFull(error) ? .resourceExhausted : .internalError, message: error.description)
+    case is CancellationError:
+      return RPCError(code: .cancelled, message: "the call was cancelled")
+    default:
+      return RPCError(code: .internalError, message: String(describing: error))
+    }
+  }
+
+  static func isDiskFull(_ error: any Error) -> Bool {
+    switch error {
+    case let e as SystemCallError: return e.errno == ENOSPC || e.errno == EDQUOT
+    case let e as CommandError: return e.stderr.contains("No space left on device")
+    default: return false
+    }
+  }
+}

@@ -1,0 +1,298 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+import CSIProto
+import GRPCCore
+import SwellHost
+import SwellStorage
+
+/// The CSI Node service: attach, format, mount, publish, measure and grow volumes on this node.
+///
+/// Node operations believe the kernel (the mount table, blkid, sysfs sizes), never a state file,
+/// so every call converges when it is retried after a crash.
+public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
+  let config: DriverConfig
+  let backend: any NodeBackend
+  let mounter: Mounter
+  let locks = VolumeLocks()
+
+  public init(config: DriverConfig, backend: any NodeBackend, mounter: Mounter) {
+    self.config = config
+    self.backend = backend
+    self.mounter = mounter
+  }
+
+  public func nodeStageVolume(
+    request: Csi_V1_NodeStageVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodeStageVolumeResponse {
+    let id = request.volumeID
+    try Names.validateVolumeID(id)
+    try Names.validateAbsolutePath(request.stagingTargetPath, field: "staging_target_path")
+    guard request.hasVolumeCapability else { throw SwellError.invalid("volume_capability is missing") }
+    let access = try Validation.access(request.volumeCapability)
+    let staging = Names.normalized(request.stagingTargetPath)
+    try await locks.withLock(id) {
+      let device = try await backend.attach(id)
+      Failpoints.hit("stage-after-attach")
+      guard access.kind == .mount else { return }
+      do {
+        try await stageFilesystem(device, at: staging, access: access)
+      } catch {
+        // Leave no loop device behind for a stage that did not mount.
+        if try MountInfo.mounts(of: device).isEmpty { try? await backend.detach(id) }
+        throw error
+      }
+    }
+    return .init()
+  }
+
+  private func stageFilesystem(_ device: AttachedDevice, at staging: String, access: RequestedAccess) async throws {
+    let fsType = access.fsType.isEmpty ? FileSystemType.ext4.rawValue : access.fsType
+    if let existing = MountInfo.mount(at: staging, in: try MountInfo.current()) {
+      guard existing.major == device.major, existing.minor == device.minor else {
+        throw SwellError(.alreadyExists, "\(staging) already has \(existing.source) mounted")
+      }
+      guard existing.fsType == fsType else {
+        throw SwellError(.alreadyExists, "\(staging) is staged as \(existing.fsType), not \(fsType)")
+      }
+      return
+    }
+    try makeDirectories(staging)
+    switch try await mounter.probe(device.path) {
+    case .empty:
+      try await mounter.format(device.path, as: FileSystemType(rawValue: fsType)!)
+      Failpoints.hit("stage-after-format")
+    case .filesystem(let found) where found == fsType:
+      break
+    case .filesystem(let found):
+      throw SwellError.precondition("the volume holds a \(found) filesystem, not \(fsType); refusing to format it")
+    case .other(let what):
+      throw SwellError.precondition("the volume holds data (\(what)); refusing to format it")
+    }
+    try await mounter.mount(device.path, at: staging, type: fsType, options: access.mountFlags)
+  }
+
+  public func nodeUnstageVolume(
+    request: Csi_V1_NodeUnstageVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodeUnstageVolumeResponse {
+    let id = request.volumeID
+    try Names.validateVolumeID(id)
+    try Names.validateAbsolutePath(request.stagingTargetPath, field: "staging_target_path")
+    let staging = Names.normalized(request.stagingTargetPath)
+    try await locks.withLock(id) {
+      if let device = try await backend.attachedDevice(id) {
+        let users = try MountInfo.mounts(of: device).filter { $0.mountPoint != staging }
+        guard users.isEmpty else {
+          throw SwellError.precondition(
+            "volume \(id) is still mounted at \(users.map(\.mountPoint).joined(separator: ", ")); unpublish it first")
+        }
+      }
+      try await unmountAll(at: staging)
+      try await backend.detach(id)
+    }
+    return .init()
+  }
+
+  public func nodePublishVolume(
+    request: Csi_V1_NodePublishVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodePublishVolumeResponse {
+    let id = request.volumeID
+    try Names.validateVolumeID(id)
+    try Names.validateAbsolutePath(request.targetPath, field: "target_path")
+    try Names.validateAbsolutePath(request.stagingTargetPath, field: "staging_target_path")
+    guard request.hasVolumeCapability else { throw SwellError.invalid("volume_capability is missing") }
+    let access = try Validation.access(request.volumeCapability)
+    let target = Names.normalized(request.targetPath)
+    let staging = Names.normalized(request.stagingTargetPath)
+    guard target != staging else { throw SwellError.invalid("target_path must differ from staging_target_path") }
+    try await locks.withLock(id) {
+      guard try await backend.exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+      guard let device = try await backend.attachedDevice(id) else {
+        throw SwellError.precondition("volume \(id) is not staged on this node")
+      }
+      let table = try MountInfo.current()
+      if let existing = MountInfo.mount(at: target, in: table) {
+        guard try isOurs(existing, at: target, device: device, block: access.kind == .block) else {
+          throw SwellError(.alreadyExists, "\(target) already has something else mounted")
+        }
+        guard existing.isReadOnly == request.readonly else {
+          throw SwellError(.alreadyExists, "\(target) is published with readonly=\(existing.isReadOnly)")
+        }
+        return
+      }
+      switch access.kind {
+      case .block:
+        try makeDirectories(parentDirectory(of: target))
+        try createEmptyFile(target)
+        try await mounter.bindMount(device.path, at: target, readOnly: request.readonly)
+      case .mount:
+        guard let staged = MountInfo.mount(at: staging, in: table),
+          staged.major == device.major, staged.minor == device.minor
+        else {
+          throw SwellError.precondition("volume \(id) is not mounted at \(staging); stage it first")
+        }
+        try makeDirectories(target)
+        try await mounter.bindMount(staging, at: target, readOnly: request.readonly)
+      }
+    }
+    return .init()
+  }
+
+  public func nodeUnpublishVolume(
+    request: Csi_V1_NodeUnpublishVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodeUnpublishVolumeResponse {
+    let id = request.volumeID
+    try Names.validateVolumeID(id)
+    try Names.validateAbsolutePath(request.targetPath, field: "target_path")
+    let target = Names.normalized(request.targetPath)
+    try await locks.withLock(id) {
+      try await unmountAll(at: target)
+      try removeIfPresent(target)
+    }
+    return .init()
+  }
+
+  public func nodeGetVolumeStats(
+    request: Csi_V1_NodeGetVolumeStatsRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
+    let id = request.volumeID
+    try Names.validateVolumeID(id)
+    try Names.validateAbsolutePath(request.volumePath, field: "volume_path")
+    let path = Names.normalized(request.volumePath)
+    guard try await backend.exists(id), let device = try await backend.attachedDevice(id) else {
+      throw SwellError.notFound("volume \(id) is not staged on this node")
+    }
+    let condition = csiCondition(await backend.health(id))
+    if let info = try FileInfo.of(path), info.isBlockDevice {
+      guard Int(info.rdevMajor) == device.major, Int(info.rdevMinor) == device.minor else {
+        throw SwellError.notFound("\(path) is not volume \(id)")
+      }
+      return .with {
+        $0.usage = [.with { $0.unit = .bytes; $0.total = device.sizeBytes }]
+        $0.volumeCondition = condition
+      }
+    }
+    guard let mount = MountInfo.mount(at: path, in: try MountInfo.current()),
+      mount.major == device.major, mount.minor == device.minor
+    else {
+      throw SwellError.notFound("\(path) is not a mount of volume \(id)")
+    }
+    let usage = try FileSystemUsage.of(path)
+    return .with {
+      $0.usage = [
+        .with {
+          $0.unit = .bytes
+          $0.total = usage.totalBytes
+          $0.available = usage.availableBytes
+          $0.used = usage.usedBytes
+        },
+        .with {
+          $0.unit = .inodes
+          $0.total = usage.totalInodes
+          $0.available = usage.freeInodes
+          $0.used = usage.usedInodes
+        },
+      ]
+      $0.volumeCondition = condition
+    }
+  }
+
+  public func nodeExpandVolume(
+    request: Csi_V1_NodeExpandVolumeRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodeExpandVolumeResponse {
+    let id = request.volumeID
+    try Names.validateVolumeID(id)
+    try Names.validateAbsolutePath(request.volumePath, field: "volume_path")
+    if !request.stagingTargetPath.isEmpty {
+      try Names.validateAbsolutePath(request.stagingTargetPath, field: "staging_target_path")
+    }
+    let required = request.capacityRange.requiredBytes
+    guard required >= 0, request.capacityRange.limitBytes >= 0 else {
+      throw SwellError.invalid("capacity_range must not be negative")
+    }
+    var blockRequested = false
+    if request.hasVolumeCapability {
+      blockRequested = try Validation.access(request.volumeCapability).kind == .block
+    }
+    let path = Names.normalized(request.volumePath)
+    let size = try await locks.withLock(id) { () -> Int64 in
+      guard try await backend.exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+      let device = try await backend.rescan(id)
+      Failpoints.hit("node-expand-after-rescan")
+      if required > device.sizeBytes {
+        throw SwellError(
+          .outOfRange, "the volume is \(device.sizeBytes) bytes, less than the \(required) asked; expand it on the controller first")
+      }
+      let pathIsDevice = try FileInfo.of(path)?.isBlockDevice == true
+      if blockRequested || pathIsDevice {
+        return device.sizeBytes
+      }
+      let table = try MountInfo.current()
+      let candidates = [path, Names.normalized(request.stagingTargetPath)].filter { !$0.isEmpty }
+      guard
+        let mount = candidates.lazy.compactMap({ MountInfo.mount(at: $0, in: table) })
+          .first(where: { $0.major == device.major && $0.minor == device.minor })
+      else {
+        throw SwellError.notFound("\(path) is not a mount of volume \(id)")
+      }
+      try await mounter.growFilesystem(type: mount.fsType, device: device.path, mountPoint: mount.mountPoint)
+      return device.sizeBytes
+    }
+    return .with { $0.capacityBytes = size }
+  }
+
+  public func nodeGetCapabilities(
+    request: Csi_V1_NodeGetCapabilitiesRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodeGetCapabilitiesResponse {
+    let types: [Csi_V1_NodeServiceCapability.RPC.TypeEnum] = [
+      .stageUnstageVolume, .getVolumeStats, .expandVolume, .volumeCondition, .singleNodeMultiWriter,
+    ]
+    return .with { $0.capabilities = types.map { t in .with { $0.rpc.type = t } } }
+  }
+
+  public func nodeGetInfo(
+    request: Csi_V1_NodeGetInfoRequest, context: ServerContext
+  ) async throws -> Csi_V1_NodeGetInfoResponse {
+    .with {
+      $0.nodeID = config.nodeID
+      $0.maxVolumesPerNode = config.maxVolumesPerNode
+      $0.accessibleTopology = .with { $0.segments = config.topologySegment }
+    }
+  }
+
+  // MARK: Helpers
+
+  /// Unmounts everything stacked at `path`; nothing mounted is fine.
+  private func unmountAll(at path: String) async throws {
+    while MountInfo.mount(at: path, in: try MountInfo.current()) != nil {
+      try await mounter.unmount(path)
+    }
+  }
+
+  /// True when the mount at `path` is this volume: a bind of its device node (block), or a
+  /// filesystem on its device (mount).
+  private func isOurs(_ mount: MountEntry, at path: String, device: AttachedDevice, block: Bool) throws -> Bool {
+    if block {
+      guard let info = try FileInfo.of(path), info.isBlockDevice else { return false }
+      return Int(info.rdevMajor) == device.major && Int(info.rdevMinor) == device.minor
+    }
+    return mount.major == device.major && mount.minor == device.minor
+  }
+
+  private func createEmptyFile(_ path: String) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+    guard fd >= 0 else { throw SystemCallError("open", path) }
+    close(fd)
+  }
+}
+
+extension MountInfo {
+  /// Every mount of a filesystem on `device` (bind mounts of it included), and every bind mount
+  /// of its device node (a published block volume).
+  static func mounts(of device: AttachedDevice) throws -> [MountEntry] {
+    let node = "/" + device.path.split(separator: "/").last.map(String.init)!
+    return try current().filter {
+      ($0.major == device.major && $0.minor == device.minor) || (["devtmpfs", "tmpfs"].contains($0.fsType) && $0.root == node)
+    }
+  }
+}

@@ -1,0 +1,109 @@
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+import Logging
+import ServiceLifecycle
+import SwellHost
+import SwellStorage
+
+/// Everything `swell plugin` needs to start.
+public struct PluginOptions: Sendable {
+  public var endpoint: String
+  public var dataDir: String
+  public var config: DriverConfig
+
+  public init(endpoint: String, dataDir: String, config: DriverConfig) {
+    self.endpoint = endpoint
+    self.dataDir = dataDir
+    self.config = config
+  }
+}
+
+/// The plugin process: the services this mode serves, on a unix socket, until SIGTERM or SIGINT.
+///
+/// Shutdown is graceful: the server stops accepting calls, lets in-flight RPCs finish, then
+/// removes its own socket file.
+public struct Plugin {
+  let options: PluginOptions
+  let logger: Logger
+
+  public init(options: PluginOptions, logger: Logger) {
+    self.options = options
+    self.logger = logger
+  }
+
+  /// Builds the services for the configured mode on the loop-file backend.
+  public static func services(
+    config: DriverConfig, backend: LoopBackend, exec: any Executor
+  ) -> [any RegistrableRPCService] {
+    var services: [any RegistrableRPCService] = []
+    let mode = config.mode
+    services.append(
+      IdentityService(config: config) {
+        if mode.servesController { try await backend.checkReady() }
+        if mode.servesNode {
+          guard LoopDevices(exec: exec).isUsable else {
+            throw SwellError(.unavailable, "/dev/loop-control is missing: this node cannot attach loop devices")
+          }
+        }
+      })
+    if mode.servesController { services.append(ControllerService(config: config, backend: backend)) }
+    if mode.servesNode {
+      services.append(NodeService(config: config, backend: backend, mounter: Mounter(exec: exec)))
+    }
+    return services
+  }
+
+  /// Opens the backend, sweeps leftovers of interrupted calls, binds the socket and builds the server.
+  /// The caller serves it and, when done, calls ``UnixListener/removeIfUnchanged()``.
+  public func makeServer() throws -> (server: GRPCServer<HTTP2ServerTransport.Posix>, listener: UnixListener) {
+    let exec = SystemExecutor(logger: logger)
+    let backend = try LoopBackend(dataDir: options.dataDir, exec: exec)
+    if options.config.mode.servesController {
+      let swept = try backend.sweepLeftovers()
+      if !swept.isEmpty { logger.notice("removed leftovers of interrupted calls", metadata: ["paths": "\(swept)"]) }
+    }
+    if options.config.mode.servesNode, ProcessCapabilities.has(ProcessCapabilities.sysResource) == false {
+      logger.warning("no CAP_SYS_RESOURCE: ext4 volumes on this node cannot grow online (xfs and block can)")
+    }
+    let path = try UnixListener.socketPath(fromEndpoint: options.endpoint)
+    let listener = try UnixListener.bind(path: path)
+    var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
+    transportConfig.connection.flushCoalescing = nil
+    transportConfig.connection.keepalive.clientBehavior.allowWithoutCalls = true
+    let server = GRPCServer(
+      transport: .http2NIOPosix(
+        listeningSocketDescriptor: Int(listener.descriptor), transportSecurity: .plaintext, config: transportConfig),
+      services: Self.services(config: options.config, backend: backend, exec: exec),
+      interceptors: [RPCInterceptor(logger: logger)])
+    logger.notice(
+      "serving",
+      metadata: [
+        "endpoint": "unix://\(path)", "mode": "\(options.config.mode.rawValue)",
+        "driver": "\(options.config.driverName)", "node": "\(options.config.nodeID)", "data-dir": "\(backend.root)",
+      ])
+    return (server, listener)
+  }
+
+  /// Serves until SIGTERM or SIGINT, then drains in-flight RPCs and returns.
+  public func run() async throws {
+    let (server, listener) = try makeServer()
+    defer { listener.removeIfUnchanged() }
+    let group = ServiceGroup(
+      services: [GRPCServerService(server: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    try await group.run()
+    logger.notice("stopped")
+  }
+}
+
+/// Runs a gRPC server as a swift-service-lifecycle service.
+struct GRPCServerService<Transport: ServerTransport>: Service {
+  let server: GRPCServer<Transport>
+
+  func run() async throws {
+    try await withGracefulShutdownHandler {
+      try await server.serve()
+    } onGracefulShutdown: {
+      server.beginGracefulShutdown()
+    }
+  }
+}

@@ -1,0 +1,100 @@
+import CSIProto
+import SwellHost
+import SwellStorage
+
+/// What a set of volume capabilities asks for, once validated.
+struct RequestedAccess: Equatable {
+  var kind: AccessKind
+  /// The filesystem named by the capabilities, or empty.
+  var fsType: String
+  var mountFlags: [String]
+}
+
+/// Checks of request fields shared by the services. Each throws INVALID_ARGUMENT with a message
+/// that names the field and says what is wrong.
+enum Validation {
+  static let supportedFileSystems: Set<String> = Set(FileSystemType.allCases.map(\.rawValue))
+  static let singleNodeModes: Set<Csi_V1_VolumeCapability.AccessMode.Mode> = [
+    .singleNodeWriter, .singleNodeReaderOnly, .singleNodeSingleWriter, .singleNodeMultiWriter,
+  ]
+
+  /// Validates a non-empty list of capabilities that must agree on access kind and filesystem.
+  static func access(_ caps: [Csi_V1_VolumeCapability], field: String = "volume_capabilities") throws -> RequestedAccess {
+    guard !caps.isEmpty else { throw SwellError.invalid("\(field) is missing") }
+    var result: RequestedAccess?
+    for cap in caps {
+      let one = try access(cap, field: field)
+      guard let previous = result else {
+        result = one
+        continue
+      }
+      if previous.kind != one.kind {
+        throw SwellError.invalid("\(field) mixes block and mount access")
+      }
+      if !previous.fsType.isEmpty, !one.fsType.isEmpty, previous.fsType != one.fsType {
+        throw SwellError.invalid("\(field) names two filesystems, \(previous.fsType) and \(one.fsType)")
+      }
+      if previous.fsType.isEmpty { result?.fsType = one.fsType }
+    }
+    return result!
+  }
+
+  /// Validates one capability: an access type, a single-node access mode, and a supported filesystem.
+  static func access(_ cap: Csi_V1_VolumeCapability, field: String = "volume_capability") throws -> RequestedAccess {
+    guard cap.hasAccessMode else { throw SwellError.invalid("\(field) has no access_mode") }
+    let mode = cap.accessMode.mode
+    guard mode != .unknown else { throw SwellError.invalid("\(field) has an UNKNOWN access mode") }
+    guard singleNodeModes.contains(mode) else {
+      throw SwellError.invalid(
+        "\(field): access mode \(mode) is not supported; Swell's local volumes attach to a single node")
+    }
+    switch cap.accessType {
+    case .block:
+      return RequestedAccess(kind: .block, fsType: "", mountFlags: [])
+    case .mount(let mount):
+      if !mount.fsType.isEmpty, !supportedFileSystems.contains(mount.fsType) {
+        throw SwellError.invalid(
+          "\(field): fs_type \(mount.fsType.debugDescription) is not supported (use ext4 or xfs)")
+      }
+      try Names.validateMountFlags(mount.mountFlags)
+      return RequestedAccess(kind: .mount, fsType: mount.fsType, mountFlags: mount.mountFlags)
+    case nil:
+      throw SwellError.invalid("\(field) has neither block nor mount access type")
+    }
+  }
+
+  /// The StorageClass parameters this driver knows. Keys under `csi.storage.k8s.io/` are the
+  /// provisioner's own and are accepted and ignored.
+  static let knownParameters: [String: Set<String>] = ["backend": ["loop"]]
+
+  static func parameters(_ parameters: [String: String]) throws {
+    for key in parameters.keys.sorted() where !key.hasPrefix("csi.storage.k8s.io/") {
+      guard let allowed = knownParameters[key] else {
+        throw SwellError.invalid(
+          "unknown parameter \(key.debugDescription); known: \(knownParameters.keys.sorted().joined(separator: ", "))")
+      }
+      let value = parameters[key]!
+      guard allowed.contains(value) else {
+        throw SwellError.invalid(
+          "parameter \(key)=\(value.debugDescription) is not one of \(allowed.sorted().joined(separator: ", "))")
+      }
+    }
+  }
+
+  /// True when `topology` may be satisfied by this node: it names this node under our key, or
+  /// does not constrain our key at all.
+  static func topology(_ topology: Csi_V1_Topology, fits config: DriverConfig) -> Bool {
+    guard let node = topology.segments[config.topologyKey] else { return topology.segments.isEmpty }
+    return node == config.nodeID
+  }
+
+  /// Throws RESOURCE_EXHAUSTED when a CreateVolume's requisite topology excludes this node.
+  static func accessibility(_ req: Csi_V1_TopologyRequirement, config: DriverConfig) throws {
+    guard !req.requisite.isEmpty else { return }
+    guard req.requisite.contains(where: { topology($0, fits: config) }) else {
+      throw SwellError(
+        .resourceExhausted,
+        "the requisite topology excludes node \(config.nodeID.debugDescription) (key \(config.topologyKey))")
+    }
+  }
+}

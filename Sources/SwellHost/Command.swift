@@ -1,0 +1,100 @@
+import Logging
+import Subprocess
+
+/// The outcome of one command that ran to completion.
+public struct CommandOutput: Sendable {
+  public var exitCode: Int32
+  public var stdout: String
+  public var stderr: String
+}
+
+/// A command that could not be started, ended on a signal, or exited non-zero.
+///
+/// Keeps the argv, the exit status and stderr, so that callers can classify the failure
+/// (`blkid` exit 2 means "nothing found", `losetup` on a busy device, and so on).
+public struct CommandError: Error, CustomStringConvertible, Sendable {
+  public var argv: [String]
+  /// The exit code, or nil when the command did not start or was killed.
+  public var exitCode: Int32?
+  public var stderr: String
+  public var reason: String
+
+  public var description: String {
+    let status = exitCode.map { "exit \($0)" } ?? reason
+    let err = stderr.trimmingWhitespace()
+    return "\(argv.joined(separator: " ")): \(status)\(err.isEmpty ? "" : ": \(err)")"
+  }
+}
+
+/// Runs commands as argv arrays, never through a shell.
+///
+/// Every command runs with `LC_ALL=C`, so that parsers see stable output, and is killed when
+/// the calling task (an RPC) is cancelled.
+public protocol Executor: Sendable {
+  /// Runs `argv` and returns its output whatever the exit code; throws only when it cannot run.
+  func output(_ argv: [String]) async throws -> CommandOutput
+}
+
+extension Executor {
+  /// Runs `argv` and throws a ``CommandError`` unless it exits 0.
+  @discardableResult
+  public func run(_ argv: [String]) async throws -> CommandOutput {
+    let out = try await output(argv)
+    guard out.exitCode == 0 else {
+      throw CommandError(argv: argv, exitCode: out.exitCode, stderr: out.stderr, reason: "failed")
+    }
+    return out
+  }
+}
+
+/// The real executor, on swift-subprocess.
+public struct SystemExecutor: Executor {
+  private let logger: Logger
+
+  public init(logger: Logger = Logger(label: "swell.exec")) {
+    self.logger = logger
+  }
+
+  public func output(_ argv: [String]) async throws -> CommandOutput {
+    precondition(!argv.isEmpty, "an empty argv")
+    var options = PlatformOptions()
+    // On cancellation: SIGTERM, then SIGKILL after half a second.
+    options.teardownSequence = [.send(signal: .terminate, allowedDurationToNextStep: .milliseconds(500))]
+    logger.debug("exec", metadata: ["argv": "\(argv)"])
+    let result: ExecutionResult<Void, StringOutput<UTF8>, StringOutput<UTF8>>
+    do {
+      result = try await Subprocess.run(
+        .name(argv[0]),
+        arguments: Arguments(Array(argv.dropFirst())),
+        environment: .inherit.updating(["LC_ALL": "C", "LANG": "C"]),
+        platformOptions: options,
+        input: .none,
+        output: .string(limit: 4 << 20),
+        error: .string(limit: 1 << 20)
+      )
+    } catch {
+      throw CommandError(argv: argv, exitCode: nil, stderr: "", reason: "could not run: \(error)")
+    }
+    try Task.checkCancellation()
+    switch result.terminationStatus {
+    case .exited(let code):
+      return CommandOutput(
+        exitCode: code, stdout: result.standardOutput ?? "", stderr: result.standardError ?? "")
+    case .signaled(let signal):
+      throw CommandError(
+        argv: argv, exitCode: nil, stderr: result.standardError ?? "",
+        reason: "killed by signal \(signal)")
+    }
+  }
+}
+
+extension StringProtocol {
+  /// The string without leading and trailing spaces, tabs and newlines.
+  public func trimmingWhitespace() -> String {
+    let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" }
+    guard let first = firstIndex(where: { !isSpace($0) }),
+      let last = lastIndex(where: { !isSpace($0) })
+    else { return "" }
+    return String(self[first...last])
+  }
+}

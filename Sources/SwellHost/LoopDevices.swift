@@ -1,0 +1,82 @@
+/// A loop device node and its numbers.
+public struct LoopDevice: Sendable, Equatable, CustomStringConvertible {
+  /// The kernel name, such as `loop3`.
+  public var name: String
+  public var major: Int
+  public var minor: Int
+  public var path: String { "/dev/" + name }
+  public var description: String { path }
+}
+
+/// Loop devices, read from sysfs and changed with `losetup`.
+///
+/// Sysfs is the truth: a device is attached to a file when `/sys/block/loopN/loop/backing_file`
+/// names it, so lookups need no state of our own and survive a restart of the plugin.
+public struct LoopDevices: Sendable {
+  private let exec: any Executor
+  private let sysBlock: String
+
+  public init(exec: any Executor, sysBlock: String = "/sys/block") {
+    self.exec = exec
+    self.sysBlock = sysBlock
+  }
+
+  /// Every loop device whose backing file is `file` (a canonical path), including one whose file was deleted.
+  public func attached(to file: String) throws -> [LoopDevice] {
+    try listDirectory(sysBlock).filter { $0.hasPrefix("loop") }.sorted().compactMap { name in
+      guard let backing = try? readSmallFile("\(sysBlock)/\(name)/loop/backing_file") else { return nil }
+      let value = backing.trimmingWhitespace()
+      guard value == file || value == file + " (deleted)" else { return nil }
+      return try device(named: name)
+    }
+  }
+
+  /// The device for a kernel name, with its numbers from sysfs.
+  public func device(named name: String) throws -> LoopDevice {
+    let numbers = try readSmallFile("\(sysBlock)/\(name)/dev").trimmingWhitespace().split(separator: ":")
+    guard numbers.count == 2, let major = Int(numbers[0]), let minor = Int(numbers[1]) else {
+      throw SwellError(.internal, "unexpected \(sysBlock)/\(name)/dev")
+    }
+    return LoopDevice(name: name, major: major, minor: minor)
+  }
+
+  /// Attaches `file`, or returns the device it is already attached to.
+  public func attach(_ file: String) async throws -> LoopDevice {
+    if let existing = try attached(to: file).first { return existing }
+    let out = try await exec.run(["losetup", "--find", "--show", "--nooverlap", file])
+    let path = out.stdout.trimmingWhitespace()
+    guard path.hasPrefix("/dev/loop") else {
+      throw SwellError(.internal, "losetup printed \(path.debugDescription) for \(file)")
+    }
+    return try device(named: String(path.dropFirst("/dev/".count)))
+  }
+
+  /// Detaches a device; a device already detached is fine.
+  public func detach(_ device: LoopDevice) async throws {
+    let out = try await exec.output(["losetup", "--detach", device.path])
+    if out.exitCode != 0, (try? readSmallFile("\(sysBlock)/\(device.name)/loop/backing_file")) != nil {
+      throw CommandError(
+        argv: ["losetup", "--detach", device.path], exitCode: out.exitCode, stderr: out.stderr,
+        reason: "failed")
+    }
+  }
+
+  /// Makes the kernel re-read the backing file's size (LOOP_SET_CAPACITY).
+  public func refreshCapacity(_ device: LoopDevice) async throws {
+    try await exec.run(["losetup", "--set-capacity", device.path])
+  }
+
+  /// The device's size in bytes, as the kernel sees it now.
+  public func sizeBytes(_ device: LoopDevice) throws -> Int64 {
+    let sectors = try readSmallFile("\(sysBlock)/\(device.name)/size").trimmingWhitespace()
+    guard let count = Int64(sectors) else {
+      throw SwellError(.internal, "unexpected \(sysBlock)/\(device.name)/size: \(sectors)")
+    }
+    return count * 512
+  }
+
+  /// True when the kernel can make loop devices here.
+  public var isUsable: Bool {
+    (try? FileInfo.of("/dev/loop-control")) != nil
+  }
+}

@@ -1,0 +1,98 @@
+import SwellHost
+
+/// How a volume is consumed: a filesystem, or the raw block device.
+public enum AccessKind: String, Sendable, Equatable {
+  case mount
+  case block
+}
+
+/// What CreateVolume asks a backend for, already validated and rounded.
+public struct VolumeSpec: Sendable, Equatable {
+  public var id: String
+  public var capacityBytes: Int64
+  /// The smallest and largest sizes an existing volume of this name may have to count as the same volume.
+  public var requiredBytes: Int64
+  public var limitBytes: Int64
+  public var access: AccessKind
+  /// The filesystem asked for at creation; empty when the request named none.
+  public var fsType: String
+
+  public init(id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String) {
+    self.id = id
+    self.capacityBytes = capacityBytes
+    self.requiredBytes = requiredBytes
+    self.limitBytes = limitBytes
+    self.access = access
+    self.fsType = fsType
+  }
+}
+
+/// A volume as its backend stores it.
+public struct VolumeRecord: Sendable, Equatable {
+  public var id: String
+  public var capacityBytes: Int64
+  public var access: AccessKind
+  public var fsType: String
+  public var backend: String
+}
+
+/// A backend's verdict on one volume's health.
+public enum VolumeHealth: Sendable, Equatable {
+  case normal
+  case abnormal(String)
+}
+
+/// A block device on this node that backs a volume.
+public struct AttachedDevice: Sendable, Equatable {
+  public var path: String
+  public var major: Int
+  public var minor: Int
+  public var sizeBytes: Int64
+}
+
+/// The controller side of a backend: makes, grows, lists and removes volumes.
+///
+/// Every method is idempotent; each doc comment says what a repeat returns.
+public protocol ControllerBackend: Sendable {
+  /// The granularity sizes are rounded up to.
+  var granularity: Int64 { get }
+  /// The largest volume this backend makes.
+  var maximumBytes: Int64 { get }
+
+  /// Makes the volume, or returns the existing one when it is compatible with `spec`;
+  /// an incompatible existing volume is ALREADY_EXISTS.
+  func create(_ spec: VolumeSpec) async throws -> VolumeRecord
+  /// Removes the volume; a missing volume is success. A volume still attached somewhere is FAILED_PRECONDITION.
+  func delete(_ id: String) async throws
+  /// Grows the volume to at least `bytes` and returns its real size; never shrinks, so a repeat,
+  /// or a smaller request, returns the current size.
+  func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord
+  /// The volume, or nil when it does not exist.
+  func volume(_ id: String) async throws -> VolumeRecord?
+  /// Every volume, sorted by ID.
+  func list() async throws -> [VolumeRecord]
+  /// Whether the volume's storage looks intact.
+  func health(_ id: String) async -> VolumeHealth
+  /// Bytes free for new volumes.
+  func availableBytes() async throws -> Int64
+  /// Throws when the backend cannot serve requests now.
+  func checkReady() async throws
+}
+
+/// The node side of a backend: makes the volume a block device on this node.
+public protocol NodeBackend: Sendable {
+  /// True when the volume's storage exists.
+  func exists(_ id: String) async throws -> Bool
+  /// Attaches the volume, or returns the device it is already attached to.
+  func attach(_ id: String) async throws -> AttachedDevice
+  /// The device the volume is attached to on this node, if any.
+  func attachedDevice(_ id: String) async throws -> AttachedDevice?
+  /// Detaches the volume from this node; not attached is success.
+  func detach(_ id: String) async throws
+  /// Makes the kernel see the volume's current size and returns the device.
+  func rescan(_ id: String) async throws -> AttachedDevice
+  /// Whether the volume's storage looks intact.
+  func health(_ id: String) async -> VolumeHealth
+  /// Throws when this node cannot attach volumes now.
+  func checkReady() async throws
+}

@@ -1,0 +1,236 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+import SwellHost
+
+/// Volumes made of sparse files, attached on the node as loop devices.
+///
+/// Layout under the data directory, named deterministically from the volume ID:
+///
+///     volumes/<id>/disk.img     the volume's bytes (sparse)
+///     volumes/<id>/meta         what it was created as (``VolumeMeta``)
+///     volumes/.<id>.creating/   a create in progress; renamed into place when complete
+///     volumes/.<id>.deleting/   a delete in progress; removed when complete
+///
+/// A volume exists exactly when `volumes/<id>` does. Creation builds the whole directory under a
+/// temporary name and renames it, so a crash leaves either nothing or a complete volume; the
+/// leftovers of a crashed create or delete are swept by the next call for that ID, and at start.
+public struct LoopBackend: ControllerBackend, NodeBackend {
+  public let root: String
+  public let granularity: Int64 = Capacity.miB
+  public let maximumBytes: Int64
+  private let loops: LoopDevices
+
+  /// Opens (and creates, when missing) the data directory. `root` is made canonical, because
+  /// the kernel reports a loop device's backing file by its canonical path.
+  public init(dataDir: String, exec: any Executor, maximumBytes: Int64 = 16 * Capacity.tiB) throws {
+    try makeDirectories(dataDir + "/volumes")
+    self.root = try realPath(dataDir)
+    self.maximumBytes = maximumBytes
+    self.loops = LoopDevices(exec: exec)
+  }
+
+  var volumesDir: String { root + "/volumes" }
+  func volumeDir(_ id: String) -> String { "\(volumesDir)/\(id)" }
+  /// The backing file of a volume.
+  public func diskPath(_ id: String) -> String { volumeDir(id) + "/disk.img" }
+  func metaPath(_ id: String) -> String { volumeDir(id) + "/meta" }
+
+  // MARK: Controller
+
+  public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
+    if let existing = try load(spec.id) {
+      try checkCompatible(existing, with: spec)
+      return existing
+    }
+    let available = try await availableBytes()
+    guard spec.capacityBytes <= available else {
+      throw SwellError(
+        .resourceExhausted,
+        "\(spec.capacityBytes) bytes asked for, \(available) bytes free under \(root)")
+    }
+    let staging = "\(volumesDir)/.\(spec.id).creating"
+    try removeTree(staging)
+    guard mkdir(staging, 0o750) == 0 else { throw SystemCallError("mkdir", staging) }
+    try makeSparseFile(staging + "/disk.img", size: spec.capacityBytes)
+    Failpoints.hit("create-after-sparse-file")
+    let meta = VolumeMeta(access: spec.access, fsType: spec.fsType, capacityBytes: spec.capacityBytes)
+    try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8))
+    guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
+    try fsyncDirectory(volumesDir)
+    return VolumeRecord(
+      id: spec.id, capacityBytes: spec.capacityBytes, access: spec.access, fsType: spec.fsType, backend: "loop")
+  }
+
+  public func delete(_ id: String) async throws {
+    let dir = volumeDir(id)
+    let trash = "\(volumesDir)/.\(id).deleting"
+    if try FileInfo.of(dir, followLinks: false) != nil {
+      let users = try loops.attached(to: diskPath(id))
+      if !users.isEmpty {
+        throw SwellError.precondition(
+          "volume \(id) is still attached as \(users.map(\.path).joined(separator: ", ")); unstage it first")
+      }
+      try removeTree(trash)
+      guard rename(dir, trash) == 0 else { throw SystemCallError("rename", dir) }
+      try fsyncDirectory(volumesDir)
+      Failpoints.hit("delete-after-rename")
+    }
+    try removeTree(trash)
+    try removeTree("\(volumesDir)/.\(id).creating")
+  }
+
+  public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
+    guard var record = try load(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    if bytes <= record.capacityBytes {
+      // A crash between growing the file and recording it leaves the record behind; mend it.
+      if let meta = try? VolumeMeta.decode(readSmallFile(metaPath(id))), meta.capacityBytes != record.capacityBytes {
+        try writeMeta(record)
+      }
+      return record
+    }
+    let available = try await availableBytes()
+    guard bytes - record.capacityBytes <= available else {
+      throw SwellError(
+        .resourceExhausted,
+        "growing \(id) by \(bytes - record.capacityBytes) bytes needs more than the \(available) bytes free")
+    }
+    let path = diskPath(id)
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw SystemCallError("open", path) }
+    defer { close(fd) }
+    guard ftruncate(fd, off_t(bytes)) == 0 else { throw SystemCallError("ftruncate", path) }
+    guard fsync(fd) == 0 else { throw SystemCallError("fsync", path) }
+    Failpoints.hit("expand-after-truncate")
+    record.capacityBytes = bytes
+    try writeMeta(record)
+    return record
+  }
+
+  public func volume(_ id: String) async throws -> VolumeRecord? {
+    try load(id)
+  }
+
+  public func list() async throws -> [VolumeRecord] {
+    try listDirectory(volumesDir).filter { !$0.hasPrefix(".") }.sorted().compactMap { try? load($0) }
+  }
+
+  public func health(_ id: String) async -> VolumeHealth {
+    guard let disk = try? FileInfo.of(diskPath(id), followLinks: false) else {
+      return .abnormal("backing file \(diskPath(id)) is missing")
+    }
+    guard disk.isRegular else { return .abnormal("backing file \(diskPath(id)) is not a regular file") }
+    guard let text = try? readSmallFile(metaPath(id)), let meta = try? VolumeMeta.decode(text) else {
+      return .abnormal("metadata \(metaPath(id)) is missing or damaged")
+    }
+    if disk.size < meta.capacityBytes {
+      return .abnormal("backing file is \(disk.size) bytes, shorter than the volume's \(meta.capacityBytes)")
+    }
+    if let device = try? loops.attached(to: diskPath(id)).first,
+      let backing = try? readSmallFile("/sys/block/\(device.name)/loop/backing_file"),
+      backing.contains("(deleted)")
+    {
+      return .abnormal("\(device.path) is attached to a deleted file")
+    }
+    return .normal
+  }
+
+  public func availableBytes() async throws -> Int64 {
+    try FileSystemUsage.of(volumesDir).availableBytes
+  }
+
+  public func checkReady() async throws {
+    guard access(volumesDir, W_OK) == 0 else {
+      throw SwellError(.unavailable, "data directory \(volumesDir) is not writable")
+    }
+  }
+
+  /// Removes what crashed creates and deletes left behind. Call only while no request is running.
+  public func sweepLeftovers() throws -> [String] {
+    var removed: [String] = []
+    for name in try listDirectory(volumesDir)
+    where name.hasPrefix(".") && (name.hasSuffix(".creating") || name.hasSuffix(".deleting")) {
+      try removeTree("\(volumesDir)/\(name)")
+      removed.append(name)
+    }
+    return removed
+  }
+
+  // MARK: Node
+
+  public func exists(_ id: String) async throws -> Bool {
+    try FileInfo.of(diskPath(id)) != nil
+  }
+
+  public func attach(_ id: String) async throws -> AttachedDevice {
+    guard try await exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    return try describe(try await loops.attach(diskPath(id)))
+  }
+
+  public func attachedDevice(_ id: String) async throws -> AttachedDevice? {
+    try loops.attached(to: diskPath(id)).first.map(describe)
+  }
+
+  public func detach(_ id: String) async throws {
+    for device in try loops.attached(to: diskPath(id)) {
+      try await loops.detach(device)
+    }
+  }
+
+  public func rescan(_ id: String) async throws -> AttachedDevice {
+    guard let device = try loops.attached(to: diskPath(id)).first else {
+      throw SwellError.precondition("volume \(id) is not attached on this node; stage it first")
+    }
+    try await loops.refreshCapacity(device)
+    return try describe(device)
+  }
+
+  // MARK: Helpers
+
+  private func describe(_ device: LoopDevice) throws -> AttachedDevice {
+    AttachedDevice(path: device.path, major: device.major, minor: device.minor, sizeBytes: try loops.sizeBytes(device))
+  }
+
+  /// The stored volume, or nil when `volumes/<id>` does not exist.
+  func load(_ id: String) throws -> VolumeRecord? {
+    guard try FileInfo.of(volumeDir(id), followLinks: false) != nil else { return nil }
+    let meta: VolumeMeta
+    do {
+      meta = try VolumeMeta.decode(try readSmallFile(metaPath(id)))
+    } catch {
+      throw SwellError(.internal, "volume \(id) has unreadable metadata", cause: error)
+    }
+    let size = try FileInfo.of(diskPath(id))?.size ?? meta.capacityBytes
+    return VolumeRecord(
+      id: id, capacityBytes: max(size, meta.capacityBytes), access: meta.access, fsType: meta.fsType,
+      backend: "loop")
+  }
+
+  private func writeMeta(_ record: VolumeRecord) throws {
+    let meta = VolumeMeta(access: record.access, fsType: record.fsType, capacityBytes: record.capacityBytes)
+    try writeFileAtomically(metaPath(record.id), Array(meta.encoded().utf8))
+  }
+
+  private func checkCompatible(_ existing: VolumeRecord, with spec: VolumeSpec) throws {
+    if existing.access != spec.access {
+      throw SwellError(
+        .alreadyExists, "volume \(spec.id) exists with \(existing.access.rawValue) access, not \(spec.access.rawValue)")
+    }
+    if !existing.fsType.isEmpty, !spec.fsType.isEmpty, existing.fsType != spec.fsType {
+      throw SwellError(.alreadyExists, "volume \(spec.id) exists with fs_type \(existing.fsType), not \(spec.fsType)")
+    }
+    if existing.capacityBytes < spec.requiredBytes || (spec.limitBytes > 0 && existing.capacityBytes > spec.limitBytes) {
+      throw SwellError(
+        .alreadyExists,
+        "volume \(spec.id) exists with \(existing.capacityBytes) bytes, outside [\(spec.requiredBytes), \(spec.limitBytes)]")
+    }
+  }
+
+  private func makeSparseFile(_ path: String, size: Int64) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw SystemCallError("open", path) }
+    defer { close(fd) }
+    guard ftruncate(fd, off_t(size)) == 0 else { throw SystemCallError("ftruncate", path) }
+    guard fsync(fd) == 0 else { throw SystemCallError("fsync", path) }
+  }
+}

@@ -1,0 +1,39 @@
+import SwellHost
+
+/// The small record kept beside each backing file: what the volume was created as.
+///
+/// Stored as `key=value` lines, written atomically. The backing file's own size is the truth
+/// for capacity; `capacityBytes` here is what the driver last set, used to spot truncation.
+public struct VolumeMeta: Sendable, Equatable {
+  public static let version = 1
+  public var access: AccessKind
+  public var fsType: String
+  public var capacityBytes: Int64
+
+  public init(access: AccessKind, fsType: String, capacityBytes: Int64) {
+    self.access = access
+    self.fsType = fsType
+    self.capacityBytes = capacityBytes
+  }
+
+  public func encoded() -> String {
+    "version=\(Self.version)\naccess=\(access.rawValue)\nfs_type=\(fsType)\ncapacity_bytes=\(capacityBytes)\n"
+  }
+
+  /// Parses ``encoded()``; throws on any missing, unknown or malformed field.
+  public static func decode(_ text: String) throws -> VolumeMeta {
+    var fields: [String: String] = [:]
+    for line in text.split(separator: "\n") {
+      guard let eq = line.firstIndex(of: "=") else { throw SwellError(.internal, "malformed metadata line \(line)") }
+      fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
+    }
+    guard fields["version"] == String(version) else {
+      throw SwellError(.internal, "metadata version \(fields["version"] ?? "missing") is not \(version)")
+    }
+    guard let access = fields["access"].flatMap(AccessKind.init(rawValue:)),
+      let fsType = fields["fs_type"],
+      let capacity = fields["capacity_bytes"].flatMap(Int64.init), capacity > 0
+    else { throw SwellError(.internal, "metadata is incomplete") }
+    return VolumeMeta(access: access, fsType: fsType, capacityBytes: capacity)
+  }
+}

@@ -1,0 +1,234 @@
+import ArgumentParser
+import CSIProto
+import GRPCCore
+import SwellClient
+import SwiftProtobuf
+
+/// `swell csi …`: talk to a live plugin socket, for debugging on a node.
+struct CSICommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "csi", abstract: "Call a running plugin over its socket.",
+    subcommands: [
+      CSIProbe.self, CSIInfo.self, CSICapabilities.self, CSICreate.self, CSIDelete.self, CSIExpand.self,
+      CSIList.self, CSIStats.self, CSIStage.self, CSIPublish.self, CSIUnstage.self, CSIUnpublish.self,
+      CSINodeExpand.self,
+    ])
+}
+
+struct Connection: ParsableArguments {
+  @Option(help: "The plugin's socket.")
+  var endpoint = "unix:///csi/csi.sock"
+
+  @Flag(help: "Print the response as JSON.")
+  var json = false
+
+  /// Calls the plugin and prints the response: JSON with --json, else `human(response)`.
+  func call<M: SwiftProtobuf.Message & Sendable>(
+    _ body: (CSIClient) async throws -> M, human: (M) -> String
+  ) async throws {
+    let path = endpoint.hasPrefix("unix://") ? String(endpoint.dropFirst(7)) : endpoint
+    do {
+      let response = try await withCSIClient(socketPath: path) { try await body($0) }
+      if json {
+        var options = JSONEncodingOptions()
+        options.preserveProtoFieldNames = true
+        print(try response.jsonString(options: options))
+      } else {
+        print(human(response))
+      }
+    } catch let error as RPCError {
+      print("error: \(error.code): \(error.message)")
+      throw ExitCode(2)
+    }
+  }
+}
+
+struct VolumeFlags: ParsableArguments {
+  @Flag(help: "A raw block volume instead of a filesystem.")
+  var block = false
+  @Option(help: "The filesystem: ext4 or xfs.")
+  var fsType = "ext4"
+
+  var capability: Csi_V1_VolumeCapability {
+    block ? CSIRequests.blockCapability() : CSIRequests.mountCapability(fsType: fsType)
+  }
+}
+
+struct CSIProbe: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "probe", abstract: "Probe the plugin.")
+  @OptionGroup var connection: Connection
+  func run() async throws {
+    try await connection.call({ try await $0.identity.probe(.init()) }) { "ready: \($0.ready.value)" }
+  }
+}
+
+struct CSIInfo: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "info", abstract: "Plugin and node information.")
+  @OptionGroup var connection: Connection
+  func run() async throws {
+    try await connection.call({ try await $0.identity.getPluginInfo(.init()) }) {
+      "name: \($0.name)\nversion: \($0.vendorVersion)"
+    }
+  }
+}
+
+struct CSICapabilities: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "capabilities", abstract: "Plugin capabilities.")
+  @OptionGroup var connection: Connection
+  func run() async throws {
+    try await connection.call({ try await $0.identity.getPluginCapabilities(.init()) }) {
+      $0.capabilities.map { $0.type.map { "\($0)" } ?? "unknown" }.joined(separator: "\n")
+    }
+  }
+}
+
+struct CSICreate: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "create", abstract: "CreateVolume.")
+  @OptionGroup var connection: Connection
+  @OptionGroup var volume: VolumeFlags
+  @Argument(help: "The volume name.") var name: String
+  @Option(help: "The size in bytes.") var bytes: Int64 = 1 << 30
+  func run() async throws {
+    try await connection.call({
+      try await $0.controller.createVolume(CSIRequests.create(name: name, bytes: bytes, capability: volume.capability))
+    }) { "volume \($0.volume.volumeID): \($0.volume.capacityBytes) bytes" }
+  }
+}
+
+struct CSIDelete: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "delete", abstract: "DeleteVolume.")
+  @OptionGroup var connection: Connection
+  @Argument var volumeID: String
+  func run() async throws {
+    try await connection.call({ try await $0.controller.deleteVolume(.with { $0.volumeID = volumeID }) }) { _ in
+      "deleted \(volumeID)"
+    }
+  }
+}
+
+struct CSIExpand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "expand", abstract: "ControllerExpandVolume.")
+  @OptionGroup var connection: Connection
+  @Argument var volumeID: String
+  @Option(help: "The new size in bytes.") var bytes: Int64
+  func run() async throws {
+    try await connection.call({
+      try await $0.controller.controllerExpandVolume(.with {
+        $0.volumeID = volumeID
+        $0.capacityRange.requiredBytes = bytes
+      })
+    }) { "capacity: \($0.capacityBytes) bytes, node expansion required: \($0.nodeExpansionRequired)" }
+  }
+}
+
+struct CSIList: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "list", abstract: "ListVolumes.")
+  @OptionGroup var connection: Connection
+  func run() async throws {
+    try await connection.call({ try await $0.controller.listVolumes(.init()) }) {
+      $0.entries.map {
+        "\($0.volume.volumeID)\t\($0.volume.capacityBytes)\t\($0.status.volumeCondition.abnormal ? "abnormal: " : "")\($0.status.volumeCondition.message)"
+      }.joined(separator: "\n")
+    }
+  }
+}
+
+struct CSIStats: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "stats", abstract: "NodeGetVolumeStats.")
+  @OptionGroup var connection: Connection
+  @Argument var volumeID: String
+  @Argument var path: String
+  func run() async throws {
+    try await connection.call({
+      try await $0.node.nodeGetVolumeStats(.with {
+        $0.volumeID = volumeID
+        $0.volumePath = path
+      })
+    }) {
+      $0.usage.map { "\($0.unit): total \($0.total) used \($0.used) available \($0.available)" }.joined(separator: "\n")
+    }
+  }
+}
+
+struct CSIStage: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "stage", abstract: "NodeStageVolume.")
+  @OptionGroup var connection: Connection
+  @OptionGroup var volume: VolumeFlags
+  @Argument var volumeID: String
+  @Argument var stagingPath: String
+  func run() async throws {
+    try await connection.call({
+      try await $0.node.nodeStageVolume(.with {
+        $0.volumeID = volumeID
+        $0.stagingTargetPath = stagingPath
+        $0.volumeCapability = volume.capability
+      })
+    }) { _ in "staged \(volumeID) at \(stagingPath)" }
+  }
+}
+
+struct CSIPublish: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "publish", abstract: "NodePublishVolume.")
+  @OptionGroup var connection: Connection
+  @OptionGroup var volume: VolumeFlags
+  @Argument var volumeID: String
+  @Argument var stagingPath: String
+  @Argument var targetPath: String
+  @Flag var readonly = false
+  func run() async throws {
+    try await connection.call({
+      try await $0.node.nodePublishVolume(.with {
+        $0.volumeID = volumeID
+        $0.stagingTargetPath = stagingPath
+        $0.targetPath = targetPath
+        $0.volumeCapability = volume.capability
+        $0.readonly = readonly
+      })
+    }) { _ in "published \(volumeID) at \(targetPath)" }
+  }
+}
+
+struct CSIUnstage: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "unstage", abstract: "NodeUnstageVolume.")
+  @OptionGroup var connection: Connection
+  @Argument var volumeID: String
+  @Argument var stagingPath: String
+  func run() async throws {
+    try await connection.call({
+      try await $0.node.nodeUnstageVolume(.with {
+        $0.volumeID = volumeID
+        $0.stagingTargetPath = stagingPath
+      })
+    }) { _ in "unstaged \(volumeID)" }
+  }
+}
+
+struct CSIUnpublish: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "unpublish", abstract: "NodeUnpublishVolume.")
+  @OptionGroup var connection: Connection
+  @Argument var volumeID: String
+  @Argument var targetPath: String
+  func run() async throws {
+    try await connection.call({
+      try await $0.node.nodeUnpublishVolume(.with {
+        $0.volumeID = volumeID
+        $0.targetPath = targetPath
+      })
+    }) { _ in "unpublished \(volumeID)" }
+  }
+}
+
+struct CSINodeExpand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "node-expand", abstract: "NodeExpandVolume.")
+  @OptionGroup var connection: Connection
+  @Argument var volumeID: String
+  @Argument var volumePath: String
+  func run() async throws {
+    try await connection.call({
+      try await $0.node.nodeExpandVolume(.with {
+        $0.volumeID = volumeID
+        $0.volumePath = volumePath
+      })
+    }) { "capacity: \($0.capacityBytes) bytes" }
+  }
+}

@@ -1,0 +1,62 @@
+import ArgumentParser
+import Logging
+import SwellDriver
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+struct PluginCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "plugin", abstract: "Serve the CSI Identity, Controller and Node services on a unix socket.")
+
+  @Option(help: "The socket to serve on, as unix:///path.")
+  var endpoint = "unix:///csi/csi.sock"
+
+  @Option(help: "This node's ID (default: the host name).")
+  var nodeId: String?
+
+  @Option(help: "The driver name that Kubernetes knows this driver by.")
+  var driverName = "swell.csi.dev"
+
+  @Option(help: "Which services to serve: controller, node or all.")
+  var mode: String = "all"
+
+  @Option(help: "The directory that holds the loop-file backend's volumes.")
+  var dataDir = "/var/lib/swell"
+
+  @Option(help: "The most volumes this node takes (NodeGetInfo).")
+  var maxVolumesPerNode: Int64 = 256
+
+  @Option(help: "trace, debug, info, notice, warning, error or critical.")
+  var logLevel: Logger.Level = .info
+
+  func validate() throws {
+    guard PluginMode(rawValue: mode) != nil else {
+      throw ValidationError("--mode must be controller, node or all")
+    }
+    if let nodeId, nodeId.isEmpty || nodeId.utf8.count > 128 {
+      throw ValidationError("--node-id must be 1 to 128 bytes")
+    }
+  }
+
+  func run() async throws {
+    let logger = bootstrapLogging(level: logLevel)
+    let config = DriverConfig(
+      driverName: driverName, version: SwellVersion.version, nodeID: nodeId ?? hostName(),
+      mode: PluginMode(rawValue: mode)!, maxVolumesPerNode: maxVolumesPerNode)
+    let plugin = Plugin(options: PluginOptions(endpoint: endpoint, dataDir: dataDir, config: config), logger: logger)
+    do {
+      try await plugin.run()
+    } catch {
+      logger.critical("plugin failed", metadata: ["error": "\(error)"])
+      throw ExitCode.failure
+    }
+  }
+}
+
+func hostName() -> String {
+  var buffer = [CChar](repeating: 0, count: 256)
+  guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+  return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

@@ -1,0 +1,31 @@
+import ArgumentParser
+import Logging
+import SwellDriver
+
+@main
+struct Swell: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "swell",
+    abstract: "Swell: a CSI block-storage driver that grows volumes online.",
+    subcommands: [PluginCommand.self, DemoCommand.self, CSICommand.self, VersionCommand.self])
+}
+
+struct VersionCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "version", abstract: "Print the version and the CSI spec version.")
+
+  func run() {
+    print("swell \(SwellVersion.version) (CSI spec \(SwellVersion.csiSpec))")
+  }
+}
+
+/// Sets up swift-log once for the process: plain lines on stderr at the given level.
+func bootstrapLogging(level: Logger.Level) -> Logger {
+  LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = level
+    return handler
+  }
+  return Logger(label: "swell")
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

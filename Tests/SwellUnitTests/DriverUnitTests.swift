@@ -1,0 +1,116 @@
+import CSIProto
+import GRPCCore
+import Testing
+import SwellHost
+@testable import SwellDriver
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+@Suite struct ErrorMappingTests {
+  @Test(arguments: [
+    (SwellError.Kind.invalidArgument, RPCError.Code.invalidArgument), (.notFound, .notFound),
+    (.alreadyExists, .alreadyExists), (.outOfRange, .outOfRange), (.resourceExhausted, .resourceExhausted),
+    (.failedPrecondition, .failedPrecondition), (.aborted, .aborted), (.unavailable, .unavailable),
+    (.internal, .internalError),
+  ])
+  func eachKindHasItsCode(kind: SwellError.Kind, code: RPCError.Code) {
+    let error = ErrorMapping.rpcError(SwellError(kind, "why"))
+    #expect(error.code == code)
+    #expect(error.message == "why")
+  }
+
+  @Test func aFullDiskIsResourceExhaustedNeverInternal() {
+    #expect(ErrorMapping.rpcError(SystemCallError("write", "/x", errno: ENOSPC)).code == .resourceExhausted)
+    #expect(ErrorMapping.rpcError(SystemCallError("write", "/x", errno: EIO)).code == .internalError)
+    let mkfs = CommandError(argv: ["mkfs.ext4"], exitCode: 1, stderr: "write: No space left on device", reason: "failed")
+    #expect(ErrorMapping.rpcError(mkfs).code == .resourceExhausted)
+    let wrapped = SwellError(.internal, "creating", cause: SystemCallError("ftruncate", "/x", errno: ENOSPC))
+    #expect(ErrorMapping.rpcError(wrapped).code == .resourceExhausted)
+  }
+
+  @Test func otherErrorsAreInternalAndCancellationIsCancelled() {
+    struct Odd: Error {}
+    #expect(ErrorMapping.rpcError(Odd()).code == .internalError)
+    #expect(ErrorMapping.rpcError(CancellationError()).code == .cancelled)
+    let rpc = RPCError(code: .unimplemented, message: "x")
+    #expect(ErrorMapping.rpcError(rpc).code == .unimplemented)
+  }
+}
+
+@Suite struct ValidationTests {
+  func cap(_ mode: Csi_V1_VolumeCapability.AccessMode.Mode, fs: String? = "ext4") -> Csi_V1_VolumeCapability {
+    .with {
+      if let fs { $0.mount = .with { $0.fsType = fs } } else { $0.block = .init() }
+      $0.accessMode.mode = mode
+    }
+  }
+
+  @Test(arguments: [
+    Csi_V1_VolumeCapability.AccessMode.Mode.singleNodeWriter, .singleNodeReaderOnly, .singleNodeSingleWriter,
+    .singleNodeMultiWriter,
+  ])
+  func singleNodeModesPass(mode: Csi_V1_VolumeCapability.AccessMode.Mode) throws {
+    #expect(try Validation.access([cap(mode)]).kind == .mount)
+    #expect(try Validation.access([cap(mode, fs: nil)]).kind == .block)
+  }
+
+  @Test(arguments: [
+    Csi_V1_VolumeCapability.AccessMode.Mode.multiNodeReaderOnly, .multiNodeSingleWriter, .multiNodeMultiWriter, .unknown,
+  ])
+  func multiNodeAndUnknownModesAreInvalid(mode: Csi_V1_VolumeCapability.AccessMode.Mode) {
+    let error = #expect(throws: SwellError.self) { try Validation.access([cap(mode)]) }
+    #expect(error?.kind == .invalidArgument)
+  }
+
+  @Test func filesystemsAndShapes() throws {
+    #expect(try Validation.access([cap(.singleNodeWriter, fs: "xfs")]).fsType == "xfs")
+    #expect(try Validation.access([cap(.singleNodeWriter, fs: "")]).fsType == "")
+    #expect(throws: SwellError.self) { try Validation.access([cap(.singleNodeWriter, fs: "btrfs")]) }
+    #expect(throws: SwellError.self) { try Validation.access([]) }
+    #expect(throws: SwellError.self) { try Validation.access([cap(.singleNodeWriter), cap(.singleNodeWriter, fs: nil)]) }
+    #expect(throws: SwellError.self) {
+      try Validation.access([cap(.singleNodeWriter, fs: "ext4"), cap(.singleNodeWriter, fs: "xfs")])
+    }
+    var noType = Csi_V1_VolumeCapability()
+    noType.accessMode.mode = .singleNodeWriter
+    #expect(throws: SwellError.self) { try Validation.access([noType]) }
+    var noMode = Csi_V1_VolumeCapability()
+    noMode.block = .init()
+    #expect(throws: SwellError.self) { try Validation.access([noMode]) }
+  }
+
+  @Test func parameters() throws {
+    try Validation.parameters([:])
+    try Validation.parameters(["backend": "loop", "csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/fstype": "xfs"])
+    #expect(throws: SwellError.self) { try Validation.parameters(["bogus": "1"]) }
+    #expect(throws: SwellError.self) { try Validation.parameters(["backend": "nfs"]) }
+  }
+
+  @Test func topology() {
+    let config = DriverConfig(driverName: "swell.csi.dev", version: "t", nodeID: "n1", mode: .all)
+    let mine = Csi_V1_Topology.with { $0.segments = ["topology.swell.csi.dev/node": "n1"] }
+    let other = Csi_V1_Topology.with { $0.segments = ["topology.swell.csi.dev/node": "n2"] }
+    #expect(Validation.topology(mine, fits: config))
+    #expect(!Validation.topology(other, fits: config))
+    #expect(throws: SwellError.self) {
+      try Validation.accessibility(.with { $0.requisite = [other] }, config: config)
+    }
+    #expect(throws: Never.self) {
+      try Validation.accessibility(.with { $0.requisite = [other, mine] }, config: config)
+    }
+  }
+
+  @Test func listTokens() {
+    #expect(ListToken.decode(ListToken.encode("pvc-1")) == "pvc-1")
+    #expect(ListToken.decode("invalid-token") == nil)
+    #expect(ListToken.decode("swell-next:../x") == nil)
+  }
+
+  @Test func endpoints() throws {
+    #expect(try UnixListener.socketPath(fromEndpoint: "unix:///csi/csi.sock") == "/csi/csi.sock")
+    #expect(try UnixListener.socketPath(fromEndpoint: "/csi/csi.sock") == "/csi/csi.sock")
+    #expect(throws: SwellError.self) { try UnixListener.socketPath(fromEndpoint: "tcp://1.2.3.4:5") }
+  }
+}

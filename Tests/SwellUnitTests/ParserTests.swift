@@ -1,0 +1,102 @@
+import Testing
+@testable import SwellHost
+import SwellStorage
+
+@Suite struct MountInfoTests {
+  let sample = """
+    22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,errors=remount-ro
+    130 22 7:3 / /var/lib/kubelet/plugins/kubernetes.io/csi/swell.csi.dev/abc/globalmount rw,relatime shared:70 - ext4 /dev/loop3 rw
+    140 22 7:3 / /var/lib/kubelet/pods/p\\040q/volumes/mount ro,relatime shared:70 - ext4 /dev/loop3 rw
+    150 22 0:5 /loop4 /var/lib/kubelet/pods/x/volumeDevices/dev rw,nosuid master:2 - devtmpfs udev rw,size=100k
+    garbage line
+    """
+
+  @Test func parsesEveryWellFormedLine() {
+    let entries = MountInfo.parse(sample)
+    #expect(entries.count == 4)
+    #expect(entries[1].major == 7 && entries[1].minor == 3)
+    #expect(entries[1].fsType == "ext4")
+    #expect(entries[1].source == "/dev/loop3")
+    #expect(entries[3].root == "/loop4")
+    #expect(entries[3].fsType == "devtmpfs")
+  }
+
+  @Test func unescapesOctal() {
+    let entries = MountInfo.parse(sample)
+    #expect(entries[2].mountPoint == "/var/lib/kubelet/pods/p q/volumes/mount")
+    #expect(entries[2].isReadOnly)
+    #expect(!entries[1].isReadOnly)
+    #expect(MountInfo.unescape("a\\011b\\134c\\12") == "a\tb\\c\\12")
+  }
+
+  @Test func optionalFieldsMayBeAbsent() {
+    let entry = MountInfo.parse("36 35 98:0 /mnt1 /mnt2 rw,noatime - ext3 /dev/root rw,errors=continue").first
+    #expect(entry?.mountPoint == "/mnt2")
+    #expect(entry?.source == "/dev/root")
+  }
+
+  @Test func findsTheTopmostMountAtAPath() {
+    let table = MountInfo.parse("""
+      1 0 7:1 / /a rw - ext4 /dev/loop1 rw
+      2 0 7:2 / /a rw - xfs /dev/loop2 rw
+      """)
+    #expect(MountInfo.mount(at: "/a", in: table)?.minor == 2)
+    #expect(MountInfo.mount(at: "/b", in: table) == nil)
+  }
+}
+
+@Suite struct BlkidTests {
+  @Test func aFilesystem() {
+    #expect(Mounter.parseBlkid("DEVNAME=/dev/loop0\nUUID=1234\nBLOCK_SIZE=4096\nTYPE=ext4\nUSAGE=filesystem\n") == .filesystem("ext4"))
+    #expect(Mounter.parseBlkid("TYPE=xfs\n") == .filesystem("xfs"))
+  }
+
+  @Test func aPartitionTableIsData() {
+    guard case .other(let what) = Mounter.parseBlkid("DEVNAME=/dev/loop0\nPTUUID=ab\nPTTYPE=gpt\n") else {
+      Issue.record("a partition table was not seen as data")
+      return
+    }
+    #expect(what.contains("PTTYPE=gpt"))
+  }
+
+  @Test func raidAndLvmMembersAreData() {
+    #expect(Mounter.parseBlkid("TYPE=LVM2_member\nUSAGE=raid\n") != .empty)
+    if case .filesystem = Mounter.parseBlkid("TYPE=LVM2_member\nUSAGE=raid\n") {
+      Issue.record("an LVM member was taken for a filesystem")
+    }
+  }
+
+  @Test func unrecognisedOutputIsNeverEmpty() {
+    #expect(Mounter.parseBlkid("") != .empty)
+    #expect(Mounter.parseBlkid("nonsense") != .empty)
+  }
+}
+
+@Suite struct VolumeMetaTests {
+  @Test func roundTrips() throws {
+    let meta = VolumeMeta(access: .block, fsType: "", capacityBytes: 5 << 20)
+    #expect(try VolumeMeta.decode(meta.encoded()) == meta)
+    let fs = VolumeMeta(access: .mount, fsType: "xfs", capacityBytes: 1 << 30)
+    #expect(try VolumeMeta.decode(fs.encoded()) == fs)
+  }
+
+  @Test(arguments: [
+    "", "version=2\naccess=mount\nfs_type=\ncapacity_bytes=1\n", "version=1\naccess=tape\nfs_type=\ncapacity_bytes=1\n",
+    "version=1\naccess=mount\nfs_type=ext4\ncapacity_bytes=-5\n", "version=1\naccess=mount\ncapacity_bytes=1\n",
+    "version=1\nbroken line\n",
+  ])
+  func rejectsDamage(text: String) {
+    #expect(throws: SwellError.self) { try VolumeMeta.decode(text) }
+  }
+}
+
+@Suite struct CapabilityParsingTests {
+  @Test func readsTheEffectiveMask() {
+    let status = "Name:\tswell\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\nCapBnd:\t000001ffffffffff\n"
+    let mask = ProcessCapabilities.parseEffective(status)
+    #expect(mask == 0x1fffeffffff)
+    #expect(mask! & (1 << UInt64(ProcessCapabilities.sysResource)) == 0)
+    #expect(mask! & (1 << UInt64(ProcessCapabilities.sysAdmin)) != 0)
+    #expect(ProcessCapabilities.parseEffective("Name: x\n") == nil)
+  }
+}

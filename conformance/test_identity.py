@@ -1,0 +1,42 @@
+from conftest import csi_pb2, NODE_ID, TOPOLOGY_KEY
+
+
+def test_plugin_info_names_the_driver(plugin):
+    info = plugin.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest())
+    assert info.name == "swell.csi.dev"
+    assert info.vendor_version
+
+
+def test_capabilities(plugin):
+    caps = plugin.identity.GetPluginCapabilities(csi_pb2.GetPluginCapabilitiesRequest()).capabilities
+    services = {c.service.type for c in caps if c.HasField("service")}
+    expansion = {c.volume_expansion.type for c in caps if c.HasField("volume_expansion")}
+    assert csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE in services
+    assert csi_pb2.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in services
+    assert expansion == {csi_pb2.PluginCapability.VolumeExpansion.ONLINE}
+
+
+def test_probe_is_ready_with_an_explicit_value(plugin):
+    resp = plugin.identity.Probe(csi_pb2.ProbeRequest())
+    assert resp.HasField("ready") and resp.ready.value is True
+
+
+def test_node_info_and_capabilities(plugin):
+    info = plugin.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest())
+    assert info.node_id == NODE_ID
+    assert info.max_volumes_per_node > 0
+    assert dict(info.accessible_topology.segments) == {TOPOLOGY_KEY: NODE_ID}
+    caps = {c.rpc.type for c in plugin.node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest()).capabilities}
+    R = csi_pb2.NodeServiceCapability.RPC
+    assert caps == {R.STAGE_UNSTAGE_VOLUME, R.GET_VOLUME_STATS, R.EXPAND_VOLUME, R.VOLUME_CONDITION,
+                    R.SINGLE_NODE_MULTI_WRITER}
+
+
+def test_controller_capabilities(plugin):
+    caps = {c.rpc.type for c in plugin.controller.ControllerGetCapabilities(
+        csi_pb2.ControllerGetCapabilitiesRequest()).capabilities}
+    R = csi_pb2.ControllerServiceCapability.RPC
+    for needed in (R.CREATE_DELETE_VOLUME, R.EXPAND_VOLUME, R.LIST_VOLUMES, R.GET_CAPACITY, R.GET_VOLUME,
+                   R.VOLUME_CONDITION):
+        assert needed in caps
+    assert R.PUBLISH_UNPUBLISH_VOLUME not in caps
