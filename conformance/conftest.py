@@ -46,6 +46,18 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
+def _has_cap_sys_resource():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 24))
+    return False
+
+
+# ext4's online resize needs CAP_SYS_RESOURCE, which some sandboxes withhold even from root.
+HAS_SYS_RESOURCE = _has_cap_sys_resource()
+
+
 def require_root():
     if os.geteuid() != 0:
         pytest.fail("the conformance suite needs root: it attaches loop devices and mounts filesystems")
@@ -164,14 +176,14 @@ def plugin():
 # ---- request builders -------------------------------------------------------------------
 
 def mount_cap(fs="ext4", mode=None, flags=()):
-    mode = mode or csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
+    mode = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER if mode is None else mode
     return csi_pb2.VolumeCapability(
         mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs, mount_flags=list(flags)),
         access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
 
 
 def block_cap(mode=None):
-    mode = mode or csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
+    mode = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER if mode is None else mode
     return csi_pb2.VolumeCapability(
         block=csi_pb2.VolumeCapability.BlockVolume(),
         access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))

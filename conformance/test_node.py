@@ -1,12 +1,13 @@
 import os
 import stat
+import struct
 import subprocess
 
 import grpc
 import pytest
 
 from conftest import (csi_pb2, create_req, mount_cap, block_cap, code_of, sha256, write_random, loops_under,
-                      host_mounts_under, MiB)
+                      host_mounts_under, MiB, HAS_SYS_RESOURCE)
 
 C = grpc.StatusCode
 
@@ -72,6 +73,16 @@ def test_full_lifecycle_with_online_expand(plugin, fs):
 
     r = expand(plugin, "v", 640 * MiB)
     assert r.capacity_bytes == 640 * MiB and r.node_expansion_required
+    if fs == "ext4" and not HAS_SYS_RESOURCE:
+        # The kernel refuses: the plugin must say why, plainly, and harm nothing.
+        with pytest.raises(grpc.RpcError) as err:
+            node_expand(plugin, "v", target, 640 * MiB, staging)
+        assert err.value.code() == C.FAILED_PRECONDITION and "CAP_SYS_RESOURCE" in err.value.details()
+        assert sha256(data) == before and fs_type_at(target) == fs
+        unpublish(plugin, "v", target)
+        unstage(plugin, "v", staging)
+        assert loops_under(plugin.root) == [] and host_mounts_under(plugin.root) == []
+        return
     assert node_expand(plugin, "v", target, 640 * MiB, staging).capacity_bytes == 640 * MiB
     assert node_expand(plugin, "v", target, 640 * MiB, staging).capacity_bytes == 640 * MiB  # idempotent
     total_after = os.statvfs(target).f_blocks * os.statvfs(target).f_frsize
@@ -150,8 +161,12 @@ def test_never_formats_a_device_with_data(plugin):
     staging, _ = paths(plugin, "d")
     plugin.controller.CreateVolume(create_req("d", required=64 * MiB, cap=cap))
     disk = os.path.join(plugin.data, "volumes", "d", "disk.img")
-    # A GPT partition table: not a filesystem, but data.
-    subprocess.run(["sfdisk", "--quiet", disk], input="label: gpt\n,\n", text=True, check=True, capture_output=True)
+    # A DOS partition table with one partition: not a filesystem, but data.
+    with open(disk, "r+b") as f:
+        f.seek(446)
+        f.write(struct.pack("<B3sB3sII", 0, b"\x00\x02\x00", 0x83, b"\x00\x00\x00", 2048, 64 * MiB // 512 - 2048))
+        f.seek(510)
+        f.write(b"\x55\xaa")
     digest = sha256(disk)
     assert code_of(stage, plugin, "d", staging, cap) == C.FAILED_PRECONDITION
     assert sha256(disk) == digest, "the device was left untouched"

@@ -19,6 +19,13 @@ public struct CommandError: Error, CustomStringConvertible, Sendable {
   public var stderr: String
   public var reason: String
 
+  public init(argv: [String], exitCode: Int32?, stderr: String, reason: String) {
+    self.argv = argv
+    self.exitCode = exitCode
+    self.stderr = stderr
+    self.reason = reason
+  }
+
   public var description: String {
     let status = exitCode.map { "exit \($0)" } ?? reason
     let err = stderr.trimmingWhitespace()
@@ -79,10 +86,10 @@ public struct SystemExecutor: Executor {
     switch result.terminationStatus {
     case .exited(let code):
       return CommandOutput(
-        exitCode: code, stdout: result.standardOutput ?? "", stderr: result.standardError ?? "")
+        exitCode: code, stdout: result.standardOutput, stderr: result.standardError)
     case .signaled(let signal):
       throw CommandError(
-        argv: argv, exitCode: nil, stderr: result.standardError ?? "",
+        argv: argv, exitCode: nil, stderr: result.standardError,
         reason: "killed by signal \(signal)")
     }
   }

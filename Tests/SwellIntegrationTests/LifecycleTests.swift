@@ -43,12 +43,26 @@ struct LifecycleTests {
       })
       #expect(expanded.capacityBytes == 800 << 20)
       #expect(expanded.nodeExpansionRequired)
-      let grown = try await client.node.nodeExpandVolume(.with {
+      let nodeExpand = Csi_V1_NodeExpandVolumeRequest.with {
         $0.volumeID = "v1"
         $0.volumePath = target
         $0.stagingTargetPath = staging
         $0.capacityRange.requiredBytes = 800 << 20
-      })
+      }
+      if fsType == "ext4", ProcessCapabilities.has(ProcessCapabilities.sysResource) == false {
+        // The kernel refuses ext4 online resize without CAP_SYS_RESOURCE: the plugin must say so
+        // plainly, leave the data and the mount alone, and still have refreshed the device.
+        let error = await #expect(throws: RPCError.self) { try await client.node.nodeExpandVolume(nodeExpand) }
+        #expect(error?.code == .failedPrecondition)
+        #expect(error?.message.contains("CAP_SYS_RESOURCE") == true)
+        let after = try await exec.run(["sha256sum", "\(target)/data"]).stdout.prefix(64)
+        #expect(before == after)
+        let size = try await exec.run(["blockdev", "--getsize64", mount.source]).stdout.trimmingWhitespace()
+        #expect(size == String(800 << 20))
+        try await unpublishUnstageDelete(client, root: root, staging: staging, target: target)
+        return
+      }
+      let grown = try await client.node.nodeExpandVolume(nodeExpand)
       #expect(grown.capacityBytes == 800 << 20)
       let sizeAfter = try FileSystemUsage.of(target).totalBytes
       #expect(sizeAfter > sizeBefore + (300 << 20), "the filesystem grew: \(sizeBefore) -> \(sizeAfter)")
@@ -71,20 +85,24 @@ struct LifecycleTests {
       #expect(stats.usage.contains { $0.unit == .inodes && $0.total > 0 })
       #expect(!stats.volumeCondition.abnormal)
 
-      _ = try await client.node.nodeUnpublishVolume(.with {
-        $0.volumeID = "v1"
-        $0.targetPath = target
-      })
-      _ = try await client.node.nodeUnstageVolume(.with {
-        $0.volumeID = "v1"
-        $0.stagingTargetPath = staging
-      })
-      #expect(loopsUnder(root).isEmpty)
-      #expect(MountInfo.mount(at: staging, in: try MountInfo.current()) == nil)
-      _ = try await client.controller.deleteVolume(.with { $0.volumeID = "v1" })
-      let list = try await client.controller.listVolumes(.init())
-      #expect(list.entries.isEmpty)
+      try await unpublishUnstageDelete(client, root: root, staging: staging, target: target)
     }
+  }
+
+  func unpublishUnstageDelete(_ client: CSIClient, root: String, staging: String, target: String) async throws {
+    _ = try await client.node.nodeUnpublishVolume(.with {
+      $0.volumeID = "v1"
+      $0.targetPath = target
+    })
+    _ = try await client.node.nodeUnstageVolume(.with {
+      $0.volumeID = "v1"
+      $0.stagingTargetPath = staging
+    })
+    #expect(loopsUnder(root).isEmpty)
+    #expect(MountInfo.mount(at: staging, in: try MountInfo.current()) == nil)
+    _ = try await client.controller.deleteVolume(.with { $0.volumeID = "v1" })
+    let list = try await client.controller.listVolumes(.init())
+    #expect(list.entries.isEmpty)
   }
 
   @Test func blockVolumeIsBoundAsADeviceAndGrows() async throws {

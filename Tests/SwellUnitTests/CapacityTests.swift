@@ -10,9 +10,12 @@ import SwellHost
     try Capacity.resolve(required: required, limit: limit, granularity: mib, defaultBytes: Capacity.giB, maximum: max)
   }
 
-  @Test(arguments: [
-    (Int64(1), Int64(1 << 20)), (1 << 20, 1 << 20), ((1 << 20) + 1, 2 << 20), (1 << 30, 1 << 30), (1_000_000_000, 954 << 20),
-  ])
+  static let roundings: [(Int64, Int64)] = [
+    (1, 1_048_576), (1_048_576, 1_048_576), (1_048_577, 2_097_152), (1_073_741_824, 1_073_741_824),
+    (1_000_000_000, 1_000_341_504),
+  ]
+
+  @Test(arguments: roundings)
   func roundsUpToTheGranularity(required: Int64, expected: Int64) throws {
     #expect(try resolve(required, 0) == expected)
   }
