@@ -40,8 +40,11 @@ public func readSmallFile(_ path: String) throws -> String {
   return String(decoding: bytes, as: UTF8.self)
 }
 
-/// Writes `contents` to `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.
-public func writeFileAtomically(_ path: String, _ contents: [UInt8], mode: mode_t = 0o600) throws {
+/// Writes `contents` to `path` atomically: a temp file beside it, fsync, rename, then (unless the
+/// caller will sync a parent itself) fsync of the directory.
+public func writeFileAtomically(
+  _ path: String, _ contents: [UInt8], mode: mode_t = 0o600, syncDirectory: Bool = true
+) throws {
   let tmp = path + ".tmp"
   let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
   guard fd >= 0 else { throw SystemCallError("open", tmp) }
@@ -68,7 +71,7 @@ public func writeFileAtomically(_ path: String, _ contents: [UInt8], mode: mode_
   close(fd)
   guard rename(tmp, path) == 0 else { throw SystemCallError("rename", path) }
   ok = true
-  try fsyncDirectory(parentDirectory(of: path))
+  if syncDirectory { try fsyncDirectory(parentDirectory(of: path)) }
 }
 
 /// fsyncs a directory, so that a rename or create inside it is durable.

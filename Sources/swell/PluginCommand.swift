@@ -1,5 +1,7 @@
 import ArgumentParser
 import Logging
+import NIOCore
+import NIOPosix
 import SwellDriver
 
 #if canImport(Glibc)
@@ -41,6 +43,8 @@ struct PluginCommand: AsyncParsableCommand {
   }
 
   func run() async throws {
+    // Run Swift concurrency on NIO's event loops: fewer thread hand-offs per RPC.
+    _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
     let logger = bootstrapLogging(level: logLevel)
     let config = DriverConfig(
       driverName: driverName, version: SwellVersion.version, nodeID: nodeId ?? hostName(),

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building, the demo and the tests need on a fresh Debian bookworm machine.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+need_apt=()
+for pair in mkfs.ext4:e2fsprogs resize2fs:e2fsprogs mkfs.xfs:xfsprogs xfs_growfs:xfsprogs losetup:mount \
+            blkid:util-linux blockdev:util-linux findmnt:util-linux sha256sum:coreutils; do
+  cmd=${pair%%:*} pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ "${1:-}" = "--tests" ]; then
+  python3 - <<'PY' 2>/dev/null || { echo "setup: pip install grpcio grpcio-tools pytest"; python3 -m pip install -q grpcio grpcio-tools pytest; }
+import grpc, grpc_tools, pytest
+PY
+fi

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything: Swift unit and integration tests, then the Python conformance suite against the
+# real binary, then a check that no loop device or mount was left behind. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --tests
+
+leftovers() {
+  local found=0
+  for f in /sys/block/loop*/loop/backing_file; do
+    [ -e "$f" ] || continue
+    case "$(cat "$f")" in /tmp/swell-*) echo "leaked loop device: $f -> $(cat "$f")"; found=1 ;; esac
+  done
+  if grep -q " /tmp/swell-" /proc/self/mountinfo; then
+    echo "leaked mounts:"; grep " /tmp/swell-" /proc/self/mountinfo; found=1
+  fi
+  return $found
+}
+
+echo "== build"
+mkdir -p .build
+if ! swift build --build-tests > .build/test-build.log 2>&1; then
+  grep -E "error:" -A3 .build/test-build.log | head -n 60 || tail -n 60 .build/test-build.log
+  exit 1
+fi
+tail -n 1 .build/test-build.log
+
+echo "== swift test (unit + loop-device integration)"
+swift test --skip-build 2>&1 | grep -vE "^(◇|↳)|warning swell.test" 
+
+echo "== conformance (Python grpcio, stubs from the official csi.proto)"
+SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -p no:cacheprovider conformance
+
+echo "== leftovers"
+leftovers
+echo "no loop device or mount left behind"
