@@ -215,3 +215,35 @@ def test_unstage_refuses_while_published(plugin):
     unpublish(plugin, "u", target)
     unstage(plugin, "u", staging)
     plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="u"))
+
+
+def test_unpublish_never_deletes_what_it_did_not_make(plugin):
+    precious = os.path.join(plugin.root, "precious.txt")
+    with open(precious, "w") as f:
+        f.write("keep me")
+    assert code_of(plugin.node.NodeUnpublishVolume, csi_pb2.NodeUnpublishVolumeRequest(
+        volume_id="v", target_path=precious)) == C.FAILED_PRECONDITION
+    full = os.path.join(plugin.root, "full")
+    os.makedirs(full)
+    open(os.path.join(full, "f"), "w").close()
+    assert code_of(plugin.node.NodeUnpublishVolume, csi_pb2.NodeUnpublishVolumeRequest(
+        volume_id="v", target_path=full)) == C.FAILED_PRECONDITION
+    assert open(precious).read() == "keep me" and os.path.exists(os.path.join(full, "f"))
+    # A missing target and an empty directory are fine.
+    plugin.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="v", target_path=full + "-none"))
+    empty = os.path.join(plugin.root, "empty")
+    os.makedirs(empty)
+    plugin.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="v", target_path=empty))
+    assert not os.path.exists(empty)
+
+
+def test_symlinked_targets_are_refused(plugin):
+    cap = mount_cap()
+    staging, target = paths(plugin, "sl")
+    plugin.controller.CreateVolume(create_req("sl", cap=cap))
+    elsewhere = os.path.join(plugin.root, "elsewhere")
+    os.makedirs(elsewhere)
+    os.makedirs(os.path.dirname(staging), exist_ok=True)
+    os.symlink(elsewhere, staging)
+    assert code_of(stage, plugin, "sl", staging, cap) == C.INVALID_ARGUMENT
+    assert host_mounts_under(plugin.root) == [] and loops_under(plugin.root) == []

@@ -31,6 +31,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     guard request.hasVolumeCapability else { throw SwellError.invalid("volume_capability is missing") }
     let access = try Validation.access(request.volumeCapability)
     let staging = Names.normalized(request.stagingTargetPath)
+    try refuseSymlink(staging, field: "staging_target_path")
     try await locks.withLock(id) {
       let device = try await backend.attach(id)
       Failpoints.hit("stage-after-attach")
@@ -105,6 +106,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let target = Names.normalized(request.targetPath)
     let staging = Names.normalized(request.stagingTargetPath)
     guard target != staging else { throw SwellError.invalid("target_path must differ from staging_target_path") }
+    try refuseSymlink(target, field: "target_path")
     try await locks.withLock(id) {
       guard try await backend.exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
       guard let device = try await backend.attachedDevice(id) else {
@@ -147,7 +149,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let target = Names.normalized(request.targetPath)
     try await locks.withLock(id) {
       try await unmountAll(at: target)
-      try removeIfPresent(target)
+      try removeTarget(target)
     }
     return .init()
   }
@@ -277,6 +279,32 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       return Int(info.rdevMajor) == device.major && Int(info.rdevMinor) == device.minor
     }
     return mount.major == device.major && mount.minor == device.minor
+  }
+
+  /// Removes what publish made at `target`: an empty directory, or the empty file a block volume
+  /// was bound onto. Anything else (a file with content, a non-empty directory, a link) is refused,
+  /// so that no request can make the plugin delete data it did not create.
+  private func removeTarget(_ target: String) throws {
+    guard let info = try FileInfo.of(target, followLinks: false) else { return }
+    if info.isDirectory {
+      guard rmdir(target) == 0 || errno == ENOENT else {
+        if errno == ENOTEMPTY || errno == EEXIST {
+          throw SwellError.precondition("\(target) still holds files after unmounting; refusing to remove it")
+        }
+        throw SystemCallError("rmdir", target)
+      }
+    } else if info.isRegular && info.size == 0 {
+      guard unlink(target) == 0 || errno == ENOENT else { throw SystemCallError("unlink", target) }
+    } else {
+      throw SwellError.precondition("\(target) is not an empty directory or file that publish made; refusing to remove it")
+    }
+  }
+
+  /// Refuses a path whose last component is a symlink: mount would follow it elsewhere.
+  private func refuseSymlink(_ path: String, field: String) throws {
+    if let info = try FileInfo.of(path, followLinks: false), info.isSymlink {
+      throw SwellError.invalid("\(field) \(path) is a symlink")
+    }
   }
 
   private func createEmptyFile(_ path: String) throws {

@@ -39,7 +39,7 @@ public struct Plugin {
     let mode = config.mode
     services.append(
       IdentityService(config: config) {
-        if mode.servesController { try await backend.checkReady() }
+        try await backend.checkReady()
         if mode.servesNode {
           guard LoopDevices(exec: exec).isUsable else {
             throw SwellError(.unavailable, "/dev/loop-control is missing: this node cannot attach loop devices")
