@@ -40,3 +40,11 @@ def test_controller_capabilities(plugin):
                    R.VOLUME_CONDITION):
         assert needed in caps
     assert R.PUBLISH_UNPUBLISH_VOLUME not in caps
+
+
+def test_the_committed_proto_is_the_official_one():
+    """Sources/CSIProto is generated from proto/csi.proto, which must be the spec's own text."""
+    import os
+    from conftest import ROOT, OFFICIAL_PROTO
+    with open(os.path.join(ROOT, "proto", "csi.proto"), "rb") as ours, open(OFFICIAL_PROTO, "rb") as official:
+        assert ours.read() == official.read()
