@@ -98,3 +98,30 @@ def test_crash_in_expand_then_retry(plugin, point):
 def test_sigterm_exits_zero_and_removes_only_its_socket(plugin):
     assert plugin.stop(signal.SIGTERM) == 0
     assert not os.path.exists(plugin.socket)
+
+
+def test_sigterm_drains_an_rpc_in_flight(plugin):
+    import threading
+    import time
+    plugin.stop()
+    plugin.start(failpoints="create-after-sparse-file:pause")
+    result = {}
+
+    def call():
+        try:
+            result["volume"] = plugin.controller.CreateVolume(create_req("inflight", required=8 * MiB)).volume
+        except grpc.RpcError as e:
+            result["error"] = e.code()
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 10
+    while ".inflight.creating" not in volume_dirs(plugin) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert ".inflight.creating" in volume_dirs(plugin), "the call reached the pause"
+    plugin.proc.send_signal(signal.SIGTERM)
+    t.join(timeout=20)
+    assert result.get("volume") is not None and result["volume"].volume_id == "inflight", result
+    assert plugin.proc.wait(timeout=20) == 0
+    assert volume_dirs(plugin) == ["inflight"]
+    plugin.start()

@@ -2,17 +2,27 @@
   import Glibc
 #endif
 
-/// Crash points for tests: `SWELL_FAILPOINTS=name[,name…]` makes the process kill itself with
-/// SIGKILL when it reaches a named point, exactly as a crash there would. Unset, a check is one
-/// lookup in an empty set.
+/// Test hooks at named points: `SWELL_FAILPOINTS=name[,name:pause…]`. A bare name makes the process
+/// kill itself with SIGKILL at that point, exactly as a crash there would; `name:pause` holds the
+/// call there for one second (to catch it in flight). Unset, a check is one lookup in an empty table.
 public enum Failpoints {
-  static let armed: Set<String> = {
-    guard let raw = getenv("SWELL_FAILPOINTS") else { return [] }
-    return Set(String(cString: raw).split(separator: ",").map(String.init))
+  enum Action { case crash, pause }
+
+  static let armed: [String: Action] = {
+    guard let raw = getenv("SWELL_FAILPOINTS") else { return [:] }
+    var table: [String: Action] = [:]
+    for item in String(cString: raw).split(separator: ",") {
+      let parts = item.split(separator: ":", maxSplits: 1)
+      table[String(parts[0])] = parts.count == 2 && parts[1] == "pause" ? .pause : .crash
+    }
+    return table
   }()
 
   public static func hit(_ name: String) {
-    guard !armed.isEmpty, armed.contains(name) else { return }
-    kill(getpid(), SIGKILL)
+    guard !armed.isEmpty, let action = armed[name] else { return }
+    switch action {
+    case .crash: kill(getpid(), SIGKILL)
+    case .pause: usleep(1_000_000)
+    }
   }
 }
