@@ -16,6 +16,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    .package(url: "https://github.com/swift-server/swift-prometheus.git", exact: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
     .package(url: "https://github.com/swiftlang/swift-subprocess.git", exact: "1.0.2", traits: []),
   ],
@@ -51,6 +52,10 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
       ]
     ),
     // A CSI client over a unix socket, for the CLI, the demo and the tests.
@@ -76,7 +81,10 @@ let package = Package(
     ),
     .testTarget(
       name: "SwellUnitTests",
-      dependencies: ["SwellDriver", "SwellStorage", "SwellHost", "CSIProto"]
+      dependencies: [
+        "SwellDriver", "SwellStorage", "SwellHost", "CSIProto",
+        .product(name: "Logging", package: "swift-log"),
+      ]
     ),
     .testTarget(
       name: "SwellIntegrationTests",

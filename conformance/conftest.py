@@ -74,7 +74,7 @@ class Plugin:
         self.channel = None
         self.log_path = os.path.join(root, "plugin.log")
 
-    def start(self, failpoints=None):
+    def start(self, failpoints=None, extra_args=()):
         env = dict(os.environ)
         env.pop("SWELL_FAILPOINTS", None)
         if failpoints:
@@ -82,7 +82,7 @@ class Plugin:
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [SWELL, "plugin", "--endpoint", f"unix://{self.socket}", "--node-id", NODE_ID,
-             "--data-dir", self.data, "--mode", "all", "--log-level", "info"],
+             "--data-dir", self.data, "--mode", "all", "--log-level", "info", *extra_args],
             stdout=log, stderr=log, env=env)
         log.close()
         deadline = time.monotonic() + 30
@@ -125,6 +125,13 @@ class Plugin:
             self.channel.close()
             self.channel = None
         return self.proc.returncode
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def host_mounts_under(root):

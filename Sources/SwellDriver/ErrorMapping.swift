@@ -24,6 +24,29 @@ public enum ErrorMapping {
     }
   }
 
+  /// The canonical gRPC name of a code (`NOT_FOUND`), as logs, metrics and the CLI print it.
+  public static func name(of code: RPCError.Code) -> String {
+    switch code {
+    case .cancelled: "CANCELLED"
+    case .unknown: "UNKNOWN"
+    case .invalidArgument: "INVALID_ARGUMENT"
+    case .deadlineExceeded: "DEADLINE_EXCEEDED"
+    case .notFound: "NOT_FOUND"
+    case .alreadyExists: "ALREADY_EXISTS"
+    case .permissionDenied: "PERMISSION_DENIED"
+    case .resourceExhausted: "RESOURCE_EXHAUSTED"
+    case .failedPrecondition: "FAILED_PRECONDITION"
+    case .aborted: "ABORTED"
+    case .outOfRange: "OUT_OF_RANGE"
+    case .unimplemented: "UNIMPLEMENTED"
+    case .internalError: "INTERNAL"
+    case .unavailable: "UNAVAILABLE"
+    case .dataLoss: "DATA_LOSS"
+    case .unauthenticated: "UNAUTHENTICATED"
+    default: "\(code)"
+    }
+  }
+
   public static func rpcError(_ error: any Error) -> RPCError {
     switch error {
     case let error as RPCError:

@@ -10,11 +10,14 @@ public struct PluginOptions: Sendable {
   public var endpoint: String
   public var dataDir: String
   public var config: DriverConfig
+  /// Where to serve `/metrics` and `/healthz` (HOST:PORT); nil for nowhere.
+  public var metricsAddress: String?
 
-  public init(endpoint: String, dataDir: String, config: DriverConfig) {
+  public init(endpoint: String, dataDir: String, config: DriverConfig, metricsAddress: String? = nil) {
     self.endpoint = endpoint
     self.dataDir = dataDir
     self.config = config
+    self.metricsAddress = metricsAddress
   }
 }
 
@@ -25,6 +28,7 @@ public struct PluginOptions: Sendable {
 public struct Plugin {
   let options: PluginOptions
   let logger: Logger
+  let metrics = DriverMetrics()
 
   public init(options: PluginOptions, logger: Logger) {
     self.options = options
@@ -56,6 +60,11 @@ public struct Plugin {
   /// Opens the backend, sweeps leftovers of interrupted calls, binds the socket and builds the server.
   /// The caller serves it and, when done, calls ``UnixListener/removeIfUnchanged()``.
   public func makeServer() throws -> (server: GRPCServer<HTTP2ServerTransport.Posix>, listener: UnixListener) {
+    let (server, listener, _) = try makeServerAndBackend()
+    return (server, listener)
+  }
+
+  func makeServerAndBackend() throws -> (GRPCServer<HTTP2ServerTransport.Posix>, UnixListener, LoopBackend) {
     let exec = SystemExecutor(logger: logger)
     let backend = try LoopBackend(dataDir: options.dataDir, exec: exec)
     if options.config.mode.servesController {
@@ -74,22 +83,42 @@ public struct Plugin {
       transport: .http2NIOPosix(
         listeningSocketDescriptor: Int(listener.descriptor), transportSecurity: .plaintext, config: transportConfig),
       services: Self.services(config: options.config, backend: backend, exec: exec),
-      interceptors: [RPCInterceptor(logger: logger)])
+      interceptors: [RPCInterceptor(logger: logger, metrics: metrics)])
     logger.notice(
       "serving",
       metadata: [
         "endpoint": "unix://\(path)", "mode": "\(options.config.mode.rawValue)",
         "driver": "\(options.config.driverName)", "node": "\(options.config.nodeID)", "data-dir": "\(backend.root)",
       ])
-    return (server, listener)
+    return (server, listener, backend)
   }
 
   /// Serves until SIGTERM or SIGINT, then drains in-flight RPCs and returns.
   public func run() async throws {
-    let (server, listener) = try makeServer()
+    let (server, listener, backend) = try makeServerAndBackend()
     defer { listener.removeIfUnchanged() }
-    let group = ServiceGroup(
-      services: [GRPCServerService(server: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    var services: [any Service] = [GRPCServerService(server: server)]
+    if let address = options.metricsAddress {
+      let metrics = self.metrics
+      let mode = options.config.mode
+      services.append(
+        try MetricsServer(address: address, logger: logger) { path in
+          switch path {
+          case "/metrics":
+            return (.ok, metrics.render(volumes: await VolumeFigures.collect(backend: backend, mode: mode)))
+          case "/healthz":
+            do {
+              try await backend.checkReady()
+              return (.ok, "ok\n")
+            } catch {
+              return (.serviceUnavailable, "\(error)\n")
+            }
+          default:
+            return (.notFound, "not found\n")
+          }
+        })
+    }
+    let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
     logger.notice("stopped")
   }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CSIProto
 import GRPCCore
 import SwellClient
+import SwellDriver
 import SwiftProtobuf
 
 /// `swell csi …`: talk to a live plugin socket, for debugging on a node.
@@ -37,9 +38,17 @@ struct Connection: ParsableArguments {
         print(human(response))
       }
     } catch let error as RPCError {
-      print("error: \(error.code): \(error.message)")
+      print("error: \(ErrorMapping.name(of: error.code)): \(error.message)")
       throw ExitCode(2)
     }
+  }
+}
+
+extension Connection {
+  /// Calls the plugin and returns the response without printing it.
+  func quietCall<M: Sendable>(_ body: (CSIClient) async throws -> M) async throws -> M {
+    let path = endpoint.hasPrefix("unix://") ? String(endpoint.dropFirst(7)) : endpoint
+    return try await withCSIClient(socketPath: path) { try await body($0) }
   }
 }
 
@@ -73,13 +82,39 @@ struct CSIInfo: AsyncParsableCommand {
 }
 
 struct CSICapabilities: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(commandName: "capabilities", abstract: "Plugin capabilities.")
+  static let configuration = CommandConfiguration(
+    commandName: "capabilities", abstract: "Plugin, controller and node capabilities.")
   @OptionGroup var connection: Connection
   func run() async throws {
-    try await connection.call({ try await $0.identity.getPluginCapabilities(.init()) }) {
-      $0.capabilities.map { $0.type.map { "\($0)" } ?? "unknown" }.joined(separator: "\n")
+    try await connection.call({ try await $0.identity.getPluginCapabilities(.init()) }) { response in
+      response.capabilities.map { cap -> String in
+        switch cap.type {
+        case .service(let s): return "plugin: \(protoName(s.type))"
+        case .volumeExpansion(let e): return "plugin: VOLUME_EXPANSION \(protoName(e.type))"
+        case nil: return "plugin: unknown"
+        }
+      }.joined(separator: "\n")
+    }
+    let controller: Csi_V1_ControllerGetCapabilitiesResponse? = try? await connection.quietCall {
+      try await $0.controller.controllerGetCapabilities(.init())
+    }
+    if let controller, !connection.json {
+      print(controller.capabilities.map { "controller: \(protoName($0.rpc.type))" }.joined(separator: "\n"))
+    }
+    try await connection.call({ try await $0.node.nodeGetCapabilities(.init()) }) {
+      $0.capabilities.map { "node: \(protoName($0.rpc.type))" }.joined(separator: "\n")
     }
   }
+}
+
+/// `createDeleteVolume` as the spec spells it: `CREATE_DELETE_VOLUME`.
+func protoName(_ value: Any) -> String {
+  var out = ""
+  for ch in "\(value)" {
+    if ch.isUppercase { out += "_" }
+    out += ch.uppercased()
+  }
+  return out
 }
 
 struct CSICreate: AsyncParsableCommand {

@@ -33,7 +33,14 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel: Logger.Level = .info
 
+  @Option(help: "text, or json for one JSON object per line.")
+  var logFormat: String = "text"
+
+  @Option(help: "Serve Prometheus /metrics and /healthz on HOST:PORT (off when not given).")
+  var metricsAddress: String?
+
   func validate() throws {
+    guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
     guard PluginMode(rawValue: mode) != nil else {
       throw ValidationError("--mode must be controller, node or all")
     }
@@ -45,11 +52,11 @@ struct PluginCommand: AsyncParsableCommand {
   func run() async throws {
     // Run Swift concurrency on NIO's event loops: fewer thread hand-offs per RPC.
     _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-    let logger = bootstrapLogging(level: logLevel)
+    let logger = bootstrapLogging(level: logLevel, json: logFormat == "json")
     let config = DriverConfig(
       driverName: driverName, version: SwellVersion.version, nodeID: nodeId ?? hostName(),
       mode: PluginMode(rawValue: mode)!, maxVolumesPerNode: maxVolumesPerNode)
-    let plugin = Plugin(options: PluginOptions(endpoint: endpoint, dataDir: dataDir, config: config), logger: logger)
+    let plugin = Plugin(options: PluginOptions(endpoint: endpoint, dataDir: dataDir, config: config, metricsAddress: metricsAddress), logger: logger)
     do {
       try await plugin.run()
     } catch {

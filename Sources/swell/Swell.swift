@@ -18,9 +18,14 @@ struct VersionCommand: ParsableCommand {
   }
 }
 
-/// Sets up swift-log once for the process: plain lines on stderr at the given level.
-func bootstrapLogging(level: Logger.Level) -> Logger {
+/// Sets up swift-log once for the process: lines on stderr at the given level, plain or JSON.
+func bootstrapLogging(level: Logger.Level, json: Bool = false) -> Logger {
   LoggingSystem.bootstrap { label in
+    if json {
+      var handler = JSONLogHandler(label: label)
+      handler.logLevel = level
+      return handler
+    }
     var handler = StreamLogHandler.standardError(label: label)
     handler.logLevel = level
     return handler

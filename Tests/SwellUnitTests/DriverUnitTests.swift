@@ -2,6 +2,7 @@ import CSIProto
 import GRPCCore
 import Testing
 import SwellHost
+import Logging
 @testable import SwellDriver
 
 #if canImport(Glibc)
@@ -112,5 +113,35 @@ import SwellHost
     #expect(try UnixListener.socketPath(fromEndpoint: "unix:///csi/csi.sock") == "/csi/csi.sock")
     #expect(try UnixListener.socketPath(fromEndpoint: "/csi/csi.sock") == "/csi/csi.sock")
     #expect(throws: SwellError.self) { try UnixListener.socketPath(fromEndpoint: "tcp://1.2.3.4:5") }
+  }
+}
+
+@Suite struct OperateTests {
+  @Test func canonicalCodeNames() {
+    #expect(ErrorMapping.name(of: .notFound) == "NOT_FOUND")
+    #expect(ErrorMapping.name(of: .internalError) == "INTERNAL")
+    #expect(ErrorMapping.name(of: .resourceExhausted) == "RESOURCE_EXHAUSTED")
+  }
+
+  @Test func jsonQuoting() {
+    #expect(JSONLogHandler.quote("plain") == "\"plain\"")
+    #expect(JSONLogHandler.quote("a\"b\\c\nd\u{1}") == "\"a\\\"b\\\\c\\nd\\u0001\"")
+  }
+
+  @Test func volumeFiguresRenderAsPrometheusText() {
+    var figures = VolumeFigures()
+    figures.byState = ["healthy": 2, "abnormal": 1]
+    figures.attached = [("v1", 1 << 30, 5 << 20), ("b1", 64 << 20, nil)]
+    let text = figures.prometheusText()
+    #expect(text.contains("swell_volumes{state=\"healthy\"} 2\n"))
+    #expect(text.contains("swell_volume_capacity_bytes{volume=\"b1\"} 67108864\n"))
+    #expect(text.contains("swell_volume_used_bytes{volume=\"v1\"} 5242880\n"))
+    #expect(!text.contains("swell_volume_used_bytes{volume=\"b1\"}"))
+  }
+
+  @Test func metricsAddressParsing() throws {
+    #expect(throws: SwellError.self) { _ = try MetricsServer(address: "nonsense", logger: .init(label: "t")) { _ in (.ok, "") } }
+    #expect(throws: SwellError.self) { _ = try MetricsServer(address: "h:99999", logger: .init(label: "t")) { _ in (.ok, "") } }
+    _ = try MetricsServer(address: "127.0.0.1:9808", logger: .init(label: "t")) { _ in (.ok, "") }
   }
 }

@@ -1,0 +1,84 @@
+import Prometheus
+import SwellHost
+import SwellStorage
+
+/// The plugin's Prometheus metrics: RPC counts and latencies, kept as calls happen, and the
+/// volume figures, read from the backend and the kernel at each scrape.
+public final class DriverMetrics: Sendable {
+  let registry = PrometheusCollectorRegistry()
+  private let buckets: [Duration] = [
+    .microseconds(250), .milliseconds(1), .milliseconds(2.5), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+    .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(5), .seconds(30),
+  ]
+
+  static var calls: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", metricName: "rpc", unitName: "total", helpText: "CSI calls answered, by method and gRPC code") }
+  static var latency: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", metricName: "rpc_duration", unitName: "seconds", helpText: "Time to answer a CSI call, by method") }
+
+  public init() {}
+
+  /// Counts one finished RPC and records its duration.
+  public func record(method: String, code: String, duration: Duration) {
+    registry.makeCounter(descriptor: Self.calls, labels: [("method", method), ("code", code)]).increment()
+    registry.makeDurationHistogram(descriptor: Self.latency, labels: [("method", method)], buckets: buckets)
+      .record(duration)
+  }
+
+  /// The Prometheus text: the registry's metrics, then the volume figures of this moment.
+  public func render(volumes: VolumeFigures) -> String {
+    registry.emitToString() + volumes.prometheusText()
+  }
+}
+
+/// Volume figures for one scrape.
+public struct VolumeFigures: Sendable, Equatable {
+  /// Volumes by state: `healthy` and `abnormal` (controller), `attached` (node).
+  public var byState: [String: Int] = [:]
+  /// For each volume attached on this node: its device size, and the bytes its filesystem uses (nil for block).
+  public var attached: [(id: String, capacity: Int64, used: Int64?)] = []
+
+  public static func == (a: VolumeFigures, b: VolumeFigures) -> Bool {
+    a.byState == b.byState && a.attached.map(\.id) == b.attached.map(\.id)
+      && a.attached.map(\.capacity) == b.attached.map(\.capacity) && a.attached.map(\.used) == b.attached.map(\.used)
+  }
+
+  func prometheusText() -> String {
+    var out = "# HELP swell_volumes Volumes by state\n# TYPE swell_volumes gauge\n"
+    for state in byState.keys.sorted() { out += "swell_volumes{state=\"\(state)\"} \(byState[state]!)\n" }
+    out += "# HELP swell_volume_capacity_bytes Size of each volume attached on this node\n"
+    out += "# TYPE swell_volume_capacity_bytes gauge\n"
+    for v in attached { out += "swell_volume_capacity_bytes{volume=\"\(v.id)\"} \(v.capacity)\n" }
+    out += "# HELP swell_volume_used_bytes Bytes used by the filesystem of each volume staged on this node\n"
+    out += "# TYPE swell_volume_used_bytes gauge\n"
+    for v in attached { if let used = v.used { out += "swell_volume_used_bytes{volume=\"\(v.id)\"} \(used)\n" } }
+    return out
+  }
+
+  /// Reads the figures for the volumes of `backend`: health for a controller, attachments and
+  /// filesystem use for a node. Volume IDs are safe label values (letters, digits, `-_.`).
+  public static func collect(backend: LoopBackend, mode: PluginMode) async -> VolumeFigures {
+    var figures = VolumeFigures()
+    let volumes = (try? await backend.list()) ?? []
+    if mode.servesController {
+      figures.byState = ["healthy": 0, "abnormal": 0]
+      for v in volumes {
+        let state = await backend.health(v.id) == .normal ? "healthy" : "abnormal"
+        figures.byState[state, default: 0] += 1
+      }
+    }
+    if mode.servesNode {
+      let table = (try? MountInfo.current()) ?? []
+      var count = 0
+      for v in volumes {
+        guard let device = try? await backend.attachedDevice(v.id) else { continue }
+        count += 1
+        let mount = table.first { $0.major == device.major && $0.minor == device.minor }
+        let used = mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes }
+        figures.attached.append((v.id, device.sizeBytes, used))
+      }
+      figures.byState["attached"] = count
+    }
+    return figures
+  }
+}
