@@ -14,7 +14,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 if [ "${1:-}" = "--tests" ]; then
-  python3 - <<'PY' 2>/dev/null || { echo "setup: pip install grpcio grpcio-tools pytest"; python3 -m pip install -q grpcio grpcio-tools pytest; }
-import grpc, grpc_tools, pytest
+  python3 - <<'PY' 2>/dev/null || { echo "setup: pip install grpcio grpcio-tools pytest kubernetes-validate yamllint pyyaml"; python3 -m pip install -q grpcio grpcio-tools pytest kubernetes-validate yamllint pyyaml; }
+import grpc, grpc_tools, pytest, kubernetes_validate, yamllint, yaml
 PY
 fi

@@ -1,0 +1,83 @@
+"""deploy/: every overlay renders, validates against Kubernetes 1.33 (strict) and passes yamllint;
+the image's build stage (scripts/build-release.sh) produces a runnable static binary."""
+import os
+import subprocess
+
+import pytest
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TARGETS = ["base", "overlays/dev", "overlays/production"]
+
+
+def render(target):
+    return subprocess.run(["kubectl", "kustomize", os.path.join(HERE, target)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_renders_and_validates(target, tmp_path):
+    out = tmp_path / "rendered.yaml"
+    out.write_text(render(target))
+    r = subprocess.run(["kubernetes-validate", "-k", "1.33.0", "--strict", "--quiet", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.read_text()) if d)
+    assert kinds == ["CSIDriver", "DaemonSet", "Namespace", "PriorityClass", "StorageClass"]
+
+
+def test_examples_validate():
+    path = os.path.join(HERE, "examples", "postgres", "postgres.yaml")
+    r = subprocess.run(["kubernetes-validate", "-k", "1.33.0", "--strict", "--quiet", path],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_yamllint():
+    r = subprocess.run(["yamllint", "-c", os.path.join(ROOT, ".yamllint"), HERE], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def objects(target):
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(render(target)) if d}
+
+
+def test_driver_and_class_match_the_plugin():
+    objs = objects("overlays/production")
+    driver = objs[("CSIDriver", "swell.csi.dev")]["spec"]
+    assert driver["attachRequired"] is False and driver["podInfoOnMount"] is False
+    sc = objs[("StorageClass", "swell-local")]
+    assert sc["provisioner"] == "swell.csi.dev" and sc["allowVolumeExpansion"] is True
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
+    # Every class parameter is one the plugin accepts (it rejects unknown keys).
+    assert set(sc["parameters"]) <= {"backend", "csi.storage.k8s.io/fstype"}
+
+
+def test_node_pod_is_pinned_limited_and_tight():
+    ds = objects("overlays/production")[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
+    assert ds["priorityClassName"] == "swell-node"
+    for c in ds["containers"]:
+        image = c["image"]
+        assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), image
+        assert "limits" in c["resources"] and "requests" in c["resources"], c["name"]
+        assert "livenessProbe" in c, c["name"]
+        sec = c["securityContext"]
+        if c["name"] == "swell":
+            assert sec["privileged"] is True
+            mounts = {m["name"]: m for m in c["volumeMounts"]}
+            assert mounts["kubelet-dir"]["mountPropagation"] == "Bidirectional"
+            assert mounts["dev"]["mountPath"] == "/dev"
+        else:
+            assert sec["allowPrivilegeEscalation"] is False and sec["capabilities"]["drop"] == ["ALL"]
+            assert sec["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.skipif(os.environ.get("SWELL_SKIP_RELEASE_BUILD") == "1", reason="SWELL_SKIP_RELEASE_BUILD=1")
+def test_image_build_stage(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([os.path.join(ROOT, "scripts", "build-release.sh"), str(out)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    version = subprocess.run([str(out / "swell"), "version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("swell 0.1.0")
