@@ -32,16 +32,11 @@ public final class DriverMetrics: Sendable {
 }
 
 /// Volume figures for one scrape.
-public struct VolumeFigures: Sendable, Equatable {
+public struct VolumeFigures: Sendable {
   /// Volumes by state: `healthy` and `abnormal` (controller), `attached` (node).
   public var byState: [String: Int] = [:]
   /// For each volume attached on this node: its device size, and the bytes its filesystem uses (nil for block).
   public var attached: [(id: String, capacity: Int64, used: Int64?)] = []
-
-  public static func == (a: VolumeFigures, b: VolumeFigures) -> Bool {
-    a.byState == b.byState && a.attached.map(\.id) == b.attached.map(\.id)
-      && a.attached.map(\.capacity) == b.attached.map(\.capacity) && a.attached.map(\.used) == b.attached.map(\.used)
-  }
 
   func prometheusText() -> String {
     var out = "# HELP swell_volumes Volumes by state\n# TYPE swell_volumes gauge\n"
