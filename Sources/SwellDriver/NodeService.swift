@@ -174,9 +174,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         $0.volumeCondition = condition
       }
     }
-    guard let mount = MountInfo.mount(at: path, in: try MountInfo.current()),
-      mount.major == device.major, mount.minor == device.minor
-    else {
+    guard try mountOfVolume(device, atAnyOf: [path]) != nil else {
       throw SwellError.notFound("\(path) is not a mount of volume \(id)")
     }
     let usage = try FileSystemUsage.of(path)
@@ -229,12 +227,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       if blockRequested || pathIsDevice {
         return device.sizeBytes
       }
-      let table = try MountInfo.current()
       let candidates = [path, Names.normalized(request.stagingTargetPath)].filter { !$0.isEmpty }
-      guard
-        let mount = candidates.lazy.compactMap({ MountInfo.mount(at: $0, in: table) })
-          .first(where: { $0.major == device.major && $0.minor == device.minor })
-      else {
+      guard let mount = try mountOfVolume(device, atAnyOf: candidates) else {
         throw SwellError.notFound("\(path) is not a mount of volume \(id)")
       }
       try await mounter.growFilesystem(type: mount.fsType, device: device.path, mountPoint: mount.mountPoint)
@@ -263,6 +257,13 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   }
 
   // MARK: Helpers
+
+  /// The first of `paths` at which a filesystem on `device` is mounted.
+  private func mountOfVolume(_ device: AttachedDevice, atAnyOf paths: [String]) throws -> MountEntry? {
+    let table = try MountInfo.current()
+    return paths.lazy.compactMap { MountInfo.mount(at: $0, in: table) }
+      .first { $0.major == device.major && $0.minor == device.minor }
+  }
 
   /// Unmounts everything stacked at `path`; nothing mounted is fine.
   private func unmountAll(at path: String) async throws {

@@ -1,6 +1,7 @@
 import CSIProto
 import GRPCCore
 import Logging
+import SwellHost
 import Synchronization
 
 /// Maps every error a handler throws to its gRPC code (through ``ErrorMapping``), counts the call
@@ -36,7 +37,7 @@ public struct RPCInterceptor: ServerInterceptor {
     }
     let elapsed = ContinuousClock.now - start
     let method = context.descriptor.method
-    var metadata: Logger.Metadata = ["method": "\(method)", "ms": "\(milliseconds(elapsed))"]
+    var metadata: Logger.Metadata = ["method": "\(method)", "ms": "\((elapsed.milliseconds * 1000).rounded() / 1000)"]
     if let id = volume.withLock({ $0 }), !id.isEmpty { metadata["volume"] = "\(id)" }
     switch response.accepted {
     case .success:
@@ -51,11 +52,6 @@ public struct RPCInterceptor: ServerInterceptor {
       logger.warning("rpc", metadata: metadata)
     }
     return response
-  }
-
-  private func milliseconds(_ d: Duration) -> Double {
-    let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
-    return (ms * 1000).rounded() / 1000
   }
 }
 

@@ -169,6 +169,13 @@ public func listDirectory(_ path: String) throws -> [String] {
   return names
 }
 
+/// Makes a fresh directory `/tmp/<prefix>XXXXXX` (mode 0700) and returns its path.
+public func makeTemporaryDirectory(prefix: String) throws -> String {
+  var template = Array("/tmp/\(prefix)XXXXXX".utf8CString)
+  guard let made = mkdtemp(&template) else { throw SystemCallError("mkdtemp", "/tmp") }
+  return String(cString: made)
+}
+
 /// The canonical absolute path, with symlinks resolved.
 public func realPath(_ path: String) throws -> String {
   guard let resolved = realpath(path, nil) else { throw SystemCallError("realpath", path) }

@@ -38,9 +38,7 @@ struct DemoCommand: AsyncParsableCommand {
           + "filesystem. Using xfs, which grows online with CAP_SYS_ADMIN. (--fs-type ext4 forces ext4.)")
       fsType = "xfs"
     }
-    var template = Array("/tmp/swell-demo-XXXXXX".utf8CString)
-    guard let made = mkdtemp(&template) else { throw SystemCallError("mkdtemp", "/tmp") }
-    let root = String(cString: made)
+    let root = try makeTemporaryDirectory(prefix: "swell-demo-")
     let socket = root + "/csi.sock"
     let config = DriverConfig(driverName: "swell.csi.dev", version: SwellVersion.version, nodeID: "demo-node", mode: .all)
     let plugin = Plugin(
@@ -76,11 +74,6 @@ struct DemoCommand: AsyncParsableCommand {
     }
     say("Done: the volume grew from 1 GiB to 2 GiB while mounted, the data survived, and nothing was left behind.")
   }
-}
-
-func milliseconds(_ d: Duration) -> String {
-  let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
-  return String(Int(ms.rounded()))
 }
 
 func say(_ line: String) {
@@ -141,7 +134,7 @@ struct Demo {
     let took = ContinuousClock.now - start
     say(
       "ControllerExpandVolume: \(expanded.capacityBytes) bytes (node expansion required: \(expanded.nodeExpansionRequired)); "
-        + "NodeExpandVolume: \(grown.capacityBytes) bytes, filesystem grown while mounted. Took \(milliseconds(took)) ms.")
+        + "NodeExpandVolume: \(grown.capacityBytes) bytes, filesystem grown while mounted. Took \(Int(took.milliseconds.rounded())) ms.")
     say("df after:\n" + (try await exec.run(["df", "-h", target])).stdout.trimmingWhitespace())
 
     let stats = try await client.node.nodeGetVolumeStats(.with {

@@ -15,9 +15,7 @@ let runningAsRoot = geteuid() == 0
 /// with a Swift client connected. Everything the body leaves (mounts, loop devices, files) is
 /// removed afterwards, on failure too.
 func withPlugin(_ body: (CSIClient, String) async throws -> Void) async throws {
-  var template = Array("/tmp/swell-it-XXXXXX".utf8CString)
-  guard let made = mkdtemp(&template) else { throw SystemCallError("mkdtemp", "/tmp") }
-  let root = String(cString: made)
+  let root = try makeTemporaryDirectory(prefix: "swell-it-")
   let socket = root + "/csi.sock"
   let config = DriverConfig(driverName: "swell.csi.dev", version: "test", nodeID: "it-node", mode: .all)
   var logger = Logger(label: "swell.test")
@@ -45,13 +43,7 @@ func cleanUpHost(under root: String) async {
   let exec = SystemExecutor()
   let mounts = ((try? MountInfo.current()) ?? []).filter { $0.mountPoint.hasPrefix(root + "/") }
   for mount in mounts.reversed() { _ = try? await exec.output(["umount", "-l", mount.mountPoint]) }
-  if let names = try? listDirectory("/sys/block") {
-    for name in names where name.hasPrefix("loop") {
-      if let backing = try? readSmallFile("/sys/block/\(name)/loop/backing_file"), backing.hasPrefix(root + "/") {
-        _ = try? await exec.output(["losetup", "-d", "/dev/" + name])
-      }
-    }
-  }
+  for name in loopsUnder(root) { _ = try? await exec.output(["losetup", "-d", "/dev/" + name]) }
   try? removeTree(root)
 }
 
