@@ -28,11 +28,13 @@ public struct PluginOptions: Sendable {
 public struct Plugin {
   let options: PluginOptions
   let logger: Logger
+  let exec: SystemExecutor
   let metrics = DriverMetrics()
 
   public init(options: PluginOptions, logger: Logger) {
     self.options = options
     self.logger = logger
+    self.exec = SystemExecutor(logger: logger)
   }
 
   /// Builds the services for the configured mode on the loop-file backend.
@@ -42,19 +44,23 @@ public struct Plugin {
     var services: [any RegistrableRPCService] = []
     let mode = config.mode
     services.append(
-      IdentityService(config: config) {
-        try await backend.checkReady()
-        if mode.servesNode {
-          guard LoopDevices(exec: exec).isUsable else {
-            throw SwellError(.unavailable, "/dev/loop-control is missing: this node cannot attach loop devices")
-          }
-        }
-      })
+      IdentityService(config: config) { try await checkReady(mode: mode, backend: backend, exec: exec) })
     if mode.servesController { services.append(ControllerService(config: config, backend: backend)) }
     if mode.servesNode {
       services.append(NodeService(config: config, backend: backend, mounter: Mounter(exec: exec)))
     }
     return services
+  }
+
+  /// The one readiness check, behind both Probe and `/healthz`: the data directory is usable and,
+  /// on a node, the kernel can make loop devices.
+  static func checkReady(mode: PluginMode, backend: LoopBackend, exec: any Executor) async throws {
+    try await backend.checkReady()
+    if mode.servesNode {
+      guard LoopDevices(exec: exec).isUsable else {
+        throw SwellError(.unavailable, "/dev/loop-control is missing: this node cannot attach loop devices")
+      }
+    }
   }
 
   /// Opens the backend, sweeps leftovers of interrupted calls, binds the socket and builds the server.
@@ -65,7 +71,6 @@ public struct Plugin {
   }
 
   func makeServerAndBackend() throws -> (GRPCServer<HTTP2ServerTransport.Posix>, UnixListener, LoopBackend) {
-    let exec = SystemExecutor(logger: logger)
     let backend = try LoopBackend(dataDir: options.dataDir, exec: exec)
     if options.config.mode.servesController {
       let swept = try backend.sweepLeftovers()
@@ -101,6 +106,7 @@ public struct Plugin {
     if let address = options.metricsAddress {
       let metrics = self.metrics
       let mode = options.config.mode
+      let exec = self.exec
       services.append(
         try MetricsServer(address: address, logger: logger) { path in
           switch path {
@@ -108,7 +114,7 @@ public struct Plugin {
             return (.ok, metrics.render(volumes: await VolumeFigures.collect(backend: backend, mode: mode)))
           case "/healthz":
             do {
-              try await backend.checkReady()
+              try await Self.checkReady(mode: mode, backend: backend, exec: exec)
               return (.ok, "ok\n")
             } catch {
               return (.serviceUnavailable, "\(error)\n")

@@ -27,9 +27,8 @@ struct Connection: ParsableArguments {
   func call<M: SwiftProtobuf.Message & Sendable>(
     _ body: (CSIClient) async throws -> M, human: (M) -> String
   ) async throws {
-    let path = endpoint.hasPrefix("unix://") ? String(endpoint.dropFirst(7)) : endpoint
     do {
-      let response = try await withCSIClient(socketPath: path) { try await body($0) }
+      let response = try await quietCall(body)
       if json {
         var options = JSONEncodingOptions()
         options.preserveProtoFieldNames = true
