@@ -19,6 +19,8 @@ let package = Package(
     .package(url: "https://github.com/swift-server/swift-prometheus.git", exact: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
     .package(url: "https://github.com/swiftlang/swift-subprocess.git", exact: "1.0.2", traits: []),
+    .package(url: "https://github.com/swift-server/async-http-client.git", exact: "1.37.0"),
+    .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.30.0"),
   ],
   targets: [
     // Generated from proto/csi.proto by scripts/gen-proto.sh; never edited by hand.
@@ -67,10 +69,35 @@ let package = Package(
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
       ]
     ),
+    // A small Kubernetes API client: kubeconfig, list and watch, informer caches, writes.
+    .target(
+      name: "SwellKube",
+      dependencies: [
+        "SwellHost",
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      path: "sidecars/Sources/SwellKube"
+    ),
+    // The provisioner/resizer sidecar: reconcile loops over PVCs and PVs, calling the plugin.
+    .target(
+      name: "SwellSidecar",
+      dependencies: [
+        "SwellKube", "SwellClient", "SwellDriver", "SwellHost", "CSIProto",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      path: "sidecars/Sources/SwellSidecar"
+    ),
     .executableTarget(
       name: "swell",
       dependencies: [
-        "SwellDriver", "SwellClient", "SwellHost", "SwellStorage", "CSIProto",
+        "SwellSidecar", "SwellKube", "SwellDriver", "SwellClient", "SwellHost", "SwellStorage", "CSIProto",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -85,6 +112,10 @@ let package = Package(
         "SwellDriver", "SwellStorage", "SwellHost", "CSIProto",
         .product(name: "Logging", package: "swift-log"),
       ]
+    ),
+    .testTarget(
+      name: "SwellSidecarTests",
+      dependencies: ["SwellSidecar", "SwellKube", "CSIProto"]
     ),
     .testTarget(
       name: "SwellIntegrationTests",

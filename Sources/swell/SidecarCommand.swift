@@ -1,0 +1,117 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SwellKube
+import SwellSidecar
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+struct SidecarCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "sidecar",
+    abstract: "Provision, delete and grow volumes for PVCs: Swell's provisioner and resizer.")
+
+  @Option(help: "The plugin's socket, as unix:///path.")
+  var csiAddress = "unix:///csi/csi.sock"
+
+  @Option(help: "The driver name; must match the plugin's.")
+  var driverName = "swell.csi.dev"
+
+  @Option(help: "A kubeconfig file (default: the in-cluster service account).")
+  var kubeconfig: String?
+
+  @Option(help: "With --per-node: this node's name, as the scheduler writes it in volume.kubernetes.io/selected-node.")
+  var nodeId: String?
+
+  @Flag(help: "Handle only this node's claims and volumes (local volumes; the sidecar runs in the node DaemonSet).")
+  var perNode = false
+
+  @Option(help: "Concurrent reconcile workers.")
+  var workers = 4
+
+  @Option(help: "Serve Prometheus /metrics and /healthz on HOST:PORT (off when not given).")
+  var metricsAddress: String?
+
+  @Flag(help: "Elect a leader on a coordination.k8s.io Lease, so that several replicas are safe.")
+  var leaderElection = false
+
+  @Option(help: "The namespace of the leader Lease (default: the pod's namespace, else kube-system).")
+  var leaderElectionNamespace: String?
+
+  @Option(help: "The fsType when the StorageClass names none.")
+  var defaultFstype = "ext4"
+
+  @Option(help: "Seconds to wait for one CSI call.")
+  var timeout = 60
+
+  @Option(help: "Seconds between full resyncs of every claim and volume.")
+  var resyncSeconds = 600
+
+  @Option(help: "trace, debug, info, notice, warning, error or critical.")
+  var logLevel: Logger.Level = .info
+
+  @Option(help: "text, or json for one JSON object per line.")
+  var logFormat: String = "text"
+
+  func validate() throws {
+    guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
+    guard csiAddress.hasPrefix("unix://") else { throw ValidationError("--csi-address must be unix:///path") }
+    if perNode && (nodeId ?? "").isEmpty { throw ValidationError("--per-node needs --node-id") }
+    if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
+    guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64") }
+    guard timeout > 0, resyncSeconds > 0 else { throw ValidationError("--timeout and --resync-seconds must be positive") }
+  }
+
+  func run() async throws {
+    _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+    let logger = bootstrapLogging(level: logLevel, json: logFormat == "json")
+    do {
+      let kube: KubeConfig
+      if let kubeconfig {
+        kube = try KubeConfig.load(path: kubeconfig)
+      } else {
+        kube = try KubeConfig.inCluster(environment: environment())
+      }
+      var config = SidecarConfig(
+        csiSocket: String(csiAddress.dropFirst("unix://".count)), driverName: driverName, kube: kube,
+        identity: SidecarConfig.defaultIdentity())
+      config.nodeName = perNode ? nodeId : nil
+      config.workers = workers
+      config.leaderElection = leaderElection
+      config.leaderElectionNamespace = leaderElectionNamespace ?? kube.namespace ?? "kube-system"
+      config.defaultFSType = defaultFstype
+      config.csiTimeout = .seconds(timeout)
+      config.resyncPeriod = .seconds(resyncSeconds)
+      let metrics = SidecarMetrics()
+      let state = SidecarState()
+      var services: [any Service] = [SidecarService(config: config, metrics: metrics, state: state, logger: logger)]
+      if let metricsAddress {
+        services.append(try sidecarMetricsServer(address: metricsAddress, metrics: metrics, state: state, logger: logger))
+      }
+      let group = ServiceGroup(
+        configuration: .init(
+          services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
+            failureTerminationBehavior: .gracefullyShutdownGroup) },
+          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+      try await group.run()
+    } catch {
+      logger.critical("sidecar failed", metadata: ["error": "\(error)"])
+      throw ExitCode.failure
+    }
+  }
+}
+
+func environment() -> [String: String] {
+  var out: [String: String] = [:]
+  var pointer = environ
+  while let entry = pointer.pointee {
+    let text = String(cString: entry)
+    if let eq = text.firstIndex(of: "=") { out[String(text[..<eq])] = String(text[text.index(after: eq)...]) }
+    pointer += 1
+  }
+  return out
+}

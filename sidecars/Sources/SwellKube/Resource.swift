@@ -1,0 +1,53 @@
+/// A Kubernetes resource type: where its objects live in the REST API.
+public struct KubeResource: Sendable, Hashable, CustomStringConvertible {
+  public let group: String
+  public let version: String
+  public let plural: String
+  public let kind: String
+  public let namespaced: Bool
+
+  public var apiVersion: String { group.isEmpty ? version : "\(group)/\(version)" }
+  public var description: String { group.isEmpty ? plural : "\(plural).\(group)" }
+
+  public static let persistentVolumeClaims = KubeResource(
+    group: "", version: "v1", plural: "persistentvolumeclaims", kind: "PersistentVolumeClaim", namespaced: true)
+  public static let persistentVolumes = KubeResource(
+    group: "", version: "v1", plural: "persistentvolumes", kind: "PersistentVolume", namespaced: false)
+  public static let storageClasses = KubeResource(
+    group: "storage.k8s.io", version: "v1", plural: "storageclasses", kind: "StorageClass", namespaced: false)
+  public static let events = KubeResource(group: "", version: "v1", plural: "events", kind: "Event", namespaced: true)
+  public static let leases = KubeResource(
+    group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true)
+  public static let nodes = KubeResource(group: "", version: "v1", plural: "nodes", kind: "Node", namespaced: false)
+  public static let csiNodes = KubeResource(
+    group: "storage.k8s.io", version: "v1", plural: "csinodes", kind: "CSINode", namespaced: false)
+
+  /// The collection path, or an object's path when `name` is given.
+  public func path(namespace: String? = nil, name: String? = nil, subresource: String? = nil) -> String {
+    var path = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"
+    if namespaced, let namespace { path += "/namespaces/\(namespace)" }
+    path += "/\(plural)"
+    if let name { path += "/\(name)" }
+    if let subresource { path += "/\(subresource)" }
+    return path
+  }
+}
+
+/// An object's cache key: `namespace/name`, or `name` for cluster-scoped objects.
+public func objectKey(_ object: JSON) -> String {
+  let name = object[path: "metadata", "name"]?.string ?? ""
+  if let ns = object[path: "metadata", "namespace"]?.string, !ns.isEmpty { return "\(ns)/\(name)" }
+  return name
+}
+
+/// Accessors for the metadata every object has.
+extension JSON {
+  public var name: String { self[path: "metadata", "name"]?.string ?? "" }
+  public var namespace: String? { self[path: "metadata", "namespace"]?.string }
+  public var uid: String { self[path: "metadata", "uid"]?.string ?? "" }
+  public var resourceVersion: String { self[path: "metadata", "resourceVersion"]?.string ?? "" }
+  public var annotations: [String: String] { self[path: "metadata", "annotations"]?.stringMap ?? [:] }
+  public var labels: [String: String] { self[path: "metadata", "labels"]?.stringMap ?? [:] }
+  public var finalizers: [String] { (self[path: "metadata", "finalizers"]?.array ?? []).compactMap(\.string) }
+  public var isBeingDeleted: Bool { self[path: "metadata", "deletionTimestamp"]?.string != nil }
+}

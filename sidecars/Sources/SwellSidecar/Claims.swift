@@ -1,0 +1,185 @@
+import CSIProto
+import SwellKube
+
+/// Well-known annotation, finalizer and condition names, as Kubernetes spells them.
+public enum K8sNames {
+  public static let storageProvisioner = "volume.kubernetes.io/storage-provisioner"
+  public static let betaStorageProvisioner = "volume.beta.kubernetes.io/storage-provisioner"
+  public static let selectedNode = "volume.kubernetes.io/selected-node"
+  public static let provisionedBy = "pv.kubernetes.io/provisioned-by"
+  public static let provisionerFinalizer = "external-provisioner.volume.kubernetes.io/finalizer"
+  public static let csiParameterPrefix = "csi.storage.k8s.io/"
+  public static let fsTypeParameter = "csi.storage.k8s.io/fstype"
+}
+
+/// What the sidecar reads from a PVC and its StorageClass, and what it builds from them: the
+/// CreateVolume request and the PersistentVolume. Pure functions, unit-tested without a cluster.
+public enum Claims {
+  public struct Invalid: Error, CustomStringConvertible {
+    public let description: String
+  }
+
+  /// The CSI volume name for a claim: `pvc-<uid>`, as external-provisioner names it.
+  public static func volumeName(_ claim: JSON) -> String { "pvc-\(claim.uid)" }
+
+  public static func provisionerOf(_ claim: JSON) -> String? {
+    let a = claim.annotations
+    return a[K8sNames.storageProvisioner] ?? a[K8sNames.betaStorageProvisioner]
+  }
+
+  public static func requestedBytes(_ claim: JSON) throws -> Int64 {
+    guard let text = claim[path: "spec", "resources", "requests", "storage"]?.string else {
+      throw Invalid(description: "claim has no storage request")
+    }
+    do { return try Quantity.parse(text) } catch { throw Invalid(description: "\(error)") }
+  }
+
+  public static func bytes(_ value: JSON?) -> Int64? {
+    value?.string.flatMap { try? Quantity.parse($0) }
+  }
+
+  public static func isBlock(_ object: JSON) -> Bool { object[path: "spec", "volumeMode"]?.string == "Block" }
+
+  public static func accessMode(_ mode: String) -> Csi_V1_VolumeCapability.AccessMode.Mode? {
+    switch mode {
+    case "ReadWriteOnce": .singleNodeWriter
+    case "ReadWriteOncePod": .singleNodeSingleWriter
+    case "ReadOnlyMany": .multiNodeReaderOnly
+    case "ReadWriteMany": .multiNodeMultiWriter
+    default: nil
+    }
+  }
+
+  /// One capability per access mode of the object (a PVC or a PV): block, or mount with fsType and flags.
+  public static func capabilities(_ object: JSON, fsType: String, mountFlags: [String]) throws
+    -> [Csi_V1_VolumeCapability]
+  {
+    let modes = (object[path: "spec", "accessModes"]?.array ?? []).compactMap(\.string)
+    guard !modes.isEmpty else { throw Invalid(description: "no access modes") }
+    return try modes.map { text in
+      guard let mode = accessMode(text) else { throw Invalid(description: "unknown access mode \(text)") }
+      return Csi_V1_VolumeCapability.with {
+        if isBlock(object) {
+          $0.block = .init()
+        } else {
+          $0.mount = .with {
+            $0.fsType = fsType
+            $0.mountFlags = mountFlags
+          }
+        }
+        $0.accessMode.mode = mode
+      }
+    }
+  }
+
+  /// StorageClass parameters for the plugin: all but the `csi.storage.k8s.io/` keys.
+  public static func pluginParameters(_ storageClass: JSON) -> [String: String] {
+    storageClass["parameters"]?.stringMap.filter { !$0.key.hasPrefix(K8sNames.csiParameterPrefix) } ?? [:]
+  }
+
+  public static func fsType(_ storageClass: JSON, defaultFSType: String) -> String {
+    storageClass["parameters"]?.stringMap[K8sNames.fsTypeParameter] ?? defaultFSType
+  }
+
+  public static func mountOptions(_ storageClass: JSON) -> [String] {
+    (storageClass["mountOptions"]?.array ?? []).compactMap(\.string)
+  }
+
+  /// The CreateVolume request for a claim; `topology` is the selected node's segments, if any.
+  public static func createRequest(
+    claim: JSON, storageClass: JSON, topology: [String: String]?, defaultFSType: String
+  ) throws -> Csi_V1_CreateVolumeRequest {
+    let bytes = try requestedBytes(claim)
+    guard bytes > 0 else { throw Invalid(description: "storage request must be positive") }
+    let caps = try capabilities(
+      claim, fsType: fsType(storageClass, defaultFSType: defaultFSType), mountFlags: mountOptions(storageClass))
+    return Csi_V1_CreateVolumeRequest.with {
+      $0.name = volumeName(claim)
+      $0.capacityRange.requiredBytes = bytes
+      $0.volumeCapabilities = caps
+      $0.parameters = pluginParameters(storageClass)
+      if let topology {
+        let segment = Csi_V1_Topology.with { $0.segments = topology }
+        $0.accessibilityRequirements.requisite = [segment]
+        $0.accessibilityRequirements.preferred = [segment]
+      } else if let allowed = allowedTopologies(storageClass), !allowed.isEmpty {
+        $0.accessibilityRequirements.requisite = allowed.map { t in .with { $0.segments = t } }
+      }
+    }
+  }
+
+  /// The class's allowedTopologies, one segment map per combination of values.
+  public static func allowedTopologies(_ storageClass: JSON) -> [[String: String]]? {
+    guard let terms = storageClass["allowedTopologies"]?.array else { return nil }
+    var out: [[String: String]] = []
+    for term in terms {
+      var combos: [[String: String]] = [[:]]
+      for expr in term["matchLabelExpressions"]?.array ?? [] {
+        guard let key = expr["key"]?.string else { continue }
+        let values = (expr["values"]?.array ?? []).compactMap(\.string)
+        combos = combos.flatMap { base in values.map { v in base.merging([key: v]) { _, new in new } } }
+      }
+      out += combos.filter { !$0.isEmpty }
+    }
+    return out
+  }
+
+  /// The PersistentVolume for a provisioned volume, bound in advance to its claim.
+  public static func persistentVolume(
+    claim: JSON, storageClass: JSON, volume: Csi_V1_Volume, driver: String, requestedBytes: Int64,
+    defaultFSType: String
+  ) -> JSON {
+    let reclaim = storageClass["reclaimPolicy"]?.string ?? "Delete"
+    let capacity = volume.capacityBytes > 0 ? volume.capacityBytes : requestedBytes
+    var csi: JSON = ["driver": .string(driver), "volumeHandle": .string(volume.volumeID)]
+    if !isBlock(claim) { csi["fsType"] = .string(fsType(storageClass, defaultFSType: defaultFSType)) }
+    if !volume.volumeContext.isEmpty { csi["volumeAttributes"] = .strings(volume.volumeContext) }
+    var spec: JSON = [
+      "accessModes": claim[path: "spec", "accessModes"] ?? [],
+      "capacity": ["storage": .string(Quantity.format(capacity))],
+      "claimRef": [
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": .string(claim.namespace ?? ""),
+        "name": .string(claim.name), "uid": .string(claim.uid), "resourceVersion": .string(claim.resourceVersion),
+      ],
+      "csi": csi,
+      "persistentVolumeReclaimPolicy": .string(reclaim),
+      "storageClassName": .string(storageClass.name),
+      "volumeMode": .string(isBlock(claim) ? "Block" : "Filesystem"),
+    ]
+    let options = mountOptions(storageClass)
+    if !options.isEmpty { spec["mountOptions"] = .strings(options) }
+    if !volume.accessibleTopology.isEmpty {
+      let terms: [JSON] = volume.accessibleTopology.map { topology in
+        let exprs: [JSON] = topology.segments.keys.sorted().map { key in
+          ["key": .string(key), "operator": "In", "values": [.string(topology.segments[key]!)]]
+        }
+        return ["matchExpressions": .array(exprs)]
+      }
+      spec["nodeAffinity"] = ["required": ["nodeSelectorTerms": .array(terms)]]
+    }
+    var metadata: JSON = [
+      "name": .string(volumeName(claim)),
+      "annotations": [.init(stringLiteral: K8sNames.provisionedBy): .string(driver)],
+    ]
+    if reclaim == "Delete" { metadata["finalizers"] = [.string(K8sNames.provisionerFinalizer)] }
+    return ["apiVersion": "v1", "kind": "PersistentVolume", "metadata": metadata, "spec": spec]
+  }
+
+  /// True when a PV's required node affinity admits a node with these topology labels.
+  public static func nodeAffinityAdmits(_ pv: JSON, labels: [String: String]) -> Bool {
+    guard let terms = pv[path: "spec", "nodeAffinity", "required", "nodeSelectorTerms"]?.array else { return true }
+    return terms.contains { term in
+      (term["matchExpressions"]?.array ?? []).allSatisfy { expr in
+        guard let key = expr["key"]?.string else { return false }
+        let values = (expr["values"]?.array ?? []).compactMap(\.string)
+        switch expr["operator"]?.string {
+        case "In": return labels[key].map(values.contains) ?? false
+        case "NotIn": return !(labels[key].map(values.contains) ?? false)
+        case "Exists": return labels[key] != nil
+        case "DoesNotExist": return labels[key] == nil
+        default: return false
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,168 @@
+import CSIProto
+import GRPCCore
+import Logging
+import SwellClient
+import SwellKube
+import Synchronization
+
+/// Which objects this sidecar answers for.
+public enum Scope: Sendable, Equatable {
+  /// Every claim and volume of the driver (the controller Deployment).
+  case central
+  /// Only claims whose selected node is this node, and volumes whose node affinity admits it.
+  case node(name: String, topology: [String: String])
+}
+
+/// The level-triggered reconciler: each key is a claim (`claim/<ns>/<name>`) or a volume
+/// (`volume/<name>`); a worker re-reads the object from the informer caches and takes the next step.
+public final class Reconciler: Sendable {
+  let kube: KubeClient
+  let csi: CSIClient
+  let driver: String
+  let scope: Scope
+  let defaultFSType: String
+  let csiTimeout: Duration
+  let claims: Informer
+  let volumes: Informer
+  let classes: Informer
+  let queue: WorkQueue
+  let events: EventRecorder
+  let metrics: SidecarMetrics
+  let logger: Logger
+  /// CreateVolume requests that may still be running in the plugin, by claim key: if the claim goes
+  /// away, the same request is repeated and the volume deleted, so nothing leaks.
+  let inFlight = Mutex<[String: Csi_V1_CreateVolumeRequest]>([:])
+
+  init(
+    kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, defaultFSType: String, csiTimeout: Duration,
+    claims: Informer, volumes: Informer, classes: Informer, queue: WorkQueue, events: EventRecorder,
+    metrics: SidecarMetrics, logger: Logger
+  ) {
+    self.kube = kube
+    self.csi = csi
+    self.driver = driver
+    self.scope = scope
+    self.defaultFSType = defaultFSType
+    self.csiTimeout = csiTimeout
+    self.claims = claims
+    self.volumes = volumes
+    self.classes = classes
+    self.queue = queue
+    self.events = events
+    self.metrics = metrics
+    self.logger = logger
+  }
+
+  static func claimKey(_ claim: JSON) -> String { "claim/\(objectKey(claim))" }
+  static func volumeKey(_ pv: JSON) -> String { "volume/\(pv.name)" }
+
+  /// Runs one step for a key. Returns normally when the key is done for now; throws to be retried
+  /// with backoff.
+  func reconcile(_ key: String) async throws {
+    if key.hasPrefix("claim/") {
+      let cacheKey = String(key.dropFirst("claim/".count))
+      guard let claim = claims.get(cacheKey) else {
+        try await abandonInFlight(key)
+        return
+      }
+      if claim[path: "spec", "volumeName"]?.string?.isEmpty == false {
+        try await resizeIfNeeded(claim)
+      } else {
+        try await provisionIfNeeded(claim, key: key)
+      }
+    } else if key.hasPrefix("volume/") {
+      if let pv = volumes.get(String(key.dropFirst("volume/".count))) { try await deleteIfReleased(pv) }
+    }
+  }
+
+  /// The storage class of a claim or volume, from the cache.
+  func storageClass(of object: JSON) -> JSON? {
+    guard let name = object[path: "spec", "storageClassName"]?.string, !name.isEmpty else { return nil }
+    return classes.get(name)
+  }
+
+  /// True when the PV is this driver's and in this sidecar's scope.
+  func owns(_ pv: JSON) -> Bool {
+    guard pv[path: "spec", "csi", "driver"]?.string == driver else { return false }
+    if case .node(_, let topology) = scope { return Claims.nodeAffinityAdmits(pv, labels: topology) }
+    return true
+  }
+
+  /// Calls the plugin with the CSI timeout, counting failures by code.
+  func callCSI<R: Sendable>(_ method: String, _ body: (CSIClient, CallOptions) async throws -> R) async throws -> R {
+    var options = CallOptions.defaults
+    options.timeout = csiTimeout
+    do {
+      return try await body(csi, options)
+    } catch let error as RPCError {
+      metrics.csiError(method: method, code: CSICodes.name(error.code))
+      throw error
+    }
+  }
+
+  /// Re-reads and rewrites an object until the write is not stale (409), at most five times.
+  @discardableResult
+  func rewrite(
+    _ resource: KubeResource, _ object: JSON, status: Bool, _ change: (inout JSON) -> Void
+  ) async throws -> JSON {
+    var current = object
+    var attempt = 0
+    while true {
+      var next = current
+      change(&next)
+      if next == current { return current }
+      do {
+        return status ? try await kube.updateStatus(resource, next) : try await kube.update(resource, next)
+      } catch let error as KubeError where error.isConflict && attempt < 5 {
+        attempt += 1
+        guard let fresh = try await kube.get(resource, namespace: object.namespace, name: object.name),
+          fresh.uid == object.uid
+        else { throw error }
+        current = fresh
+      }
+    }
+  }
+}
+
+/// The gRPC codes as the CSI spec names them, and how external-provisioner classifies them.
+enum CSICodes {
+  static func name(_ code: RPCError.Code) -> String {
+    switch code {
+    case .cancelled: "Canceled"
+    case .unknown: "Unknown"
+    case .invalidArgument: "InvalidArgument"
+    case .deadlineExceeded: "DeadlineExceeded"
+    case .notFound: "NotFound"
+    case .alreadyExists: "AlreadyExists"
+    case .permissionDenied: "PermissionDenied"
+    case .resourceExhausted: "ResourceExhausted"
+    case .failedPrecondition: "FailedPrecondition"
+    case .aborted: "Aborted"
+    case .outOfRange: "OutOfRange"
+    case .unimplemented: "Unimplemented"
+    case .internalError: "Internal"
+    case .unavailable: "Unavailable"
+    case .dataLoss: "DataLoss"
+    case .unauthenticated: "Unauthenticated"
+    default: "Unknown"
+    }
+  }
+
+  /// DeadlineExceeded, Unavailable, Canceled and Aborted: the call may still be running in the plugin,
+  /// so the same call must be repeated.
+  static func mayStillBeRunning(_ error: any Error) -> Bool {
+    guard let rpc = error as? RPCError else { return false }
+    return [.deadlineExceeded, .unavailable, .cancelled, .aborted].contains(rpc.code)
+  }
+
+  /// A resize the plugin can never do as asked: mark it infeasible on the claim.
+  static func infeasible(_ error: any Error) -> Bool {
+    guard let rpc = error as? RPCError else { return false }
+    return [.invalidArgument, .outOfRange, .notFound].contains(rpc.code)
+  }
+
+  static func describe(_ error: any Error) -> String {
+    if let rpc = error as? RPCError { return "rpc error: code = \(name(rpc.code)) desc = \(rpc.message)" }
+    return "\(error)"
+  }
+}

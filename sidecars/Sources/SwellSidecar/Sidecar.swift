@@ -1,0 +1,252 @@
+import CSIProto
+import GRPCCore
+import Logging
+import NIOHTTP1
+import ServiceLifecycle
+import SwellClient
+import SwellDriver
+import SwellKube
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything `swell sidecar` is told on its command line.
+public struct SidecarConfig: Sendable {
+  public var csiSocket: String
+  public var driverName: String
+  public var kube: KubeConfig
+  /// Set for the per-node mode: this node's name, as the scheduler writes it in `selected-node`.
+  public var nodeName: String?
+  public var workers = 4
+  public var metricsAddress: String?
+  public var leaderElection = false
+  public var leaderElectionNamespace = "kube-system"
+  public var defaultFSType = "ext4"
+  public var csiTimeout: Duration = .seconds(60)
+  public var resyncPeriod: Duration = .seconds(600)
+  public var identity: String
+
+  public init(csiSocket: String, driverName: String, kube: KubeConfig, identity: String) {
+    self.csiSocket = csiSocket
+    self.driverName = driverName
+    self.kube = kube
+    self.identity = identity
+  }
+
+  /// The lease's name: the driver name made a valid object name.
+  public var leaseName: String {
+    String(driverName.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "-" }) + "-sidecar"
+  }
+
+  public static func defaultIdentity() -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    gethostname(&buffer, buffer.count)
+    let host = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return "\(host)_\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+  }
+}
+
+/// The sidecar as a service: connects to the plugin, elects a leader if asked, fills the informer
+/// caches, and runs the workers until shutdown.
+public struct SidecarService: Service {
+  let config: SidecarConfig
+  let metrics: SidecarMetrics
+  let state: SidecarState
+  let logger: Logger
+
+  public init(config: SidecarConfig, metrics: SidecarMetrics, state: SidecarState, logger: Logger) {
+    self.config = config
+    self.metrics = metrics
+    self.state = state
+    self.logger = logger
+  }
+
+  public func run() async throws {
+    let kube = try KubeClient(config: config.kube, logger: logger)
+    do {
+      try await cancelWhenGracefulShutdown {
+        try await withCSIClient(socketPath: config.csiSocket) { csi in
+          try await runConnected(kube: kube, csi: csi)
+        }
+      }
+    } catch is CancellationError {
+    } catch {
+      await kube.shutdown()
+      throw error
+    }
+    await kube.shutdown()
+  }
+
+  func runConnected(kube: KubeClient, csi: CSIClient) async throws {
+    let scope = try await connect(csi)
+    metrics.setLeader(false)
+    let election = config.leaderElection
+      ? LeaderElection(
+        client: kube, namespace: config.leaderElectionNamespace, name: config.leaseName,
+        identity: config.identity, logger: logger)
+      : nil
+    try await election?.acquire()
+    metrics.setLeader(true)
+
+    let queue = WorkQueue()
+    let events = EventRecorder(client: kube, component: "swell-sidecar", instance: config.identity, logger: logger)
+    // Deleted claims are keyed too, so that an abandoned in-flight create is cleaned up.
+    let claims = Informer(client: kube, resource: .persistentVolumeClaims, logger: logger) { old, new in
+      if let claim = new ?? old { Task { await queue.add(Reconciler.claimKey(claim)) } }
+    }
+    let volumes = Informer(client: kube, resource: .persistentVolumes, logger: logger) { old, new in
+      guard let pv = new ?? old else { return }
+      let claimRef = pv[path: "spec", "claimRef"]
+      Task {
+        if new != nil { await queue.add(Reconciler.volumeKey(pv)) }
+        if let ns = claimRef?["namespace"]?.string, let name = claimRef?["name"]?.string {
+          await queue.add("claim/\(ns)/\(name)")
+        }
+      }
+    }
+    let classes = Informer(client: kube, resource: .storageClasses, logger: logger) { _, new in
+      guard let name = new?.name else { return }
+      Task {
+        for claim in claims.list() where claim[path: "spec", "storageClassName"]?.string == name {
+          await queue.add(Reconciler.claimKey(claim))
+        }
+      }
+    }
+    let reconciler = Reconciler(
+      kube: kube, csi: csi, driver: config.driverName, scope: scope, defaultFSType: config.defaultFSType,
+      csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, queue: queue,
+      events: events, metrics: metrics, logger: logger)
+    state.attach(queue: queue, informers: [claims, volumes, classes])
+
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask { await events.run() }
+      for informer in [claims, volumes, classes] { group.addTask { await informer.run() } }
+      if let election {
+        group.addTask {
+          try await election.holdLease()
+          throw SidecarError.lostLeadership
+        }
+      }
+      group.addTask {
+        while !(claims.hasSynced && volumes.hasSynced && classes.hasSynced) {
+          try await Task.sleep(for: .milliseconds(20))
+        }
+        logger.notice("caches synced; starting workers", metadata: ["workers": "\(config.workers)"])
+        try await withThrowingTaskGroup(of: Void.self) { workers in
+          for _ in 0..<max(1, config.workers) {
+            workers.addTask { await Self.work(queue: queue, reconciler: reconciler, logger: logger) }
+          }
+          workers.addTask {
+            // Level-triggered: every object is looked at again now and then, whatever was missed.
+            while true {
+              try await Task.sleep(for: config.resyncPeriod)
+              for claim in claims.list() { await queue.add(Reconciler.claimKey(claim)) }
+              for pv in volumes.list() { await queue.add(Reconciler.volumeKey(pv)) }
+            }
+          }
+          try await workers.next()
+        }
+      }
+      defer {
+        events.finish()
+        Task { await queue.shutDown() }
+      }
+      try await group.next()
+      group.cancelAll()
+    }
+  }
+
+  /// Waits for the plugin to be ready, checks that it is the driver we were told, and in per-node
+  /// mode learns this node's topology from it.
+  func connect(_ csi: CSIClient) async throws -> Scope {
+    var delay = Duration.milliseconds(100)
+    while true {
+      do {
+        var options = CallOptions.defaults
+        options.timeout = .seconds(5)
+        let probe = try await csi.identity.probe(.init(), options: options)
+        if probe.hasReady && !probe.ready.value { throw SidecarError.pluginNotReady }
+        let info = try await csi.identity.getPluginInfo(.init(), options: options)
+        guard info.name == config.driverName else { throw SidecarError.wrongDriver(info.name, config.driverName) }
+        guard let nodeName = config.nodeName else { return .central }
+        let nodeInfo = try await csi.node.nodeGetInfo(.init(), options: options)
+        logger.notice(
+          "per-node mode", metadata: ["node": "\(nodeName)", "topology": "\(nodeInfo.accessibleTopology.segments)"])
+        return .node(name: nodeName, topology: nodeInfo.accessibleTopology.segments)
+      } catch let error as SidecarError where !(error == .pluginNotReady) {
+        throw error
+      } catch {
+        logger.info("waiting for the plugin", metadata: ["error": "\(error)"])
+        try await Task.sleep(for: delay)
+        delay = min(delay * 2, .seconds(5))
+      }
+    }
+  }
+
+  static func work(queue: WorkQueue, reconciler: Reconciler, logger: Logger) async {
+    while let key = await queue.get() {
+      do {
+        try await reconciler.reconcile(key)
+        await queue.forget(key)
+      } catch {
+        let delay = await queue.addRateLimited(key)
+        logger.warning("reconcile failed; will retry", metadata: ["key": "\(key)", "error": "\(error)", "after": "\(delay)"])
+      }
+      await queue.done(key)
+      reconciler.metrics.setQueueDepth(await queue.depth)
+    }
+  }
+}
+
+public enum SidecarError: Error, Equatable, CustomStringConvertible {
+  case pluginNotReady
+  case wrongDriver(String, String)
+  case lostLeadership
+
+  public var description: String {
+    switch self {
+    case .pluginNotReady: "the plugin is not ready"
+    case .wrongDriver(let got, let want): "the plugin is driver \(got.debugDescription), not \(want.debugDescription)"
+    case .lostLeadership: "lost the leader lease"
+    }
+  }
+}
+
+/// What /healthz and /metrics read from a running sidecar.
+public final class SidecarState: Sendable {
+  let queue = Mutex<WorkQueue?>(nil)
+  let informers = Mutex<[Informer]>([])
+
+  public init() {}
+
+  func attach(queue: WorkQueue, informers: [Informer]) {
+    self.queue.withLock { $0 = queue }
+    self.informers.withLock { $0 = informers }
+  }
+
+  /// Healthy while waiting for leadership, and once running, when every cache has synced.
+  public var healthy: Bool { informers.withLock { $0.allSatisfy(\.hasSynced) } }
+  public func queueDepth() async -> Int {
+    guard let queue = queue.withLock({ $0 }) else { return 0 }
+    return await queue.depth
+  }
+}
+
+/// The sidecar's /metrics and /healthz.
+public func sidecarMetricsServer(address: String, metrics: SidecarMetrics, state: SidecarState, logger: Logger)
+  throws -> MetricsServer
+{
+  try MetricsServer(address: address, logger: logger) { path in
+    switch path {
+    case "/metrics":
+      metrics.setQueueDepth(await state.queueDepth())
+      return (.ok, metrics.render())
+    case "/healthz":
+      return state.healthy ? (.ok, "ok\n") : (.serviceUnavailable, "caches not synced\n")
+    default:
+      return (.notFound, "not found\n")
+    }
+  }
+}

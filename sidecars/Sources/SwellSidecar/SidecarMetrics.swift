@@ -1,0 +1,51 @@
+import Prometheus
+
+/// The sidecar's Prometheus metrics: operations and their latencies, CSI errors by code, the work
+/// queue's depth and leadership.
+public final class SidecarMetrics: Sendable {
+  let registry = PrometheusCollectorRegistry()
+  private let buckets: [Duration] = [
+    .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+    .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(5), .seconds(30), .seconds(120),
+  ]
+
+  static var operations: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "operations", unitName: "total",
+    helpText: "Provision, delete and resize steps finished, by operation and result") }
+  static var duration: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "operation_duration", unitName: "seconds",
+    helpText: "Time taken by provision, delete and resize steps, by operation") }
+  static var csiErrors: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "csi_errors", unitName: "total",
+    helpText: "CSI calls that failed, by method and gRPC code") }
+  static var queueDepth: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "queue_depth",
+    helpText: "Keys waiting in the work queue") }
+  static var leader: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "leader",
+    helpText: "1 while this replica holds the leader lease (always 1 without leader election)") }
+
+  public init() {}
+
+  public func record(operation: String, success: Bool, duration: Duration) {
+    registry.makeCounter(
+      descriptor: Self.operations, labels: [("operation", operation), ("result", success ? "success" : "error")]
+    ).increment()
+    registry.makeDurationHistogram(descriptor: Self.duration, labels: [("operation", operation)], buckets: buckets)
+      .record(duration)
+  }
+
+  public func csiError(method: String, code: String) {
+    registry.makeCounter(descriptor: Self.csiErrors, labels: [("method", method), ("code", code)]).increment()
+  }
+
+  public func setQueueDepth(_ depth: Int) {
+    registry.makeGauge(descriptor: Self.queueDepth).set(to: Double(depth))
+  }
+
+  public func setLeader(_ leading: Bool) {
+    registry.makeGauge(descriptor: Self.leader).set(to: leading ? 1 : 0)
+  }
+
+  public func render() -> String { registry.emitToString() }
+}

@@ -1,0 +1,617 @@
+"""A test Kubernetes API server that speaks the real HTTP API, shaped on ../shared/k8s-samples.
+
+It serves HTTPS (bearer token or client certificate), and for the resources Swell's sidecar uses:
+  - GET of an object; list with limit/continue and the list's resourceVersion;
+  - watch as a chunked stream of JSON lines, from a resourceVersion, with BOOKMARK events when
+    allowWatchBookmarks is set, ending at timeoutSeconds; a version older than the compaction point
+    gets HTTP 200 and one ERROR event with a 410 Status, as kube-apiserver does;
+  - POST (409 AlreadyExists), PUT with optimistic concurrency (409 Conflict on a stale resourceVersion),
+    the status subresource (status only; the main resource keeps its status), DELETE with finalizers
+    (deletionTimestamp first, removal once the finalizers are gone) and uid preconditions.
+Objects missing kind/apiVersion are refused with 400, as the real server refuses them.
+
+It can also play kube-controller-manager's persistent-volume controller (--controller-manager): it
+annotates claims for their external provisioner, marks new PVs Available, binds a PV to the claim in
+its claimRef, and marks a PV Released when its claim is deleted.
+
+Test hooks, without authentication, under /_test/: compact (forget history; old watches get 410),
+break-watches (cut every watch stream mid-stream), conflict?resource=R&count=N (the next N writes to R
+meet a concurrent writer first, so they fail with 409), requests (counts by verb).
+"""
+
+import argparse
+import copy
+import json
+import os
+import queue
+import ssl
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+# (group, version, plural) -> (kind, namespaced, has status subresource)
+RESOURCES = {
+    ("", "v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True, True),
+    ("", "v1", "persistentvolumes"): ("PersistentVolume", False, True),
+    ("", "v1", "events"): ("Event", True, False),
+    ("", "v1", "nodes"): ("Node", False, True),
+    ("storage.k8s.io", "v1", "storageclasses"): ("StorageClass", False, False),
+    ("storage.k8s.io", "v1", "csinodes"): ("CSINode", False, False),
+    ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
+}
+
+BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "": 1}
+
+
+def quantity(text):
+    """Bytes of a Kubernetes quantity (enough of the grammar for storage sizes)."""
+    for suffix, mult in BINARY.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * mult)
+    for suffix, mult in DECIMAL.items():
+        if suffix and text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * mult)
+    return int(float(text))
+
+
+def now():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status(code, reason, message, details=None):
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+    if details:
+        body["details"] = details
+    return body
+
+
+class ApiError(Exception):
+    def __init__(self, code, reason, message, details=None):
+        super().__init__(message)
+        self.body = status(code, reason, message, details)
+        self.code = code
+
+
+class Store:
+    """Objects, a global resourceVersion, an event history for watches, and the watchers."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.rv = 100
+        self.objects = {}  # (res, ns, name) -> object
+        self.history = []  # (rv, res, ns, type, object)
+        self.compacted = 0
+        self.watchers = []
+        self.conflicts = {}  # plural -> writes that will meet a concurrent writer
+        self.requests = {}
+
+    def _bump(self):
+        self.rv += 1
+        return str(self.rv)
+
+    def _emit(self, res, ns, type_, obj):
+        rv = int(obj["metadata"]["resourceVersion"])
+        self.history.append((rv, res, ns, type_, copy.deepcopy(obj)))
+        if len(self.history) > 20000:
+            self.compacted = self.history[10000][0]
+            self.history = self.history[10000:]
+        for w in list(self.watchers):
+            if w.matches(res, ns):
+                w.queue.put((type_, copy.deepcopy(obj)))
+        self.changed.notify_all()
+
+    def get(self, res, ns, name):
+        with self.lock:
+            obj = self.objects.get((res, ns, name))
+            if obj is None:
+                raise not_found(res, name)
+            return copy.deepcopy(obj)
+
+    def list(self, res, ns):
+        with self.lock:
+            items = [copy.deepcopy(o) for (r, n, _), o in sorted(self.objects.items())
+                     if r == res and (ns is None or n == ns)]
+            return items, str(self.rv)
+
+    def create(self, res, ns, obj):
+        kind, namespaced, _ = RESOURCES[res]
+        with self.lock:
+            meta = obj.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            name = meta.get("name")
+            if not name:
+                raise ApiError(422, "Invalid", f"{kind} is invalid: metadata.name: Required value")
+            if (res, ns, name) in self.objects:
+                raise ApiError(409, "AlreadyExists", f'{res[2]} "{name}" already exists',
+                               {"name": name, "kind": res[2]})
+            if namespaced:
+                meta["namespace"] = ns
+            else:
+                meta.pop("namespace", None)
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = now()
+            meta["resourceVersion"] = self._bump()
+            meta.pop("deletionTimestamp", None)
+            self.objects[(res, ns, name)] = obj
+            self._emit(res, ns, "ADDED", obj)
+            return copy.deepcopy(obj)
+
+    def update(self, res, ns, name, obj, subresource=None):
+        kind, _, has_status = RESOURCES[res]
+        with self.lock:
+            old = self.objects.get((res, ns, name))
+            if old is None:
+                raise not_found(res, name)
+            if self.conflicts.get(res[2], 0) > 0:
+                # Another writer gets there first: the object changes under the caller.
+                self.conflicts[res[2]] -= 1
+                touched = copy.deepcopy(old)
+                touched["metadata"].setdefault("annotations", {})["test.swell.dev/touched"] = str(self.rv)
+                touched["metadata"]["resourceVersion"] = self._bump()
+                self.objects[(res, ns, name)] = touched
+                self._emit(res, ns, "MODIFIED", touched)
+                old = touched
+            given = obj.get("metadata", {}).get("resourceVersion")
+            if given and given != old["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict",
+                               f'Operation cannot be fulfilled on {res[2]} "{name}": the object has been '
+                               "modified; please apply your changes to the latest version and try again",
+                               {"name": name, "kind": res[2]})
+            if obj.get("metadata", {}).get("uid") not in (None, "", old["metadata"]["uid"]):
+                raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: "
+                               f"{obj['metadata']['uid']}, UID in object meta: {old['metadata']['uid']}")
+            if subresource == "status":
+                new = copy.deepcopy(old)
+                new["status"] = obj.get("status", {})
+            else:
+                new = obj
+                meta = new.setdefault("metadata", {})
+                for key in ("uid", "creationTimestamp", "deletionTimestamp", "namespace"):
+                    if key in old["metadata"]:
+                        meta[key] = old["metadata"][key]
+                    else:
+                        meta.pop(key, None)
+                if has_status:
+                    new["status"] = old.get("status", {})
+                validate_update(res, old, new)
+            new["metadata"]["resourceVersion"] = self._bump()
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                del self.objects[(res, ns, name)]
+                self._emit(res, ns, "DELETED", new)
+            else:
+                self.objects[(res, ns, name)] = new
+                self._emit(res, ns, "MODIFIED", new)
+            return copy.deepcopy(new)
+
+    def delete(self, res, ns, name, uid=None):
+        with self.lock:
+            old = self.objects.get((res, ns, name))
+            if old is None:
+                raise not_found(res, name)
+            if uid and uid != old["metadata"]["uid"]:
+                raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: {uid}, "
+                               f"UID in object meta: {old['metadata']['uid']}")
+            if old["metadata"].get("finalizers"):
+                if old["metadata"].get("deletionTimestamp"):
+                    return copy.deepcopy(old)
+                new = copy.deepcopy(old)
+                new["metadata"]["deletionTimestamp"] = now()
+                new["metadata"]["resourceVersion"] = self._bump()
+                self.objects[(res, ns, name)] = new
+                self._emit(res, ns, "MODIFIED", new)
+                return copy.deepcopy(new)
+            del self.objects[(res, ns, name)]
+            gone = copy.deepcopy(old)
+            gone["metadata"]["resourceVersion"] = self._bump()
+            self._emit(res, ns, "DELETED", gone)
+            return gone
+
+
+def not_found(res, name):
+    return ApiError(404, "NotFound", f'{res[2]} "{name}" not found', {"name": name, "kind": res[2]})
+
+
+def validate_update(res, old, new):
+    """The checks of the real PVC update validation that a sidecar can trip over."""
+    if res[2] != "persistentvolumeclaims":
+        return
+    cap = old.get("status", {}).get("capacity", {}).get("storage")
+    req = new.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+    if cap and req and quantity(req) < quantity(cap):
+        raise ApiError(422, "Invalid", f'PersistentVolumeClaim "{old["metadata"]["name"]}" is invalid: '
+                       "spec.resources.requests.storage: Forbidden: field can not be less than status.capacity")
+
+
+class Watcher:
+    def __init__(self, res, ns):
+        self.res = res
+        self.ns = ns
+        self.queue = queue.Queue()
+        self.broken = threading.Event()
+
+    def matches(self, res, ns):
+        return res == self.res and (self.ns is None or self.ns == ns)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fakeapi"
+
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            sys.stderr.write("fakeapi: " + fmt % args + "\n")
+
+    # --- plumbing
+
+    def send_json(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length == 0:
+            return None
+        try:
+            return json.loads(self.rfile.read(length))
+        except ValueError as e:
+            raise ApiError(400, "BadRequest", f"invalid JSON: {e}")
+
+    def authenticated(self):
+        cert = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
+        if cert:
+            return True
+        token_file = self.server.token_file
+        if token_file is None:
+            return True
+        header = self.headers.get("Authorization", "")
+        with open(token_file) as f:
+            token = f.read().strip()
+        return header == f"Bearer {token}"
+
+    def route(self):
+        url = urlparse(self.path)
+        parts = [p for p in url.path.split("/") if p]
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if parts[:1] == ["api"] and len(parts) >= 3:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 4:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        ns = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        res = (group, version, rest[0])
+        if res not in RESOURCES:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        _, namespaced, has_status = RESOURCES[res]
+        if namespaced is False and ns is not None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if sub is not None and (sub != "status" or not has_status):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if namespaced and name is not None and ns is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return res, ns, name, sub, query
+
+    def handle_any(self, verb):
+        self.server.count(verb)
+        try:
+            if self.path.startswith("/_test/"):
+                return self.test_hook()
+            if not self.authenticated():
+                self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
+                return
+            res, ns, name, sub, query = self.route()
+            store = self.server.store
+            if verb == "GET" and name is None:
+                if query.get("watch") in ("1", "true"):
+                    return self.watch(res, ns, query)
+                return self.list(res, ns, query)
+            if verb == "GET":
+                return self.send_json(200, store.get(res, ns, name))
+            body = self.read_body()
+            kind, _, _ = RESOURCES[res]
+            if verb in ("POST", "PUT"):
+                if not isinstance(body, dict) or not body.get("kind") or not body.get("apiVersion"):
+                    raise ApiError(400, "BadRequest", f"Object 'Kind' is missing in '{json.dumps(body)[:200]}'")
+                if body["kind"] != kind:
+                    raise ApiError(400, "BadRequest", f"the kind {body['kind']} does not match {kind}")
+            if verb == "POST" and name is None:
+                return self.send_json(201, store.create(res, ns, body))
+            if verb == "PUT" and name is not None:
+                if body.get("metadata", {}).get("name") != name:
+                    raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
+                return self.send_json(200, store.update(res, ns, name, body, sub))
+            if verb == "DELETE" and name is not None:
+                uid = ((body or {}).get("preconditions") or {}).get("uid")
+                return self.send_json(200, store.delete(res, ns, name, uid))
+            raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported here")
+        except ApiError as e:
+            self.send_json(e.code, e.body)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass
+
+    def do_GET(self):
+        self.handle_any("GET")
+
+    def do_POST(self):
+        self.handle_any("POST")
+
+    def do_PUT(self):
+        self.handle_any("PUT")
+
+    def do_DELETE(self):
+        self.handle_any("DELETE")
+
+    def do_PATCH(self):
+        self.handle_any("PATCH")
+
+    # --- list and watch
+
+    def list(self, res, ns, query):
+        store = self.server.store
+        items, rv = store.list(res, ns)
+        start = 0
+        if query.get("continue"):
+            token = json.loads(bytes.fromhex(query["continue"]))
+            if token["rv"] <= store.compacted:
+                raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                               "consistent list result.")
+            # Page from a snapshot as of the first page's version: objects written since are skipped.
+            items = [o for o in items if int(o["metadata"]["resourceVersion"]) <= token["rv"]]
+            rv = str(token["rv"])
+            start = token["start"]
+        limit = int(query.get("limit") or 0)
+        page = items[start:start + limit] if limit else items[start:]
+        meta = {"resourceVersion": rv}
+        if limit and start + limit < len(items):
+            meta["continue"] = json.dumps({"rv": int(rv), "start": start + limit}).encode().hex()
+            meta["remainingItemCount"] = len(items) - start - limit
+        kind = RESOURCES[res][0]
+        for item in page:
+            # List items carry neither kind nor apiVersion, as in the real server's lists.
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        self.send_json(200, {"kind": kind + "List", "apiVersion": res[1] if not res[0] else f"{res[0]}/{res[1]}",
+                             "metadata": meta, "items": page})
+
+    def chunk(self, obj):
+        data = (json.dumps(obj) + "\n").encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def watch(self, res, ns, query):
+        store = self.server.store
+        kind = RESOURCES[res][0]
+        api_version = res[1] if not res[0] else f"{res[0]}/{res[1]}"
+        since = query.get("resourceVersion", "")
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
+        watcher = Watcher(res, ns)
+        backlog = []
+        expired = False
+        with store.lock:
+            if since in ("", "0"):
+                for (r, n, _), o in sorted(store.objects.items()):
+                    if r == res and (ns is None or n == ns):
+                        backlog.append(("ADDED", copy.deepcopy(o)))
+            elif int(since) < store.compacted:
+                expired = True
+            else:
+                backlog = [(t, copy.deepcopy(o)) for rv, r, n, t, o in store.history
+                           if rv > int(since) and r == res and (ns is None or n == ns)]
+            if not expired:
+                store.watchers.append(watcher)
+                self.server.watchers.add(watcher)
+            last_rv = store.rv
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Cache-Control", "no-cache, private")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            if expired:
+                self.chunk({"type": "ERROR", "object": status(
+                    410, "Expired", f"too old resource version: {since} ({store.compacted})")})
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            for type_, obj in backlog:
+                self.chunk({"type": type_, "object": obj})
+            deadline = time.monotonic() + timeout
+            next_bookmark = time.monotonic() + self.server.bookmark_interval
+            while time.monotonic() < deadline:
+                if watcher.broken.is_set():
+                    # Cut the stream mid-way: no terminating chunk, the connection just closes.
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                try:
+                    type_, obj = watcher.queue.get(timeout=0.05)
+                    self.chunk({"type": type_, "object": obj})
+                    last_rv = int(obj["metadata"]["resourceVersion"])
+                except queue.Empty:
+                    pass
+                if bookmarks and time.monotonic() >= next_bookmark:
+                    with store.lock:
+                        last_rv = max(last_rv, store.rv) if watcher.queue.empty() else last_rv
+                    self.chunk({"type": "BOOKMARK", "object": {
+                        "kind": kind, "apiVersion": api_version,
+                        "metadata": {"resourceVersion": str(last_rv)}}})
+                    next_bookmark = time.monotonic() + self.server.bookmark_interval
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            self.close_connection = True
+        finally:
+            with store.lock:
+                if watcher in store.watchers:
+                    store.watchers.remove(watcher)
+            self.server.watchers.discard(watcher)
+
+    # --- test hooks
+
+    def test_hook(self):
+        url = urlparse(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        store = self.server.store
+        if url.path == "/_test/compact":
+            with store.lock:
+                store.compacted = store.rv
+                store.history = []
+            return self.send_json(200, {"compacted": store.compacted})
+        if url.path == "/_test/break-watches":
+            n = 0
+            for w in list(self.server.watchers):
+                w.broken.set()
+                n += 1
+            return self.send_json(200, {"broken": n})
+        if url.path == "/_test/conflict":
+            with store.lock:
+                store.conflicts[query["resource"]] = int(query.get("count", "1"))
+            return self.send_json(200, {})
+        if url.path == "/_test/requests":
+            return self.send_json(200, dict(self.server.requests))
+        if url.path == "/_test/watchers":
+            return self.send_json(200, {"watchers": len(self.server.watchers)})
+        self.send_json(404, status(404, "NotFound", "no such hook"))
+
+
+class ControllerManager(threading.Thread):
+    """The parts of kube-controller-manager's persistent-volume controller that a CSI sidecar meets."""
+
+    PVC = ("", "v1", "persistentvolumeclaims")
+    PV = ("", "v1", "persistentvolumes")
+    SC = ("storage.k8s.io", "v1", "storageclasses")
+
+    def __init__(self, store):
+        super().__init__(daemon=True)
+        self.store = store
+
+    def run(self):
+        while True:
+            with self.store.lock:
+                self.store.changed.wait(timeout=0.5)
+                for _ in range(20):
+                    before = self.store.rv
+                    try:
+                        self.sync()
+                    except ApiError:
+                        break
+                    if self.store.rv == before:
+                        break
+
+    def sync(self):
+        s = self.store
+        claims = {k: o for k, o in s.objects.items() if k[0] == self.PVC}
+        volumes = {k: o for k, o in s.objects.items() if k[0] == self.PV}
+        claims_by_uid = {o["metadata"]["uid"]: o for o in claims.values()}
+        for (_, ns, name), pvc in claims.items():
+            if pvc["spec"].get("volumeName") or pvc["metadata"].get("deletionTimestamp"):
+                continue
+            ann = pvc["metadata"].get("annotations", {})
+            sc = s.objects.get((self.SC, None, pvc["spec"].get("storageClassName", "")))
+            if sc and "volume.kubernetes.io/storage-provisioner" not in ann:
+                wffc = sc.get("volumeBindingMode") == "WaitForFirstConsumer"
+                if not wffc or "volume.kubernetes.io/selected-node" in ann:
+                    new = copy.deepcopy(pvc)
+                    new["metadata"].setdefault("annotations", {}).update({
+                        "volume.kubernetes.io/storage-provisioner": sc["provisioner"],
+                        "volume.beta.kubernetes.io/storage-provisioner": sc["provisioner"]})
+                    s.update(self.PVC, ns, name, new)
+                    continue
+            for (_, _, pv_name), pv in volumes.items():
+                ref = pv["spec"].get("claimRef") or {}
+                if ref.get("uid") == pvc["metadata"]["uid"] and pv.get("status", {}).get("phase") in ("Available", "Bound"):
+                    self.bind(ns, name, pvc, pv_name, pv)
+                    break
+        for (_, _, pv_name), pv in volumes.items():
+            phase = pv.get("status", {}).get("phase")
+            ref = pv["spec"].get("claimRef") or {}
+            if not phase:
+                new = copy.deepcopy(pv)
+                new["status"] = {"phase": "Available", "lastPhaseTransitionTime": now()}
+                s.update(self.PV, None, pv_name, new, "status")
+            elif phase == "Bound" and ref.get("uid") and ref["uid"] not in claims_by_uid:
+                new = copy.deepcopy(pv)
+                new["status"] = {"phase": "Released", "lastPhaseTransitionTime": now()}
+                s.update(self.PV, None, pv_name, new, "status")
+
+    def bind(self, ns, name, pvc, pv_name, pv):
+        s = self.store
+        if pv["status"].get("phase") != "Bound":
+            new = copy.deepcopy(pv)
+            new["status"] = {"phase": "Bound", "lastPhaseTransitionTime": now()}
+            s.update(self.PV, None, pv_name, new, "status")
+        new = copy.deepcopy(pvc)
+        new["spec"]["volumeName"] = pv_name
+        new["metadata"].setdefault("annotations", {}).update({
+            "pv.kubernetes.io/bind-completed": "yes", "pv.kubernetes.io/bound-by-controller": "yes"})
+        new = s.update(self.PVC, ns, name, new)
+        new["status"] = {"phase": "Bound", "accessModes": pv["spec"]["accessModes"],
+                         "capacity": dict(pv["spec"]["capacity"])}
+        s.update(self.PVC, ns, name, new, "status")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr, store, token_file, bookmark_interval, verbose):
+        super().__init__(addr, Handler)
+        self.store = store
+        self.token_file = token_file
+        self.bookmark_interval = bookmark_interval
+        self.verbose = verbose
+        self.watchers = set()
+        self.requests = {}
+        self.count_lock = threading.Lock()
+
+    def count(self, verb):
+        with self.count_lock:
+            self.requests[verb] = self.requests.get(verb, 0) + 1
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--client-ca", help="accept client certificates signed by this CA")
+    p.add_argument("--token-file", help="accept this bearer token (re-read on every request)")
+    p.add_argument("--controller-manager", action="store_true")
+    p.add_argument("--bookmark-interval", type=float, default=1.0)
+    p.add_argument("--port-file", help="write the chosen port here once listening")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args()
+    store = Store()
+    server = Server(("127.0.0.1", args.port), store, args.token_file, args.bookmark_interval, args.verbose)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.cert, args.key)
+    if args.client_ca:
+        ctx.load_verify_locations(args.client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    if args.controller_manager:
+        ControllerManager(store).start()
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write(str(server.server_address[1]))
+        os.rename(args.port_file + ".tmp", args.port_file)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
