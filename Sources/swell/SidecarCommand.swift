@@ -42,6 +42,15 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: "The namespace of the leader Lease (default: the pod's namespace, else kube-system).")
   var leaderElectionNamespace: String?
 
+  @Option(help: "Seconds a lease lasts without renewal before another replica may take it.")
+  var leaderElectionLeaseDuration = 15.0
+
+  @Option(help: "Seconds the leader keeps trying to renew before it gives up leadership.")
+  var leaderElectionRenewDeadline = 10.0
+
+  @Option(help: "Seconds between tries to take or renew the lease.")
+  var leaderElectionRetryPeriod = 2.0
+
   @Option(help: "The fsType when the StorageClass names none.")
   var defaultFstype = "ext4"
 
@@ -63,6 +72,9 @@ struct SidecarCommand: AsyncParsableCommand {
     if perNode && (nodeId ?? "").isEmpty { throw ValidationError("--per-node needs --node-id") }
     if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
     guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64") }
+    guard leaderElectionRetryPeriod > 0, leaderElectionRetryPeriod < leaderElectionRenewDeadline,
+      leaderElectionRenewDeadline < leaderElectionLeaseDuration
+    else { throw ValidationError("leader election needs retry period < renew deadline < lease duration") }
     guard timeout > 0, resyncSeconds > 0 else { throw ValidationError("--timeout and --resync-seconds must be positive") }
   }
 
@@ -83,6 +95,9 @@ struct SidecarCommand: AsyncParsableCommand {
       config.workers = workers
       config.leaderElection = leaderElection
       config.leaderElectionNamespace = leaderElectionNamespace ?? kube.namespace ?? "kube-system"
+      config.leaseDuration = .seconds(leaderElectionLeaseDuration)
+      config.renewDeadline = .seconds(leaderElectionRenewDeadline)
+      config.retryPeriod = .seconds(leaderElectionRetryPeriod)
       config.defaultFSType = defaultFstype
       config.csiTimeout = .seconds(timeout)
       config.resyncPeriod = .seconds(resyncSeconds)

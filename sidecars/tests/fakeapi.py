@@ -480,8 +480,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, {"broken": n})
         if url.path == "/_test/conflict":
             with store.lock:
+                remaining = store.conflicts.get(query["resource"], 0)
                 store.conflicts[query["resource"]] = int(query.get("count", "1"))
-            return self.send_json(200, {})
+            return self.send_json(200, {"remaining": remaining})
         if url.path == "/_test/requests":
             return self.send_json(200, dict(self.server.requests))
         if url.path == "/_test/watchers":

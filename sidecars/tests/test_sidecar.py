@@ -76,3 +76,231 @@ def test_provision_bind_grow_delete(cluster):
     assert 'swell_sidecar_operations_total{operation="resize",result="success"} 1' in text
     assert 'swell_sidecar_operations_total{operation="delete",result="success"} 1' in text
     assert sidecar.http("/healthz")[0] == 200
+
+
+def pv_for(api, claim):
+    return api.get(pv_path(f"pvc-{claim['metadata']['uid']}"))
+
+
+def test_wait_for_first_consumer_per_node(cluster):
+    """Per-node mode: only claims whose selected node is this node, and only once it is selected."""
+    api = cluster.api
+    cluster.sidecar("--per-node", "--node-id", NODE)
+    api.create_class("swell", binding="WaitForFirstConsumer")
+    mine = api.create_claim("mine")
+    other = api.create_claim("other", annotations={"volume.kubernetes.io/selected-node": "some-other-node"})
+    time.sleep(1.5)
+    assert pv_for(api, mine) is None, "provisioned before the scheduler chose a node"
+    api.update_claim("mine", lambda c: c["metadata"]["annotations"].update(
+        {"volume.kubernetes.io/selected-node": NODE}))
+    pv = api.wait("the PV", lambda: pv_for(api, mine))
+    assert pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [NODE]
+    wait_bound(api, "mine")
+    time.sleep(0.5)
+    assert pv_for(api, other) is None, "a per-node sidecar provisioned another node's claim"
+    assert len(cluster.volumes()) == 1
+
+
+def test_wait_for_first_consumer_central_reads_csinode(cluster):
+    """Central mode: the selected node's topology comes from its CSINode keys and its labels."""
+    api = cluster.api
+    api.ok("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "worker-1", "labels": {TOPOLOGY_KEY: NODE, "kubernetes.io/hostname": "worker-1"}}})
+    api.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
+        "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": "worker-1"},
+        "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
+    cluster.sidecar()
+    api.create_class("swell", binding="WaitForFirstConsumer")
+    claim = api.create_claim("db", annotations={"volume.kubernetes.io/selected-node": "worker-1"})
+    pv = api.wait("the PV", lambda: pv_for(api, claim))
+    assert pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"] == [
+        {"key": TOPOLOGY_KEY, "operator": "In", "values": [NODE]}]
+
+
+def test_watch_broken_midstream_and_410_relist(cluster):
+    api = cluster.api
+    sidecar = cluster.sidecar()
+    api.create_class("swell")
+    api.wait("three watches", lambda: api.hook("watchers")["watchers"] >= 3)
+
+    # Cut every stream mid-way: the sidecar resumes its watches and still sees new claims.
+    assert api.hook("break-watches")["broken"] >= 3
+    first = api.create_claim("after-break")
+    api.wait("the PV", lambda: pv_for(api, first))
+
+    # Cut them again and compact at once: the resumed watches get a 410 ERROR event, and the
+    # sidecar lists again, finding the claim whose ADDED event was compacted away.
+    api.hook("break-watches")
+    second = api.create_claim("compacted")
+    api.hook("compact")
+    api.wait("the PV", lambda: pv_for(api, second))
+    assert "watch expired; listing again" in sidecar.log()
+
+
+def test_conflicts_are_retried(cluster):
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("swell")
+    claim = api.create_claim("busy")
+    wait_bound(api, "busy")
+    # The next three writes to PVCs meet a concurrent writer and fail with 409 Conflict.
+    api.ok("GET", "/_test/conflict?resource=persistentvolumeclaims&count=3")
+    api.update_claim("busy", lambda c: c["spec"]["resources"]["requests"].update(storage="2Gi"))
+    api.wait("resize done", lambda: (api.get(api.pvc_path("busy"))["status"].get("allocatedResourceStatuses", {})
+                                     .get("storage") == "NodeResizePending"))
+    assert api.hook("conflict?resource=persistentvolumeclaims&count=0") == {"remaining": 0}
+    assert api.get(pv_path(f"pvc-{claim['metadata']['uid']}"))["spec"]["capacity"]["storage"] == "2Gi"
+
+
+def test_sidecar_killed_mid_provision(cluster):
+    """SIGKILL while CreateVolume runs; the restarted sidecar makes one volume and one PV."""
+    api = cluster.api
+    cluster.plugin.stop()
+    cluster.plugin.start(failpoints="create-after-sparse-file:pause")
+    first = cluster.sidecar()
+    api.create_class("swell")
+    claim = api.create_claim("crash")
+    api.wait("the Provisioning event", lambda: "Provisioning" in reasons(api, "crash"))
+    first.stop(signal.SIGKILL)
+    assert pv_for(api, claim) is None
+    cluster.sidecar()
+    pv = api.wait("the PV", lambda: pv_for(api, claim))
+    wait_bound(api, "crash")
+    assert list(cluster.volumes()) == [pv["spec"]["csi"]["volumeHandle"]]
+    api.ok("DELETE", api.pvc_path("crash"))
+    api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
+    assert cluster.volumes() == {}
+    assert os.listdir(os.path.join(cluster.plugin.data, "volumes")) == []
+
+
+def test_infeasible_resize_then_recovery(cluster):
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("swell")
+    claim = api.create_claim("big")
+    wait_bound(api, "big")
+    api.update_claim("big", lambda c: c["spec"]["resources"]["requests"].update(storage="20Ti"))
+    pvc = api.wait("infeasible", lambda: (lambda c: c if c["status"].get("allocatedResourceStatuses", {})
+                                          .get("storage") == "ControllerResizeInfeasible" else None)(
+        api.get(api.pvc_path("big"))))
+    assert "ControllerResizeError" in condition_types(pvc)
+    error = next(c for c in pvc["status"]["conditions"] if c["type"] == "ControllerResizeError")
+    assert "OutOfRange" in error["message"]
+    assert "VolumeResizeFailed" in reasons(api, "big")
+    assert api.get(pv_path(f"pvc-{claim['metadata']['uid']}"))["spec"]["capacity"]["storage"] == "1Gi"
+
+    # The user lowers the request to something the driver can do, and the resize goes through.
+    api.update_claim("big", lambda c: c["spec"]["resources"]["requests"].update(storage="2Gi"))
+    pvc = api.wait("recovered", lambda: (lambda c: c if c["status"].get("allocatedResourceStatuses", {})
+                                         .get("storage") == "NodeResizePending" else None)(
+        api.get(api.pvc_path("big"))))
+    assert condition_types(pvc) == {"FileSystemResizePending"}
+    assert pvc["status"]["allocatedResources"]["storage"] == "2Gi"
+    assert api.get(pv_path(f"pvc-{claim['metadata']['uid']}"))["spec"]["capacity"]["storage"] == "2Gi"
+
+
+def test_resize_back_to_capacity_clears_the_error(cluster):
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("swell")
+    api.create_claim("undo")
+    wait_bound(api, "undo")
+    api.update_claim("undo", lambda c: c["spec"]["resources"]["requests"].update(storage="20Ti"))
+    api.wait("infeasible", lambda: api.get(api.pvc_path("undo"))["status"].get("allocatedResourceStatuses"))
+    api.update_claim("undo", lambda c: c["spec"]["resources"]["requests"].update(storage="1Gi"))
+    pvc = api.wait("cleared", lambda: (lambda c: c if not c["status"].get("allocatedResourceStatuses") else None)(
+        api.get(api.pvc_path("undo"))))
+    assert condition_types(pvc) == set()
+
+
+def test_no_expansion_without_allow_volume_expansion(cluster):
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("fixed", expansion=False)
+    claim = api.create_claim("fixed", sc="fixed")
+    wait_bound(api, "fixed")
+    api.update_claim("fixed", lambda c: c["spec"]["resources"]["requests"].update(storage="2Gi"))
+    time.sleep(1.5)
+    assert api.get(pv_path(f"pvc-{claim['metadata']['uid']}"))["spec"]["capacity"]["storage"] == "1Gi"
+    assert "allocatedResourceStatuses" not in api.get(api.pvc_path("fixed"))["status"]
+
+
+def test_pv_deleted_while_sidecar_down_keeps_no_volume(cluster):
+    """The finalizer holds the PV until the volume is gone, even if the PV is deleted while we are down."""
+    api = cluster.api
+    sidecar = cluster.sidecar()
+    api.create_class("swell")
+    claim = api.create_claim("gone")
+    wait_bound(api, "gone")
+    sidecar.stop()
+    name = f"pvc-{claim['metadata']['uid']}"
+    api.ok("DELETE", api.pvc_path("gone"))
+    api.wait("released", lambda: api.get(pv_path(name))["status"]["phase"] == "Released")
+    api.ok("DELETE", pv_path(name))
+    assert api.get(pv_path(name))["metadata"]["deletionTimestamp"]
+    assert len(cluster.volumes()) == 1
+    cluster.sidecar()
+    api.wait("the PV gone", lambda: api.get(pv_path(name)) is None)
+    assert cluster.volumes() == {}
+
+
+def test_retain_policy_keeps_the_volume(cluster):
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("keep", reclaim="Retain")
+    claim = api.create_claim("keep", sc="keep")
+    wait_bound(api, "keep")
+    name = f"pvc-{claim['metadata']['uid']}"
+    assert "finalizers" not in api.get(pv_path(name))["metadata"]
+    api.ok("DELETE", api.pvc_path("keep"))
+    api.wait("released", lambda: api.get(pv_path(name))["status"]["phase"] == "Released")
+    time.sleep(1)
+    assert api.get(pv_path(name)) is not None
+    assert len(cluster.volumes()) == 1
+
+
+def test_block_claim_and_client_certificate(cluster):
+    api = cluster.api
+    cluster.sidecar(auth="cert")
+    api.create_class("swell")
+    claim = api.create_claim("raw", mode="Block")
+    pv = api.wait("the PV", lambda: pv_for(api, claim))
+    assert pv["spec"]["volumeMode"] == "Block"
+    assert "fsType" not in pv["spec"]["csi"]
+
+
+def test_token_rotation(cluster):
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("swell")
+    first = api.create_claim("before")
+    api.wait("the PV", lambda: pv_for(api, first))
+    api.set_token("token-two")
+    # New connections need the new token: the sidecar meets a 401, re-reads its token file, goes on.
+    api.hook("break-watches")
+    second = api.create_claim("after")
+    api.wait("the PV", lambda: pv_for(api, second))
+
+
+def test_leader_election(cluster):
+    api = cluster.api
+    flags = ("--leader-election", "--leader-election-namespace", "default", "--leader-election-lease-duration", "3",
+             "--leader-election-renew-deadline", "2", "--leader-election-retry-period", "0.5")
+    a = cluster.sidecar(*flags, name="replica-a")
+    lease_path = "/apis/coordination.k8s.io/v1/namespaces/default/leases/swell-csi-dev-sidecar"
+    holder = api.wait("a lease", lambda: (api.get(lease_path) or {}).get("spec", {}).get("holderIdentity"))
+    b = cluster.sidecar(*flags, name="replica-b")
+    api.create_class("swell")
+    for i in range(5):
+        api.create_claim(f"c{i}")
+    for i in range(5):
+        wait_bound(api, f"c{i}")
+    assert len(cluster.volumes()) == 5
+    assert api.get(lease_path)["spec"]["holderIdentity"] == holder
+    assert "became leader" in a.log() and "became leader" not in b.log()
+
+    a.stop(signal.SIGKILL)
+    api.wait("b to lead", lambda: "became leader" in b.log(), timeout=20)
+    assert api.get(lease_path)["spec"]["holderIdentity"] != holder
+    claim = api.create_claim("after-failover")
+    api.wait("the PV", lambda: pv_for(api, claim))

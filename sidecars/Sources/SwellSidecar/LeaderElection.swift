@@ -74,7 +74,7 @@ public struct LeaderElection: Sendable {
 
   func tryAcquireOrRenew(observed: inout (record: JSON, at: ContinuousClock.Instant)?) async throws -> Bool {
     let now = Timestamp.nowMicro()
-    let seconds = Int64(leaseDuration.components.seconds)
+    let seconds = max(1, Int64(leaseDuration.components.seconds))
     guard let lease = try await client.get(.leases, namespace: namespace, name: name) else {
       let fresh: JSON = [
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

@@ -32,6 +32,10 @@ public final class Reconciler: Sendable {
   /// CreateVolume requests that may still be running in the plugin, by claim key: if the claim goes
   /// away, the same request is repeated and the volume deleted, so nothing leaks.
   let inFlight = Mutex<[String: Csi_V1_CreateVolumeRequest]>([:])
+  /// Keys in backoff after a failure, with what their object looked like then. Our own status writes
+  /// after a failure come back as watch events; they must not cut the backoff short. A change by
+  /// someone else (a new request size, a selected node, a new phase) does.
+  let holds = Mutex<[String: (until: ContinuousClock.Instant, fingerprint: JSON?)]>([:])
 
   init(
     kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, defaultFSType: String, csiTimeout: Duration,
@@ -51,6 +55,40 @@ public final class Reconciler: Sendable {
     self.events = events
     self.metrics = metrics
     self.logger = logger
+  }
+
+  /// What a key's object looks like, leaving out what the sidecar itself writes (status details and
+  /// the resourceVersion): its spec, annotations, labels, finalizers, deletion and phase.
+  func fingerprint(_ key: String) -> JSON? {
+    let object: JSON?
+    if key.hasPrefix("claim/") {
+      object = claims.get(String(key.dropFirst("claim/".count)))
+    } else {
+      object = volumes.get(String(key.dropFirst("volume/".count)))
+    }
+    guard let object else { return nil }
+    return [
+      "spec": object["spec"] ?? .null, "annotations": object[path: "metadata", "annotations"] ?? .null,
+      "labels": object[path: "metadata", "labels"] ?? .null, "finalizers": object[path: "metadata", "finalizers"] ?? .null,
+      "deletion": object[path: "metadata", "deletionTimestamp"] ?? .null, "phase": object[path: "status", "phase"] ?? .null,
+      "uid": .string(object.uid),
+    ]
+  }
+
+  /// True when the key is in backoff and its object has not changed since it failed.
+  func isHeld(_ key: String) -> Bool {
+    guard let hold = holds.withLock({ $0[key] }) else { return false }
+    if ContinuousClock.now >= hold.until { return false }
+    return hold.fingerprint == fingerprint(key)
+  }
+
+  func hold(_ key: String, for delay: Duration) {
+    let print = fingerprint(key)
+    holds.withLock { $0[key] = (ContinuousClock.now + delay, print) }
+  }
+
+  func release(_ key: String) {
+    _ = holds.withLock { $0.removeValue(forKey: key) }
   }
 
   static func claimKey(_ claim: JSON) -> String { "claim/\(objectKey(claim))" }

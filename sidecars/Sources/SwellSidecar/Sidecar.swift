@@ -23,6 +23,9 @@ public struct SidecarConfig: Sendable {
   public var metricsAddress: String?
   public var leaderElection = false
   public var leaderElectionNamespace = "kube-system"
+  public var leaseDuration: Duration = .seconds(15)
+  public var renewDeadline: Duration = .seconds(10)
+  public var retryPeriod: Duration = .seconds(2)
   public var defaultFSType = "ext4"
   public var csiTimeout: Duration = .seconds(60)
   public var resyncPeriod: Duration = .seconds(600)
@@ -85,7 +88,8 @@ public struct SidecarService: Service {
     let election = config.leaderElection
       ? LeaderElection(
         client: kube, namespace: config.leaderElectionNamespace, name: config.leaseName,
-        identity: config.identity, logger: logger)
+        identity: config.identity, logger: logger, leaseDuration: config.leaseDuration,
+        renewDeadline: config.renewDeadline, retryPeriod: config.retryPeriod)
       : nil
     try await election?.acquire()
     metrics.setLeader(true)
@@ -187,11 +191,17 @@ public struct SidecarService: Service {
 
   static func work(queue: WorkQueue, reconciler: Reconciler, logger: Logger) async {
     while let key = await queue.get() {
+      if reconciler.isHeld(key) {
+        await queue.done(key)
+        continue
+      }
       do {
         try await reconciler.reconcile(key)
+        reconciler.release(key)
         await queue.forget(key)
       } catch {
         let delay = await queue.addRateLimited(key)
+        reconciler.hold(key, for: delay)
         logger.warning("reconcile failed; will retry", metadata: ["key": "\(key)", "error": "\(error)", "after": "\(delay)"])
       }
       await queue.done(key)
