@@ -115,7 +115,7 @@ let package = Package(
     ),
     .testTarget(
       name: "SwellSidecarTests",
-      dependencies: ["SwellSidecar", "SwellKube", "CSIProto"]
+      dependencies: ["SwellSidecar", "SwellKube", "SwellHost", "CSIProto"]
     ),
     .testTarget(
       name: "SwellIntegrationTests",

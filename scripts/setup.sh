@@ -4,7 +4,7 @@
 set -euo pipefail
 need_apt=()
 for pair in mkfs.ext4:e2fsprogs resize2fs:e2fsprogs mkfs.xfs:xfsprogs xfs_growfs:xfsprogs losetup:mount \
-            blkid:util-linux blockdev:util-linux findmnt:util-linux sha256sum:coreutils; do
+            blkid:util-linux blockdev:util-linux findmnt:util-linux sha256sum:coreutils openssl:openssl; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

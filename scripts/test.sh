@@ -31,6 +31,9 @@ swift test --skip-build 2>&1 | grep -vE "^(◇|↳)|warning swell.test"
 echo "== conformance (Python grpcio, stubs from the official csi.proto)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -p no:cacheprovider conformance
 
+echo "== sidecar (the real sidecar and plugin against the test API server, over HTTPS)"
+SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -p no:cacheprovider sidecars/tests
+
 echo "== deploy (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage)"
 python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py
 

@@ -1,0 +1,117 @@
+import CSIProto
+import Testing
+@testable import SwellKube
+@testable import SwellSidecar
+
+struct WorkQueueTests {
+  @Test func aKeyIsQueuedOnceAndNeverHandedOutTwiceAtOnce() async {
+    let queue = WorkQueue()
+    await queue.add("a")
+    await queue.add("a")
+    await queue.add("b")
+    #expect(await queue.depth == 2)
+    let first = await queue.get()
+    #expect(first == "a")
+    await queue.add("a")  // while "a" is being worked on
+    #expect(await queue.get() == "b")
+    #expect(await queue.depth == 0)
+    await queue.done("a")  // now it goes back in
+    #expect(await queue.get() == "a")
+  }
+
+  @Test func backoffDoublesFromOneSecondToFiveMinutes() async {
+    let queue = WorkQueue()
+    var delays: [Duration] = []
+    for _ in 0..<12 { delays.append(await queue.nextDelay(for: "k")) }
+    #expect(Array(delays.prefix(9)) == [1, 2, 4, 8, 16, 32, 64, 128, 256].map { Duration.seconds($0) })
+    #expect(delays.suffix(3).allSatisfy { $0 == .seconds(300) })
+    await queue.forget("k")
+    #expect(await queue.nextDelay(for: "k") == .seconds(1))
+  }
+
+  @Test func shutdownWakesWaitingWorkers() async {
+    let queue = WorkQueue()
+    async let waiting = queue.get()
+    try? await Task.sleep(for: .milliseconds(20))
+    await queue.shutDown()
+    #expect(await waiting == nil)
+  }
+}
+
+struct ClaimTests {
+  let claim: JSON = [
+    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+    "metadata": [
+      "name": "data", "namespace": "db", "uid": "1234", "resourceVersion": "7",
+      "annotations": ["volume.beta.kubernetes.io/storage-provisioner": "swell.csi.dev"],
+    ],
+    "spec": [
+      "accessModes": ["ReadWriteOnce"], "resources": ["requests": ["storage": "1536Mi"]],
+      "storageClassName": "fast", "volumeMode": "Filesystem",
+    ],
+  ]
+  let storageClass: JSON = [
+    "metadata": ["name": "fast"], "provisioner": "swell.csi.dev", "reclaimPolicy": "Retain",
+    "mountOptions": ["noatime"],
+    "parameters": ["csi.storage.k8s.io/fstype": "xfs", "csi.storage.k8s.io/provisioner-secret-name": "s", "tier": "gold"],
+  ]
+
+  @Test func createRequestFollowsExternalProvisioner() throws {
+    let request = try Claims.createRequest(
+      claim: claim, storageClass: storageClass, topology: ["topology.swell.csi.dev/node": "n1"], defaultFSType: "ext4")
+    #expect(request.name == "pvc-1234")
+    #expect(request.capacityRange.requiredBytes == 1536 << 20)
+    #expect(request.parameters == ["tier": "gold"])
+    #expect(request.volumeCapabilities.count == 1)
+    #expect(request.volumeCapabilities[0].mount.fsType == "xfs")
+    #expect(request.volumeCapabilities[0].mount.mountFlags == ["noatime"])
+    #expect(request.volumeCapabilities[0].accessMode.mode == .singleNodeWriter)
+    #expect(request.accessibilityRequirements.requisite.map(\.segments) == [["topology.swell.csi.dev/node": "n1"]])
+    #expect(Claims.provisionerOf(claim) == "swell.csi.dev")
+  }
+
+  @Test func persistentVolumeCarriesEverythingTheBinderNeeds() {
+    let volume = Csi_V1_Volume.with {
+      $0.volumeID = "pvc-1234"
+      $0.capacityBytes = 2 << 30
+      $0.volumeContext = ["k": "v"]
+      $0.accessibleTopology = [.with { $0.segments = ["topology.swell.csi.dev/node": "n1"] }]
+    }
+    let pv = Claims.persistentVolume(
+      claim: claim, storageClass: storageClass, volume: volume, driver: "swell.csi.dev", requestedBytes: 1,
+      defaultFSType: "ext4")
+    #expect(pv.name == "pvc-1234")
+    #expect(pv[path: "spec", "capacity", "storage"]?.string == "2Gi")
+    #expect(pv[path: "spec", "csi"] == ["driver": "swell.csi.dev", "volumeHandle": "pvc-1234", "fsType": "xfs", "volumeAttributes": ["k": "v"]])
+    #expect(pv[path: "spec", "claimRef", "uid"]?.string == "1234")
+    #expect(pv[path: "spec", "claimRef", "namespace"]?.string == "db")
+    #expect(pv[path: "spec", "persistentVolumeReclaimPolicy"]?.string == "Retain")
+    #expect(pv[path: "spec", "mountOptions"] == ["noatime"])
+    #expect(pv.annotations["pv.kubernetes.io/provisioned-by"] == "swell.csi.dev")
+    #expect(pv.finalizers.isEmpty, "Retain volumes need no deletion finalizer")
+    #expect(Claims.nodeAffinityAdmits(pv, labels: ["topology.swell.csi.dev/node": "n1"]))
+    #expect(!Claims.nodeAffinityAdmits(pv, labels: ["topology.swell.csi.dev/node": "n2"]))
+  }
+
+  @Test func allowedTopologiesExpandToEveryCombination() {
+    let sc: JSON = [
+      "allowedTopologies": [[
+        "matchLabelExpressions": [["key": "zone", "values": ["a", "b"]], ["key": "rack", "values": ["1"]]]
+      ]]
+    ]
+    #expect(Claims.allowedTopologies(sc) == [["zone": "a", "rack": "1"], ["zone": "b", "rack": "1"]])
+  }
+
+  @Test func resizeConditionsKeepTheirTransitionTime() {
+    var pvc: JSON = ["status": ["conditions": [["type": "Resizing", "status": "True", "lastTransitionTime": "then"]]]]
+    ResizeStatus.setCondition(&pvc, "Resizing")
+    #expect(pvc[path: "status", "conditions"]?.array?.first?["lastTransitionTime"]?.string == "then")
+    ResizeStatus.setCondition(&pvc, "FileSystemResizePending", message: "m")
+    ResizeStatus.removeConditions(&pvc, ["Resizing"])
+    #expect(pvc[path: "status", "conditions"]?.array?.map { $0["type"]?.string } == ["FileSystemResizePending"])
+    ResizeStatus.setAllocation(&pvc, bytes: 2 << 30, state: "NodeResizePending")
+    #expect(pvc[path: "status", "allocatedResources", "storage"]?.string == "2Gi")
+    ResizeStatus.setAllocation(&pvc, bytes: nil, state: nil)
+    #expect(pvc[path: "status", "allocatedResourceStatuses"] == nil)
+  }
+}
