@@ -24,7 +24,8 @@ def test_renders_and_validates(target, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.read_text()) if d)
-    assert kinds == ["CSIDriver", "DaemonSet", "Namespace", "PriorityClass", "StorageClass"]
+    assert kinds == ["CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "PriorityClass",
+                     "ServiceAccount", "StorageClass"]
 
 
 def test_examples_validate():
@@ -71,6 +72,19 @@ def test_node_pod_is_pinned_limited_and_tight():
         else:
             assert sec["allowPrivilegeEscalation"] is False and sec["capabilities"]["drop"] == ["ALL"]
             assert sec["readOnlyRootFilesystem"] is True
+
+
+def test_only_the_sidecar_holds_an_api_token():
+    objs = objects("overlays/production")
+    pod = objs[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "swell-node"
+    holders = [c["name"] for c in pod["containers"]
+               if any(m["name"] == "kube-api-access" for m in c.get("volumeMounts", []))]
+    assert holders == ["sidecar"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == "sidecar")
+    assert "--per-node" in sidecar["args"] and "--node-id=$(NODE_NAME)" in sidecar["args"]
+    binding = objs[("ClusterRoleBinding", "swell-sidecar-node")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "swell-node", "namespace": "swell-system"}]
 
 
 @pytest.mark.skipif(os.environ.get("SWELL_SKIP_RELEASE_BUILD") == "1", reason="SWELL_SKIP_RELEASE_BUILD=1")

@@ -37,8 +37,11 @@ def openssl(*args, cwd):
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory):
+    return make_certs(str(tmp_path_factory.mktemp("pki")))
+
+
+def make_certs(d):
     """A CA, a server certificate for 127.0.0.1, and a client certificate, all made with openssl."""
-    d = str(tmp_path_factory.mktemp("pki"))
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
             "-days", "2", "-subj", "/CN=swell-test-ca", cwd=d)
     for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):

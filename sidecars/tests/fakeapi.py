@@ -15,7 +15,8 @@ annotates claims for their external provisioner, marks new PVs Available, binds 
 its claimRef, and marks a PV Released when its claim is deleted.
 
 Test hooks, without authentication, under /_test/: compact (forget history; old watches get 410),
-break-watches (cut every watch stream mid-stream), conflict?resource=R&count=N (the next N writes to R
+break-watches (cut every watch stream mid-stream), audit (what the sidecar asked for, as RBAC
+verbs), conflict?resource=R&count=N (the next N writes to R
 meet a concurrent writer first, so they fail with 409), requests (counts by verb).
 """
 
@@ -317,6 +318,14 @@ class Handler(BaseHTTPRequestHandler):
                 return
             res, ns, name, sub, query = self.route()
             store = self.server.store
+            if self.headers.get("User-Agent", "").startswith("swell-sidecar"):
+                k8s_verb = {"GET": "get", "POST": "create", "PUT": "update", "DELETE": "delete",
+                            "PATCH": "patch"}[verb]
+                if verb == "GET" and name is None:
+                    k8s_verb = "watch" if query.get("watch") in ("1", "true") else "list"
+                resource = res[2] + (f"/{sub}" if sub else "")
+                with self.server.count_lock:
+                    self.server.audit.add((res[0], resource, k8s_verb))
             if verb == "GET" and name is None:
                 if query.get("watch") in ("1", "true"):
                     return self.watch(res, ns, query)
@@ -485,6 +494,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, {"remaining": remaining})
         if url.path == "/_test/requests":
             return self.send_json(200, dict(self.server.requests))
+        if url.path == "/_test/audit":
+            with self.server.count_lock:
+                return self.send_json(200, sorted(self.server.audit))
         if url.path == "/_test/watchers":
             return self.send_json(200, {"watchers": len(self.server.watchers)})
         self.send_json(404, status(404, "NotFound", "no such hook"))
@@ -578,6 +590,7 @@ class Server(ThreadingHTTPServer):
         self.verbose = verbose
         self.watchers = set()
         self.requests = {}
+        self.audit = set()  # (group, resource[/subresource], verb) the sidecar has asked for
         self.count_lock = threading.Lock()
 
     def count(self, verb):
