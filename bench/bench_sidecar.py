@@ -72,6 +72,32 @@ def wait(what, fn, timeout=120):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def healthy(sidecar):
+    try:
+        return sidecar.http("/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def sidecar_means(sidecar):
+    """Mean seconds per operation, from the sidecar's own histogram."""
+    sums, counts = {}, {}
+    for line in sidecar.http("/metrics")[1].splitlines():
+        for table, suffix in ((sums, "_sum{"), (counts, "_count{")):
+            if line.startswith("swell_sidecar_operation_duration_seconds" + suffix):
+                op = line.split('operation="')[1].split('"')[0]
+                table[op] = float(line.split()[-1])
+    return {op: sums[op] / counts[op] for op in sums if counts.get(op)}
+
+
+def plugin_ms(log, method):
+    out = []
+    for line in log.splitlines():
+        if f"method={method} " in line and "code=OK" in line:
+            out.append(float(line.split("ms=")[1].split()[0]))
+    return out
+
+
 def memory(pid):
     out = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -99,7 +125,7 @@ def main():
         watch = PVWatch(api)
         watch.start()
         watch.ready.wait()
-        wait("the sidecar's caches", lambda: sidecar.http("/healthz")[0] == 200)
+        wait("the sidecar's caches", lambda: healthy(sidecar))
 
         created = {}
         for i in range(args.claims):
@@ -124,12 +150,20 @@ def main():
         wait("every PV grown", lambda: len(watch.grown) >= args.claims)
         expand = [watch.grown[n] - t for n, t in edited.items()]
 
+        means = sidecar_means(sidecar)
+        with open(cluster.plugin.log_path) as f:
+            plugin_log = f.read()
         time.sleep(5)
         mem = memory(sidecar.proc.pid)
         print(f"claims: {args.claims}")
         for label, values in (("PVC created -> PV created", provision), ("PVC edited -> PV capacity", expand)):
             print(f"{label}: p50 {statistics.median(values) * 1000:.1f} ms, p99 {pct(values, 99) * 1000:.1f} ms, "
                   f"max {max(values) * 1000:.1f} ms")
+        print("inside the sidecar, mean: " + ", ".join(f"{op} {v * 1000:.1f} ms" for op, v in sorted(means.items())))
+        for method in ("CreateVolume", "ControllerExpandVolume"):
+            values = plugin_ms(plugin_log, method)
+            if values:
+                print(f"inside the plugin, {method}: p50 {statistics.median(values):.1f} ms")
         print("sidecar memory after the run (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
 
         # A fresh sidecar with nothing to do: its idle memory.
@@ -138,7 +172,7 @@ def main():
         wait("every volume deleted", lambda: not cluster.volumes(), timeout=300)
         sidecar.stop()
         idle = cluster.sidecar("--log-level", "warning", name="idle")
-        wait("the idle sidecar's caches", lambda: idle.http("/healthz")[0] == 200)
+        wait("the idle sidecar's caches", lambda: healthy(idle))
         time.sleep(5)
         mem = memory(idle.proc.pid)
         print("idle sidecar memory (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))

@@ -70,8 +70,9 @@ def test_provision_bind_grow_delete(cluster):
     assert handle not in cluster.volumes()
     assert sidecar.proc.poll() is None
 
-    code, text = sidecar.http("/metrics")
-    assert code == 200
+    # The delete is counted just after the finalizer comes off, so the PV may vanish a moment before.
+    text = api.wait("the delete counted", lambda: (lambda t: t if 'operation="delete",result="success"' in t else None)(
+        sidecar.http("/metrics")[1]))
     assert 'swell_sidecar_operations_total{operation="provision",result="success"} 1' in text
     assert 'swell_sidecar_operations_total{operation="resize",result="success"} 1' in text
     assert 'swell_sidecar_operations_total{operation="delete",result="success"} 1' in text

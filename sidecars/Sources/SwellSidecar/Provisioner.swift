@@ -23,11 +23,11 @@ extension Reconciler {
       guard waitForConsumer, selectedNode == name else { return }
       topology = nodeTopology
     }
-    if let pv = volumes.get(Claims.volumeName(claim)),
-      pv[path: "spec", "claimRef", "uid"]?.string == claim.uid
-    {
-      return  // Provisioned; waiting for the binder.
-    }
+    // Provisioned already, and waiting for the binder? The cache may lag our own create, so a miss
+    // there is checked with the API server before the volume is made.
+    var existing = volumes.get(Claims.volumeName(claim))
+    if existing == nil { existing = try await kube.get(.persistentVolumes, name: Claims.volumeName(claim)) }
+    if let existing, existing[path: "spec", "claimRef", "uid"]?.string == claim.uid { return }
 
     let started = ContinuousClock.now
     let request: Csi_V1_CreateVolumeRequest
@@ -129,6 +129,8 @@ extension Reconciler {
       return
     }
     guard let handle = pv[path: "spec", "csi", "volumeHandle"]?.string else { return }
+    // The cache can lag a delete this sidecar just finished; ask the API server before deleting.
+    guard let live = try await kube.get(.persistentVolumes, name: pv.name), live.uid == pv.uid else { return }
     let started = ContinuousClock.now
     do {
       _ = try await callCSI("DeleteVolume") {

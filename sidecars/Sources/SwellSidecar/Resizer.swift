@@ -46,35 +46,59 @@ enum ResizeStatus {
   }
 }
 
+enum ResizeStep: Equatable {
+  case grow(Int64)
+  case clearError
+}
+
 extension Reconciler {
-  /// A bound claim whose request exceeds its capacity: mark it, expand the volume, record the new
-  /// size on the PV, and hand the filesystem to kubelet (or finish, when the node has nothing to do).
-  func resizeIfNeeded(_ claim: JSON) async throws {
+  /// The PV name, the PV and the capacity of a bound claim of ours whose class allows expansion.
+  func resizeTarget(_ claim: JSON) -> (String, JSON, Int64)? {
     guard claim[path: "status", "phase"]?.string == "Bound", !claim.isBeingDeleted,
       let pvName = claim[path: "spec", "volumeName"]?.string, let pv = volumes.get(pvName), owns(pv),
-      pv[path: "spec", "claimRef", "uid"]?.string == claim.uid
-    else { return }
-    guard let storageClass = storageClass(of: claim), storageClass["allowVolumeExpansion"]?.bool == true else { return }
-    let requested = try Claims.requestedBytes(claim)
-    guard let capacity = Claims.bytes(claim[path: "status", "capacity", "storage"]) else { return }
-    let state = claim[path: "status", "allocatedResourceStatuses", "storage"]?.string
-    let pvCapacity = Claims.bytes(pv[path: "spec", "capacity", "storage"]) ?? 0
+      pv[path: "spec", "claimRef", "uid"]?.string == claim.uid,
+      let storageClass = storageClass(of: claim), storageClass["allowVolumeExpansion"]?.bool == true,
+      let capacity = Claims.bytes(claim[path: "status", "capacity", "storage"])
+    else { return nil }
+    return (pvName, pv, capacity)
+  }
 
+  /// What a claim needs next from the resizer, if anything.
+  func resizeStep(_ claim: JSON, _ pv: JSON) -> ResizeStep? {
+    guard let requested = try? Claims.requestedBytes(claim),
+      let capacity = Claims.bytes(claim[path: "status", "capacity", "storage"])
+    else { return nil }
+    let state = claim[path: "status", "allocatedResourceStatuses", "storage"]?.string
     if requested <= capacity {
+      let stale = state == ResizeStatus.controllerInfeasible || state == ResizeStatus.controllerInProgress
+      return stale ? .clearError : nil
+    }
+    let pvCapacity = Claims.bytes(pv[path: "spec", "capacity", "storage"]) ?? 0
+    if (state == ResizeStatus.nodePending || state == ResizeStatus.nodeInProgress) && pvCapacity >= requested {
+      return nil  // kubelet's turn.
+    }
+    if state == ResizeStatus.nodeInfeasible { return nil }
+    return .grow(requested)
+  }
+
+  /// A bound claim whose request exceeds its capacity: mark it, expand the volume, record the new
+  /// size on the PV, and hand the filesystem to kubelet (or finish, when the node has nothing to do).
+  func resizeIfNeeded(_ cached: JSON) async throws {
+    guard let (_, cachedPV, _) = resizeTarget(cached), resizeStep(cached, cachedPV) != nil else { return }
+    // The cache may lag this sidecar's own last write; decide again on the live claim.
+    guard let claim = try await kube.get(.persistentVolumeClaims, namespace: cached.namespace, name: cached.name),
+      claim.uid == cached.uid, let (pvName, _, capacity) = resizeTarget(claim),
+      let pv = try await kube.get(.persistentVolumes, name: pvName), owns(pv), let step = resizeStep(claim, pv)
+    else { return }
+    guard case .grow(let requested) = step else {
       // Nothing to grow. A user who lowered the request after a failure gets the error cleared.
-      if state == ResizeStatus.controllerInfeasible || state == ResizeStatus.controllerInProgress {
-        try await rewrite(.persistentVolumeClaims, claim, status: true) { object in
-          ResizeStatus.removeConditions(
-            &object, [ResizeStatus.resizing, ResizeStatus.controllerResizeError])
-          ResizeStatus.setAllocation(&object, bytes: capacity, state: nil)
-        }
+      try await rewrite(.persistentVolumeClaims, claim, status: true) { object in
+        ResizeStatus.removeConditions(&object, [ResizeStatus.resizing, ResizeStatus.controllerResizeError])
+        ResizeStatus.setAllocation(&object, bytes: capacity, state: nil)
       }
       return
     }
-    if (state == ResizeStatus.nodePending || state == ResizeStatus.nodeInProgress) && pvCapacity >= requested {
-      return  // kubelet's turn.
-    }
-    if state == ResizeStatus.nodeInfeasible { return }
+    let pvCapacity = Claims.bytes(pv[path: "spec", "capacity", "storage"]) ?? 0
 
     let started = ContinuousClock.now
     let marked = try await rewrite(.persistentVolumeClaims, claim, status: true) { object in
