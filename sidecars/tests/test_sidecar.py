@@ -77,6 +77,7 @@ def test_provision_bind_grow_delete(cluster):
     assert 'swell_sidecar_operations_total{operation="resize",result="success"} 1' in text
     assert 'swell_sidecar_operations_total{operation="delete",result="success"} 1' in text
     assert sidecar.http("/healthz")[0] == 200
+    assert sidecar.stop() == 0, "SIGTERM must end the sidecar cleanly"
 
 
 def pv_for(api, claim):

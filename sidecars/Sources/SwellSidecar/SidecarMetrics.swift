@@ -19,10 +19,10 @@ public final class SidecarMetrics: Sendable {
     namespace: "swell", subsystem: "sidecar", metricName: "csi_errors", unitName: "total",
     helpText: "CSI calls that failed, by method and gRPC code") }
   static var queueDepth: MetricNameDescriptor { MetricNameDescriptor(
-    namespace: "swell", subsystem: "sidecar", metricName: "queue_depth",
+    namespace: "swell", subsystem: "sidecar", metricName: "queue_depth", unitName: "",
     helpText: "Keys waiting in the work queue") }
   static var leader: MetricNameDescriptor { MetricNameDescriptor(
-    namespace: "swell", subsystem: "sidecar", metricName: "leader",
+    namespace: "swell", subsystem: "sidecar", metricName: "leader", unitName: "",
     helpText: "1 while this replica holds the leader lease (always 1 without leader election)") }
 
   public init() {}
