@@ -306,3 +306,18 @@ def test_leader_election(cluster):
     assert api.get(lease_path)["spec"]["holderIdentity"] != holder
     claim = api.create_claim("after-failover")
     api.wait("the PV", lambda: pv_for(api, claim))
+
+
+def test_claim_with_a_data_source_gets_no_empty_volume(cluster):
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("swell")
+    code, claim = api.request("POST", "/api/v1/namespaces/default/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "clone"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "storageClassName": "swell", "dataSource": {"kind": "PersistentVolumeClaim", "name": "data"}}})
+    assert code == 201
+    failed = api.wait("ProvisioningFailed", lambda: [e for e in api.events_for("clone")
+                                                      if e["reason"] == "ProvisioningFailed"])
+    assert "dataSource" in failed[0]["message"] and failed[0]["type"] == "Warning"
+    assert pv_for(api, claim) is None and cluster.volumes() == {}

@@ -43,7 +43,7 @@ public final class Informer: Sendable {
               version = self.apply(event) ?? version
             }
             backoff = .milliseconds(200)
-          } catch let error as KubeError where error.isGone {
+          } catch let error as KubeError where error.isGone || error.isTooLargeResourceVersion {
             logger.info("watch expired; listing again", metadata: ["resource": "\(resource)", "error": "\(error)"])
             break
           } catch {

@@ -26,6 +26,8 @@ public struct KubeError: Error, CustomStringConvertible, Sendable {
   public var isAlreadyExists: Bool { code == 409 && reason == "AlreadyExists" }
   /// 410 Gone: a watch or list from a resourceVersion the server no longer has.
   public var isGone: Bool { code == 410 }
+  /// A watch from a version the server has not reached yet: client-go lists again.
+  public var isTooLargeResourceVersion: Bool { code == 504 && message.contains("Too large resource version") }
 
   public var description: String { "\(code) \(reason): \(message)" }
 }

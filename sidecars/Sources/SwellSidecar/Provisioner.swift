@@ -32,6 +32,14 @@ extension Reconciler {
     let started = ContinuousClock.now
     let request: Csi_V1_CreateVolumeRequest
     do {
+      // As external-provisioner: a selector cannot be honoured by a new volume, and Swell has no
+      // snapshots or clones yet, so a claim that asks for content must not get an empty volume.
+      if claim[path: "spec", "selector"].map({ $0 != .null }) == true {
+        throw Claims.Invalid(description: "claim Selector is not supported")
+      }
+      for field in ["dataSource", "dataSourceRef"] where claim[path: "spec", field].map({ $0 != .null }) == true {
+        throw Claims.Invalid(description: "volume content source (spec.\(field)) is not supported by \(driver)")
+      }
       request = try Claims.createRequest(
         claim: claim, storageClass: storageClass, topology: topology, defaultFSType: defaultFSType)
     } catch {
