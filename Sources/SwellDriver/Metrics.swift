@@ -37,6 +37,14 @@ public struct VolumeFigures: Sendable {
   public var byState: [String: Int] = [:]
   /// For each volume attached on this node: its device size, and the bytes its filesystem uses (nil for block).
   public var attached: [(id: String, capacity: Int64, used: Int64?)] = []
+  /// For each attached volume with a filesystem mounted: one of its mount points (staging or publish).
+  public var mountPoints: [(id: String, path: String)] = []
+
+  /// `/volumes`: one line per volume staged on this node, `ID<TAB>PATH`, for the per-node sidecar's
+  /// auto-grow, which asks NodeGetVolumeStats about that path.
+  public func stagedText() -> String {
+    mountPoints.map { "\($0.id)\t\($0.path)\n" }.joined()
+  }
 
   func prometheusText() -> String {
     var out = "# HELP swell_volumes Volumes by state\n# TYPE swell_volumes gauge\n"
@@ -71,6 +79,7 @@ public struct VolumeFigures: Sendable {
         let mount = table.first { $0.major == device.major && $0.minor == device.minor }
         let used = mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes }
         figures.attached.append((v.id, device.sizeBytes, used))
+        if let mount { figures.mountPoints.append((v.id, mount.mountPoint)) }
       }
       figures.byState["attached"] = count
     }

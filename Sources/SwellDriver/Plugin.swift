@@ -112,6 +112,8 @@ public struct Plugin {
           switch path {
           case "/metrics":
             return (.ok, metrics.render(volumes: await VolumeFigures.collect(backend: backend, mode: mode)))
+          case "/volumes":
+            return (.ok, await VolumeFigures.collect(backend: backend, mode: mode).stagedText())
           case "/healthz":
             do {
               try await Self.checkReady(mode: mode, backend: backend, exec: exec)

@@ -60,6 +60,12 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: "Seconds between full resyncs of every claim and volume.")
   var resyncSeconds = 600
 
+  @Option(help: "With --per-node: the local plugin's --metrics-address (HOST:PORT); turns on auto-grow for claims whose policy enables it.")
+  var autogrowPluginAddress: String?
+
+  @Option(help: "Seconds between looks at a staged volume when it is not filling fast.")
+  var autogrowMaxInterval = 30.0
+
   @Option(help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel: Logger.Level = .info
 
@@ -71,6 +77,8 @@ struct SidecarCommand: AsyncParsableCommand {
     guard csiAddress.hasPrefix("unix://") else { throw ValidationError("--csi-address must be unix:///path") }
     if perNode && (nodeId ?? "").isEmpty { throw ValidationError("--per-node needs --node-id") }
     if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
+    if autogrowPluginAddress != nil && !perNode { throw ValidationError("--autogrow-plugin-address needs --per-node") }
+    guard autogrowMaxInterval >= 0.25 else { throw ValidationError("--autogrow-max-interval must be at least 0.25") }
     guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64") }
     guard leaderElectionRetryPeriod > 0, leaderElectionRetryPeriod < leaderElectionRenewDeadline,
       leaderElectionRenewDeadline < leaderElectionLeaseDuration
@@ -101,6 +109,8 @@ struct SidecarCommand: AsyncParsableCommand {
       config.defaultFSType = defaultFstype
       config.csiTimeout = .seconds(timeout)
       config.resyncPeriod = .seconds(resyncSeconds)
+      config.autoGrowPluginAddress = autogrowPluginAddress
+      config.autoGrowMaxInterval = .milliseconds(Int64(autogrowMaxInterval * 1000))
       let metrics = SidecarMetrics()
       let state = SidecarState()
       var services: [any Service] = [SidecarService(config: config, metrics: metrics, state: state, logger: logger)]

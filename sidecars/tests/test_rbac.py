@@ -5,7 +5,7 @@ import os
 
 import yaml
 
-from conftest import NODE, ROOT
+from conftest import NODE, ROOT, csiconf
 from test_sidecar import pv_for, wait_bound
 
 
@@ -17,14 +17,32 @@ def granted(path, role):
 
 
 def test_node_rbac_matches_the_calls(cluster):
+    """Provision, auto-grow, resize and delete: everything the per-node sidecar does."""
     api = cluster.api
-    sidecar = cluster.sidecar("--per-node", "--node-id", NODE)
+    port = csiconf.free_port()
+    cluster.plugin.stop()
+    cluster.plugin.start(extra_args=("--metrics-address", f"127.0.0.1:{port}"))
+    sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{port}",
+                              "--autogrow-max-interval", "0.5")
     api.create_class("swell", binding="WaitForFirstConsumer")
-    claim = api.create_claim("r", annotations={"volume.kubernetes.io/selected-node": NODE})
-    wait_bound(api, "r")
-    # A resize (status writes, PV update, PVC re-read) and a delete (PV delete, finalizer removal).
-    api.update_claim("r", lambda c: c["spec"]["resources"]["requests"].update(storage="2Gi"))
-    api.wait("resize", lambda: api.get(api.pvc_path("r"))["status"].get("allocatedResourceStatuses"))
+    claim = api.create_claim("r", size="400Mi", annotations={
+        "volume.kubernetes.io/selected-node": NODE, "autogrow.swell.dev/enabled": "true",
+        "autogrow.swell.dev/threshold": "99%", "autogrow.swell.dev/max": "600Mi"})
+    pv = wait_bound(api, "r") and pv_for(api, claim)
+    from csi_pb2 import NodeStageVolumeRequest, NodeUnstageVolumeRequest
+    staging = os.path.join(cluster.root, "stage-r")
+    os.makedirs(staging)
+    stage = NodeStageVolumeRequest(volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging)
+    stage.volume_capability.mount.fs_type = "xfs"
+    stage.volume_capability.access_mode.mode = 1
+    cluster.plugin.node.NodeStageVolume(stage)
+    try:
+        # The policy's 99% threshold trips at once: auto-grow raises the request, the resizer grows.
+        api.wait("resize", lambda: api.get(api.pvc_path("r"))["status"].get("allocatedResourceStatuses"))
+        assert api.get(api.pvc_path("r"))["spec"]["resources"]["requests"]["storage"] == "600Mi"
+    finally:
+        cluster.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(
+            volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging))
     api.ok("DELETE", api.pvc_path("r"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     api.wait("events", lambda: api.events_for("r"))

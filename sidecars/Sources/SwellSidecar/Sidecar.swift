@@ -29,6 +29,10 @@ public struct SidecarConfig: Sendable {
   public var defaultFSType = "ext4"
   public var csiTimeout: Duration = .seconds(60)
   public var resyncPeriod: Duration = .seconds(600)
+  /// Per-node auto-grow: the local plugin's metrics address (it serves `/volumes`), and the longest
+  /// wait between looks at a volume.
+  public var autoGrowPluginAddress: String?
+  public var autoGrowMaxInterval: Duration = .seconds(30)
   public var identity: String
 
   public init(csiSocket: String, driverName: String, kube: KubeConfig, identity: String) {
@@ -141,6 +145,11 @@ public struct SidecarService: Service {
         try await withThrowingTaskGroup(of: Void.self) { workers in
           for _ in 0..<max(1, config.workers) {
             workers.addTask { await Self.work(queue: queue, reconciler: reconciler, logger: logger) }
+          }
+          if case .node = scope, let address = config.autoGrowPluginAddress {
+            let grower = AutoGrower(
+              reconciler: reconciler, pluginAddress: address, maxInterval: config.autoGrowMaxInterval, logger: logger)
+            workers.addTask { try await grower.run() }
           }
           workers.addTask {
             // Level-triggered: every object is looked at again now and then, whatever was missed.

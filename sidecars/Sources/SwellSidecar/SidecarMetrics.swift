@@ -25,7 +25,15 @@ public final class SidecarMetrics: Sendable {
     namespace: "swell", subsystem: "sidecar", metricName: "leader", unitName: "",
     helpText: "1 while this replica holds the leader lease (always 1 without leader election)") }
 
+  static var autoGrows: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "autogrow", unitName: "total",
+    helpText: "Auto-grow decisions: grow (a request raised) and capped (at the maximum)") }
+
   public init() {}
+
+  public func autoGrow(capped: Bool) {
+    registry.makeCounter(descriptor: Self.autoGrows, labels: [("result", capped ? "capped" : "grow")]).increment()
+  }
 
   public func record(operation: String, success: Bool, duration: Duration) {
     registry.makeCounter(

@@ -1,0 +1,144 @@
+import AsyncHTTPClient
+import CSIProto
+import GRPCCore
+import Logging
+import NIOCore
+import SwellKube
+
+/// The per-node auto-grow loop. It asks the local plugin which volumes are staged here (`/volumes`
+/// on the plugin's metrics address) and how full each one is (NodeGetVolumeStats). When a claim's
+/// policy says so, it raises the claim's request; the resizer and kubelet then grow the volume as
+/// for any `kubectl edit pvc`. The interval adapts: the faster a volume fills, the sooner it is
+/// looked at again.
+final class AutoGrower: Sendable {
+  let reconciler: Reconciler
+  let pluginAddress: String
+  let maxInterval: Duration
+  let minInterval: Duration = .milliseconds(250)
+  let logger: Logger
+
+  struct VolumeState {
+    var lastUsed: Int64
+    var lastSeen: ContinuousClock.Instant
+    var bytesPerSecond: Double = 0
+    var lastBump: ContinuousClock.Instant?
+    var reportedProblems = ""
+    var cappedAt: Int64?
+  }
+
+  init(reconciler: Reconciler, pluginAddress: String, maxInterval: Duration, logger: Logger) {
+    self.reconciler = reconciler
+    self.pluginAddress = pluginAddress
+    self.maxInterval = maxInterval
+    self.logger = logger
+  }
+
+  func run() async throws {
+    var states: [String: VolumeState] = [:]
+    while true {
+      var next = maxInterval
+      do {
+        for (volumeID, path) in try await stagedVolumes() {
+          if let wait = try await check(volumeID: volumeID, path: path, states: &states) { next = min(next, wait) }
+        }
+      } catch is CancellationError {
+        throw CancellationError()
+      } catch {
+        logger.warning("auto-grow pass failed", metadata: ["error": "\(error)"])
+      }
+      try await Task.sleep(for: max(minInterval, next))
+    }
+  }
+
+  func stagedVolumes() async throws -> [(String, String)] {
+    var request = HTTPClientRequest(url: "http://\(pluginAddress)/volumes")
+    request.method = .GET
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(5))
+    let body = try await response.body.collect(upTo: 4 << 20)
+    guard response.status.code == 200 else { throw KubeError(code: Int(response.status.code), reason: "", message: "plugin /volumes") }
+    let text = String(buffer: body)
+    return text.split(separator: "\n").compactMap { (line: Substring) -> (String, String)? in
+      let parts = line.split(separator: "\t", maxSplits: 1)
+      guard parts.count == 2 else { return nil }
+      return (String(parts[0]), String(parts[1]))
+    }
+  }
+
+  /// Looks at one staged volume; returns how soon it should be looked at again, if sooner than usual.
+  func check(volumeID: String, path: String, states: inout [String: VolumeState]) async throws -> Duration? {
+    let r = reconciler
+    guard let pv = r.volumes.list().first(where: { $0[path: "spec", "csi", "volumeHandle"]?.string == volumeID }),
+      r.owns(pv), let ns = pv[path: "spec", "claimRef", "namespace"]?.string,
+      let name = pv[path: "spec", "claimRef", "name"]?.string, let claim = r.claims.get("\(ns)/\(name)"),
+      claim.uid == pv[path: "spec", "claimRef", "uid"]?.string, let storageClass = r.storageClass(of: claim)
+    else { return nil }
+    let (policy, problems) = AutoGrowPolicy.resolve(
+      classAnnotations: storageClass.annotations, claimAnnotations: claim.annotations)
+    var state = states[claim.uid] ?? VolumeState(lastUsed: 0, lastSeen: .now)
+    defer { states[claim.uid] = state }
+    let problemText = problems.map(\.description).joined(separator: "; ")
+    if problemText != state.reportedProblems {
+      state.reportedProblems = problemText
+      if !problems.isEmpty {
+        r.events.record(claim, .warning, reason: "AutoGrowInvalidPolicy", message: "auto-grow ignored: \(problemText)")
+      }
+    }
+    guard let policy, storageClass["allowVolumeExpansion"]?.bool == true else { return nil }
+
+    var options = CallOptions.defaults
+    options.timeout = .seconds(10)
+    let stats = try await r.csi.node.nodeGetVolumeStats(
+      .with {
+        $0.volumeID = volumeID
+        $0.volumePath = path
+      }, options: options)
+    guard let bytes = stats.usage.first(where: { $0.unit == .bytes }) else { return nil }
+    let inodes = stats.usage.first { $0.unit == .inodes }
+    let usage = AutoGrowPolicy.Usage(
+      totalBytes: bytes.total, availableBytes: bytes.available, totalInodes: inodes?.total, freeInodes: inodes?.available)
+
+    // The fill rate, smoothed, sets how soon to look again: a quarter of the time left to the threshold.
+    let now = ContinuousClock.now
+    let elapsed = Double((now - state.lastSeen).components.attoseconds) / 1e18 + Double((now - state.lastSeen).components.seconds)
+    if elapsed > 0 && state.lastUsed > 0 {
+      let rate = max(0, Double(bytes.used - state.lastUsed) / elapsed)
+      state.bytesPerSecond = state.bytesPerSecond == 0 ? rate : 0.5 * state.bytesPerSecond + 0.5 * rate
+    }
+    state.lastUsed = bytes.used
+    state.lastSeen = now
+    var soon: Duration?
+    if state.bytesPerSecond > 0 {
+      let headroom = Double(bytes.available - policy.threshold.of(bytes.total))
+      soon = .milliseconds(Int64(max(0, headroom / state.bytesPerSecond / 4) * 1000))
+    }
+
+    guard policy.needsGrowth(usage) else { return soon }
+    let requested = try Claims.requestedBytes(claim)
+    let capacity = Claims.bytes(claim[path: "status", "capacity", "storage"]) ?? 0
+    if requested > capacity { return soon }  // One growth in flight: wait until it reaches the filesystem.
+    if let last = state.lastBump, now - last < policy.cooldown { return soon }
+    switch policy.nextRequest(current: requested) {
+    case .grow(let target):
+      try await r.rewrite(.persistentVolumeClaims, claim, status: false) { object in
+        object[path: "spec", "resources", "requests", "storage"] = .string(Quantity.format(target))
+      }
+      state.lastBump = now
+      r.metrics.autoGrow(capped: false)
+      r.events.record(
+        claim, .normal, reason: "AutoGrow",
+        message: "raised the request from \(Quantity.format(requested)) to \(Quantity.format(target)): "
+          + "\(bytes.available) of \(bytes.total) bytes free"
+          + (inodes.map { ", \($0.available) of \($0.total) inodes free" } ?? ""))
+    case .capped:
+      if state.cappedAt != requested {
+        state.cappedAt = requested
+        r.metrics.autoGrow(capped: true)
+        r.events.record(
+          claim, .warning, reason: "AutoGrowCapped",
+          message: "the volume is at its auto-grow maximum of \(Quantity.format(policy.maximum)) "
+            + "with \(bytes.available) of \(bytes.total) bytes free")
+      }
+    }
+    return soon
+  }
+}

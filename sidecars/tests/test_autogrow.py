@@ -1,0 +1,158 @@
+"""Auto-grow end to end: a writer fills a staged volume at a steady rate while the per-node sidecar
+raises the claim's request, the sidecar resizes, and this test plays kubelet for the node half."""
+
+import errno
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from conftest import NODE, csiconf
+from test_sidecar import pv_for, wait_bound
+
+MiB = 1 << 20
+FS = "ext4" if csiconf.HAS_SYS_RESOURCE else "xfs"  # ext4 grows online only with CAP_SYS_RESOURCE
+
+
+class Kubelet(threading.Thread):
+    """The node half of a resize, as kubelet does it: on FileSystemResizePending, NodeExpandVolume,
+    then status.capacity and the conditions cleared."""
+
+    def __init__(self, api, plugin, claim, handle, staging):
+        super().__init__(daemon=True)
+        self.api, self.plugin, self.claim, self.handle, self.staging = api, plugin, claim, handle, staging
+        self.stop = threading.Event()
+        self.expansions = 0
+        self.error = None
+
+    def run(self):
+        from csi_pb2 import NodeExpandVolumeRequest
+        while not self.stop.is_set():
+            try:
+                pvc = self.api.get(self.api.pvc_path(self.claim))
+                st = pvc.get("status", {})
+                if st.get("allocatedResourceStatuses", {}).get("storage") == "NodeResizePending":
+                    pv = self.api.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
+                    size = pv["spec"]["capacity"]["storage"]
+                    req = NodeExpandVolumeRequest(volume_id=self.handle, volume_path=self.staging,
+                                                  staging_target_path=self.staging)
+                    req.capacity_range.required_bytes = int(size[:-2]) * MiB if size.endswith("Mi") else \
+                        int(size[:-2]) << 30
+                    req.volume_capability.mount.fs_type = FS
+                    req.volume_capability.access_mode.mode = 1
+                    self.plugin.node.NodeExpandVolume(req)
+                    pvc["status"]["capacity"]["storage"] = size
+                    pvc["status"].pop("allocatedResourceStatuses", None)
+                    pvc["status"]["conditions"] = [c for c in st.get("conditions", [])
+                                                   if c["type"] != "FileSystemResizePending"]
+                    code, out = self.api.request("PUT", self.api.pvc_path(self.claim) + "/status", pvc)
+                    if code == 200:
+                        self.expansions += 1
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.error = e
+                return
+            time.sleep(0.05)
+
+
+def test_autogrow_keeps_a_filling_volume_from_enospc(cluster):
+    api = cluster.api
+    metrics_port = csiconf.free_port()
+    cluster.plugin.stop()
+    cluster.plugin.start(extra_args=("--metrics-address", f"127.0.0.1:{metrics_port}"))
+    cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{metrics_port}",
+                    "--autogrow-max-interval", "1")
+    sc = api.create_class("swell", binding="WaitForFirstConsumer", params={"csi.storage.k8s.io/fstype": FS})
+    sc["metadata"]["annotations"] = {
+        "autogrow.swell.dev/enabled": "true", "autogrow.swell.dev/threshold": "30%",
+        "autogrow.swell.dev/increase": "50%", "autogrow.swell.dev/min-step": "64Mi",
+        "autogrow.swell.dev/max": "640Mi", "autogrow.swell.dev/cooldown": "1s"}
+    api.ok("PUT", "/apis/storage.k8s.io/v1/storageclasses/swell", sc)
+    claim = api.create_claim("db", size="320Mi", annotations={"volume.kubernetes.io/selected-node": NODE})
+    pv = api.wait("the PV", lambda: pv_for(api, claim))
+    wait_bound(api, "db")
+    handle = pv["spec"]["csi"]["volumeHandle"]
+
+    from csi_pb2 import NodeStageVolumeRequest, NodeUnstageVolumeRequest
+    staging = os.path.join(cluster.root, "stage-db")
+    os.makedirs(staging)
+    stage = NodeStageVolumeRequest(volume_id=handle, staging_target_path=staging)
+    stage.volume_capability.mount.fs_type = FS
+    stage.volume_capability.access_mode.mode = 1
+    cluster.plugin.node.NodeStageVolume(stage)
+    kubelet = Kubelet(api, cluster.plugin, "db", handle, staging)
+    kubelet.start()
+    try:
+        # 500 MiB at about 20 MiB/s: far past the first size, still short of full at the maximum.
+        digest = hashlib.sha256()
+        path = os.path.join(staging, "data")
+        chunk = os.urandom(4 * MiB)
+        with open(path, "wb") as f:
+            for i in range(125):
+                try:
+                    f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError as e:
+                    assert e.errno != errno.ENOSPC, f"ENOSPC after {i * 4} MiB"
+                    raise
+                digest.update(chunk)
+                time.sleep(0.2)
+        capped = api.wait("AutoGrowCapped", lambda: [e for e in api.events_for("db")
+                                                      if e["reason"] == "AutoGrowCapped"], timeout=30)
+        assert "640Mi" in capped[0]["message"]
+        grows = [e for e in api.events_for("db") if e["reason"] == "AutoGrow"]
+        assert len(grows) >= 2, grows
+        pvc = api.get(api.pvc_path("db"))
+        assert pvc["spec"]["resources"]["requests"]["storage"] == "640Mi"
+        api.wait("the last growth on the filesystem", lambda: api.get(api.pvc_path("db"))["status"]["capacity"]
+                 ["storage"] == "640Mi")
+        assert kubelet.error is None, kubelet.error
+        # Bigger than a 480 MiB device's filesystem could be: the last growth reached the filesystem.
+        st = os.statvfs(staging)
+        assert st.f_blocks * st.f_frsize > 500 * MiB
+        with open(path, "rb") as f:
+            again = hashlib.sha256()
+            for block in iter(lambda: f.read(4 * MiB), b""):
+                again.update(block)
+        assert again.hexdigest() == digest.hexdigest()
+        code, text = cluster.sidecars[0].http("/metrics")
+        assert 'swell_sidecar_autogrow_total{result="capped"} 1' in text
+    finally:
+        kubelet.stop.set()
+        kubelet.join(timeout=5)
+        cluster.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(volume_id=handle, staging_target_path=staging))
+
+
+def test_invalid_policy_is_reported_and_ignored(cluster):
+    api = cluster.api
+    metrics_port = csiconf.free_port()
+    cluster.plugin.stop()
+    cluster.plugin.start(extra_args=("--metrics-address", f"127.0.0.1:{metrics_port}"))
+    sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address",
+                              f"127.0.0.1:{metrics_port}", "--autogrow-max-interval", "0.5")
+    api.create_class("swell", binding="WaitForFirstConsumer")
+    claim = api.create_claim("bad", size="320Mi", annotations={
+        "volume.kubernetes.io/selected-node": NODE, "autogrow.swell.dev/enabled": "true",
+        "autogrow.swell.dev/max": "1Gi", "autogrow.swell.dev/threshold": "150%"})
+    pv = api.wait("the PV", lambda: pv_for(api, claim))
+    wait_bound(api, "bad")
+    from csi_pb2 import NodeStageVolumeRequest, NodeUnstageVolumeRequest
+    staging = os.path.join(cluster.root, "stage-bad")
+    os.makedirs(staging)
+    stage = NodeStageVolumeRequest(volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging)
+    stage.volume_capability.mount.fs_type = "xfs"
+    stage.volume_capability.access_mode.mode = 1
+    cluster.plugin.node.NodeStageVolume(stage)
+    try:
+        event = api.wait("AutoGrowInvalidPolicy", lambda: [e for e in api.events_for("bad")
+                                                            if e["reason"] == "AutoGrowInvalidPolicy"])
+        assert "threshold" in event[0]["message"]
+        time.sleep(1.5)
+        assert len([e for e in api.events_for("bad") if e["reason"] == "AutoGrowInvalidPolicy"]) == 1
+        assert api.get(api.pvc_path("bad"))["spec"]["resources"]["requests"]["storage"] == "320Mi"
+        assert sidecar.proc.poll() is None
+    finally:
+        cluster.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(
+            volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging))
