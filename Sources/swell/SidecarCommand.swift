@@ -64,7 +64,10 @@ struct SidecarCommand: AsyncParsableCommand {
   var autogrowPluginAddress: String?
 
   @Option(help: "Seconds between looks at a staged volume when it is not filling fast.")
-  var autogrowMaxInterval = 30.0
+  var autogrowMaxInterval = 2.0
+
+  @Option(help: "Seconds: grow early when, at its fill rate, a volume would cross its threshold within this.")
+  var autogrowHorizon = 30
 
   @Option(help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel: Logger.Level = .info
@@ -78,7 +81,8 @@ struct SidecarCommand: AsyncParsableCommand {
     if perNode && (nodeId ?? "").isEmpty { throw ValidationError("--per-node needs --node-id") }
     if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
     if autogrowPluginAddress != nil && !perNode { throw ValidationError("--autogrow-plugin-address needs --per-node") }
-    guard autogrowMaxInterval >= 0.25 else { throw ValidationError("--autogrow-max-interval must be at least 0.25") }
+    guard autogrowMaxInterval >= 0.1 else { throw ValidationError("--autogrow-max-interval must be at least 0.1") }
+    guard autogrowHorizon >= 0 else { throw ValidationError("--autogrow-horizon must not be negative") }
     guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64") }
     guard leaderElectionRetryPeriod > 0, leaderElectionRetryPeriod < leaderElectionRenewDeadline,
       leaderElectionRenewDeadline < leaderElectionLeaseDuration
@@ -111,6 +115,7 @@ struct SidecarCommand: AsyncParsableCommand {
       config.resyncPeriod = .seconds(resyncSeconds)
       config.autoGrowPluginAddress = autogrowPluginAddress
       config.autoGrowMaxInterval = .milliseconds(Int64(autogrowMaxInterval * 1000))
+      config.autoGrowHorizon = .seconds(autogrowHorizon)
       let metrics = SidecarMetrics()
       let state = SidecarState()
       var services: [any Service] = [SidecarService(config: config, metrics: metrics, state: state, logger: logger)]

@@ -61,6 +61,14 @@ struct AutoGrowPolicyTests {
     #expect(p.needsGrowth(.init(totalBytes: 1000, availableBytes: 199)))
   }
 
+  @Test func aFastFillGrowsBeforeTheThreshold() {
+    let p = AutoGrowPolicy(maximum: 10 * gi)  // 10 % threshold
+    let usage = AutoGrowPolicy.Usage(totalBytes: 1000, availableBytes: 400)
+    #expect(!p.needsGrowth(usage, bytesPerSecond: 10, horizon: .seconds(30)))  // 300 s of headroom
+    #expect(p.needsGrowth(usage, bytesPerSecond: 20, horizon: .seconds(30)))  // 15 s of headroom
+    #expect(!p.needsGrowth(usage, bytesPerSecond: 20, horizon: .zero))
+  }
+
   @Test func stepIsTheLargerOfIncreaseAndMinimumAndStopsAtTheMaximum() {
     var p = AutoGrowPolicy(maximum: 5 * gi)
     p.increase = .percent(20)

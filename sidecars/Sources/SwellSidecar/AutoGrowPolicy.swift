@@ -33,7 +33,9 @@ public struct AutoGrowPolicy: Sendable, Equatable {
   public var minimumStep: Int64 = 1 << 30
   /// The largest size auto-grow asks for. Required: a policy without a ceiling is refused.
   public var maximum: Int64
-  public var cooldown: Duration = .seconds(30)
+  /// The least time between two raises of one claim's request. One growth in flight per claim already
+  /// keeps raises apart; a cooldown spaces them further.
+  public var cooldown: Duration = .zero
 
   public init(maximum: Int64) { self.maximum = maximum }
 
@@ -144,9 +146,13 @@ public struct AutoGrowPolicy: Sendable, Equatable {
     }
   }
 
-  /// True when free space or free inodes are under their thresholds.
-  public func needsGrowth(_ usage: Usage) -> Bool {
-    if usage.availableBytes < threshold.of(usage.totalBytes) { return true }
+  /// True when free space or free inodes are under their thresholds, or when, at the rate the volume
+  /// is filling, free space would fall under the threshold within `horizon`.
+  public func needsGrowth(_ usage: Usage, bytesPerSecond: Double = 0, horizon: Duration = .zero) -> Bool {
+    let floor = threshold.of(usage.totalBytes)
+    if usage.availableBytes < floor { return true }
+    let seconds = Double(horizon.components.seconds) + Double(horizon.components.attoseconds) / 1e18
+    if bytesPerSecond > 0 && Double(usage.availableBytes - floor) < bytesPerSecond * seconds { return true }
     if let total = usage.totalInodes, let free = usage.freeInodes, total > 0, free < inodesThreshold.of(total) {
       return true
     }

@@ -14,7 +14,8 @@ final class AutoGrower: Sendable {
   let reconciler: Reconciler
   let pluginAddress: String
   let maxInterval: Duration
-  let minInterval: Duration = .milliseconds(250)
+  let minInterval: Duration = .milliseconds(100)
+  let horizon: Duration
   let logger: Logger
 
   struct VolumeState {
@@ -26,8 +27,9 @@ final class AutoGrower: Sendable {
     var cappedAt: Int64?
   }
 
-  init(reconciler: Reconciler, pluginAddress: String, maxInterval: Duration, logger: Logger) {
+  init(reconciler: Reconciler, pluginAddress: String, maxInterval: Duration, horizon: Duration, logger: Logger) {
     self.reconciler = reconciler
+    self.horizon = horizon
     self.pluginAddress = pluginAddress
     self.maxInterval = maxInterval
     self.logger = logger
@@ -107,12 +109,13 @@ final class AutoGrower: Sendable {
     state.lastUsed = bytes.used
     state.lastSeen = now
     var soon: Duration?
+    let horizonSeconds = Double(horizon.components.seconds)
     if state.bytesPerSecond > 0 {
-      let headroom = Double(bytes.available - policy.threshold.of(bytes.total))
+      let headroom = Double(bytes.available - policy.threshold.of(bytes.total)) - state.bytesPerSecond * horizonSeconds
       soon = .milliseconds(Int64(max(0, headroom / state.bytesPerSecond / 4) * 1000))
     }
 
-    guard policy.needsGrowth(usage) else { return soon }
+    guard policy.needsGrowth(usage, bytesPerSecond: state.bytesPerSecond, horizon: horizon) else { return soon }
     let requested = try Claims.requestedBytes(claim)
     let capacity = Claims.bytes(claim[path: "status", "capacity", "storage"]) ?? 0
     if requested > capacity { return soon }  // One growth in flight: wait until it reaches the filesystem.

@@ -32,7 +32,8 @@ public struct SidecarConfig: Sendable {
   /// Per-node auto-grow: the local plugin's metrics address (it serves `/volumes`), and the longest
   /// wait between looks at a volume.
   public var autoGrowPluginAddress: String?
-  public var autoGrowMaxInterval: Duration = .seconds(30)
+  public var autoGrowMaxInterval: Duration = .seconds(2)
+  public var autoGrowHorizon: Duration = .seconds(30)
   public var identity: String
 
   public init(csiSocket: String, driverName: String, kube: KubeConfig, identity: String) {
@@ -148,7 +149,8 @@ public struct SidecarService: Service {
           }
           if case .node = scope, let address = config.autoGrowPluginAddress {
             let grower = AutoGrower(
-              reconciler: reconciler, pluginAddress: address, maxInterval: config.autoGrowMaxInterval, logger: logger)
+              reconciler: reconciler, pluginAddress: address, maxInterval: config.autoGrowMaxInterval,
+              horizon: config.autoGrowHorizon, logger: logger)
             workers.addTask { try await grower.run() }
           }
           workers.addTask {
