@@ -50,7 +50,6 @@ def start(swell, *flags):
 
 
 def staged_volume(cluster, name):
-    from csi_pb2 import NodeStageVolumeRequest
     api = cluster.api
     claim = api.create_claim(name, size="1Gi", annotations={"volume.kubernetes.io/selected-node": conftest.NODE})
     deadline = time.monotonic() + 30
@@ -61,22 +60,16 @@ def staged_volume(cluster, name):
         time.sleep(0.02)
     pv = api.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
     handle = pv["spec"]["csi"]["volumeHandle"]
-    staging = os.path.join(cluster.root, f"stage-{name}")
-    os.makedirs(staging)
-    req = NodeStageVolumeRequest(volume_id=handle, staging_target_path=staging)
-    req.volume_capability.mount.fs_type = "xfs"
-    req.volume_capability.access_mode.mode = 1
-    cluster.plugin.node.NodeStageVolume(req)
+    staging = cluster.stage(handle, name)
     kubelet = test_autogrow.Kubelet(api, cluster.plugin, name, handle, staging)
     kubelet.start()
     return claim, handle, staging, kubelet
 
 
 def unstage(cluster, name, handle, staging, kubelet):
-    from csi_pb2 import NodeUnstageVolumeRequest
     kubelet.stop.set()
     kubelet.join(timeout=5)
-    cluster.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(volume_id=handle, staging_target_path=staging))
+    cluster.unstage(handle, staging)
     cluster.api.ok("DELETE", cluster.api.pvc_path(name))
 
 

@@ -244,6 +244,21 @@ class Cluster:
         self.sidecars.append(s)
         return s.start(*extra, auth=auth)
 
+    def stage(self, handle, name, fs="xfs"):
+        """NodeStageVolume to a directory of this cluster's, as kubelet would; returns the path."""
+        from csi_pb2 import NodeStageVolumeRequest
+        staging = os.path.join(self.root, f"stage-{name}")
+        os.makedirs(staging)
+        req = NodeStageVolumeRequest(volume_id=handle, staging_target_path=staging)
+        req.volume_capability.mount.fs_type = fs
+        req.volume_capability.access_mode.mode = 1
+        self.plugin.node.NodeStageVolume(req)
+        return staging
+
+    def unstage(self, handle, staging):
+        from csi_pb2 import NodeUnstageVolumeRequest
+        self.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(volume_id=handle, staging_target_path=staging))
+
     def volumes(self):
         from csi_pb2 import ListVolumesRequest
         return {e.volume.volume_id: e.volume for e in self.plugin.controller.ListVolumes(ListVolumesRequest()).entries}

@@ -74,13 +74,7 @@ def test_autogrow_keeps_a_filling_volume_from_enospc(cluster):
     wait_bound(api, "db")
     handle = pv["spec"]["csi"]["volumeHandle"]
 
-    from csi_pb2 import NodeStageVolumeRequest, NodeUnstageVolumeRequest
-    staging = os.path.join(cluster.root, "stage-db")
-    os.makedirs(staging)
-    stage = NodeStageVolumeRequest(volume_id=handle, staging_target_path=staging)
-    stage.volume_capability.mount.fs_type = FS
-    stage.volume_capability.access_mode.mode = 1
-    cluster.plugin.node.NodeStageVolume(stage)
+    staging = cluster.stage(handle, "db", FS)
     kubelet = Kubelet(api, cluster.plugin, "db", handle, staging)
     kubelet.start()
     try:
@@ -122,7 +116,7 @@ def test_autogrow_keeps_a_filling_volume_from_enospc(cluster):
     finally:
         kubelet.stop.set()
         kubelet.join(timeout=5)
-        cluster.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(volume_id=handle, staging_target_path=staging))
+        cluster.unstage(handle, staging)
 
 
 def test_invalid_policy_is_reported_and_ignored(cluster):
@@ -138,13 +132,7 @@ def test_invalid_policy_is_reported_and_ignored(cluster):
         "autogrow.swell.dev/max": "1Gi", "autogrow.swell.dev/threshold": "150%"})
     pv = api.wait("the PV", lambda: pv_for(api, claim))
     wait_bound(api, "bad")
-    from csi_pb2 import NodeStageVolumeRequest, NodeUnstageVolumeRequest
-    staging = os.path.join(cluster.root, "stage-bad")
-    os.makedirs(staging)
-    stage = NodeStageVolumeRequest(volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging)
-    stage.volume_capability.mount.fs_type = "xfs"
-    stage.volume_capability.access_mode.mode = 1
-    cluster.plugin.node.NodeStageVolume(stage)
+    staging = cluster.stage(pv["spec"]["csi"]["volumeHandle"], "bad")
     try:
         event = api.wait("AutoGrowInvalidPolicy", lambda: [e for e in api.events_for("bad")
                                                             if e["reason"] == "AutoGrowInvalidPolicy"])
@@ -154,5 +142,4 @@ def test_invalid_policy_is_reported_and_ignored(cluster):
         assert api.get(api.pvc_path("bad"))["spec"]["resources"]["requests"]["storage"] == "320Mi"
         assert sidecar.proc.poll() is None
     finally:
-        cluster.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(
-            volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging))
+        cluster.unstage(pv["spec"]["csi"]["volumeHandle"], staging)

@@ -29,20 +29,13 @@ def test_node_rbac_matches_the_calls(cluster):
         "volume.kubernetes.io/selected-node": NODE, "autogrow.swell.dev/enabled": "true",
         "autogrow.swell.dev/threshold": "99%", "autogrow.swell.dev/max": "600Mi"})
     pv = wait_bound(api, "r") and pv_for(api, claim)
-    from csi_pb2 import NodeStageVolumeRequest, NodeUnstageVolumeRequest
-    staging = os.path.join(cluster.root, "stage-r")
-    os.makedirs(staging)
-    stage = NodeStageVolumeRequest(volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging)
-    stage.volume_capability.mount.fs_type = "xfs"
-    stage.volume_capability.access_mode.mode = 1
-    cluster.plugin.node.NodeStageVolume(stage)
+    staging = cluster.stage(pv["spec"]["csi"]["volumeHandle"], "r")
     try:
         # The policy's 99% threshold trips at once: auto-grow raises the request, the resizer grows.
         api.wait("resize", lambda: api.get(api.pvc_path("r"))["status"].get("allocatedResourceStatuses"))
         assert api.get(api.pvc_path("r"))["spec"]["resources"]["requests"]["storage"] == "600Mi"
     finally:
-        cluster.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(
-            volume_id=pv["spec"]["csi"]["volumeHandle"], staging_target_path=staging))
+        cluster.unstage(pv["spec"]["csi"]["volumeHandle"], staging)
     api.ok("DELETE", api.pvc_path("r"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     api.wait("events", lambda: api.events_for("r"))

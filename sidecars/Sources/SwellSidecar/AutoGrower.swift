@@ -40,8 +40,19 @@ final class AutoGrower: Sendable {
     while true {
       var next = maxInterval
       do {
-        for (volumeID, path) in try await stagedVolumes() {
-          if let wait = try await check(volumeID: volumeID, path: path, states: &states) { next = min(next, wait) }
+        let staged = try await stagedVolumes()
+        // One pass over the PV cache per round, not one per staged volume.
+        var byHandle: [String: JSON] = [:]
+        if !staged.isEmpty {
+          for pv in reconciler.volumes.list() {
+            if let handle = pv[path: "spec", "csi", "volumeHandle"]?.string { byHandle[handle] = pv }
+          }
+        }
+        for (volumeID, path) in staged {
+          guard let pv = byHandle[volumeID] else { continue }
+          if let wait = try await check(volumeID: volumeID, path: path, pv: pv, states: &states) {
+            next = min(next, wait)
+          }
         }
       } catch is CancellationError {
         throw CancellationError()
@@ -67,10 +78,9 @@ final class AutoGrower: Sendable {
   }
 
   /// Looks at one staged volume; returns how soon it should be looked at again, if sooner than usual.
-  func check(volumeID: String, path: String, states: inout [String: VolumeState]) async throws -> Duration? {
+  func check(volumeID: String, path: String, pv: JSON, states: inout [String: VolumeState]) async throws -> Duration? {
     let r = reconciler
-    guard let pv = r.volumes.list().first(where: { $0[path: "spec", "csi", "volumeHandle"]?.string == volumeID }),
-      r.owns(pv), let ns = pv[path: "spec", "claimRef", "namespace"]?.string,
+    guard r.owns(pv), let ns = pv[path: "spec", "claimRef", "namespace"]?.string,
       let name = pv[path: "spec", "claimRef", "name"]?.string, let claim = r.claims.get("\(ns)/\(name)"),
       claim.uid == pv[path: "spec", "claimRef", "uid"]?.string, let storageClass = r.storageClass(of: claim)
     else { return nil }
