@@ -8,10 +8,19 @@ for pair in mkfs.ext4:e2fsprogs resize2fs:e2fsprogs mkfs.xfs:xfsprogs xfs_growfs
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+if [ "${1:-}" = "--tests" ]; then
+  # The iSCSI tier: a real target (tgt), an independent initiator (libiscsi-bin), and the VM that
+  # runs the kernel's initiator (qemu, SeaBIOS; open-iscsi's binaries are copied into the guest).
+  for pair in tgtd:tgt iscsi-readcapacity16:libiscsi-bin iscsiadm:open-iscsi qemu-system-x86_64:qemu-system-x86; do
+    cmd=${pair%%:*} pkg=${pair##*:}
+    command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+  done
+  [ -e /usr/share/seabios/bios-256k.bin ] || need_apt+=(seabios)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 if [ "${1:-}" = "--tests" ]; then
   python3 - <<'PY' 2>/dev/null || { echo "setup: pip install grpcio grpcio-tools pytest kubernetes-validate yamllint pyyaml"; python3 -m pip install -q grpcio grpcio-tools pytest kubernetes-validate yamllint pyyaml; }

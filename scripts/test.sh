@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything: Swift unit and integration tests, then the Python conformance suite against the
-# real binary, then a check that no loop device or mount was left behind. Needs root.
+# real binary (with the iSCSI target tests and the VM tier), the sidecar and deploy suites, then a
+# check that no loop device, mount, tgtd or VM was left behind. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
@@ -13,6 +14,9 @@ leftovers() {
   done
   if grep -q " /tmp/swell-" /proc/self/mountinfo; then
     echo "leaked mounts:"; grep " /tmp/swell-" /proc/self/mountinfo; found=1
+  fi
+  if pgrep -f "^tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null; then
+    echo "leaked processes:"; pgrep -af "^tgtd -f -C|qemu-system-x86"; found=1
   fi
   return $found
 }
@@ -28,7 +32,7 @@ tail -n 1 .build/test-build.log
 echo "== swift test (unit + loop-device integration)"
 swift test --skip-build 2>&1 | grep -vE "^(◇|↳)|warning swell.test" 
 
-echo "== conformance (Python grpcio, stubs from the official csi.proto)"
+echo "== conformance (Python grpcio, stubs from the official csi.proto; iSCSI on a real tgtd, and in the VM tier)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -p no:cacheprovider conformance
 
 echo "== sidecar (the real sidecar and plugin against the test API server, over HTTPS)"
@@ -39,4 +43,4 @@ python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py
 
 echo "== leftovers"
 leftovers
-echo "no loop device or mount left behind"
+echo "no loop device, mount, tgtd or VM left behind"

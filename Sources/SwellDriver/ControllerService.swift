@@ -9,12 +9,12 @@ import SwellStorage
 /// (whose methods are idempotent), respond.
 public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   let config: DriverConfig
-  let backend: any ControllerBackend
+  let backend: ControllerBackends
   let locks = VolumeLocks()
 
-  public init(config: DriverConfig, backend: any ControllerBackend) {
+  public init(config: DriverConfig, backends: ControllerBackends) {
     self.config = config
-    self.backend = backend
+    self.backend = backends
   }
 
   public func createVolume(
@@ -22,7 +22,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   ) async throws -> Csi_V1_CreateVolumeResponse {
     try Names.validateVolumeID(request.name, field: "name")
     let access = try Validation.access(request.volumeCapabilities)
-    try Validation.parameters(request.parameters)
+    try Validation.parameters(request.parameters, backends: backend.names)
+    let backendName = request.parameters["backend"] ?? backend.defaultName
+    let target = try backend.backend(named: backendName)
     if request.hasVolumeContentSource {
       throw SwellError.invalid("volume_content_source is not supported: Swell makes no snapshots or clones yet")
     }
@@ -31,13 +33,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     let size = try Capacity.resolve(
       required: request.capacityRange.requiredBytes, limit: request.capacityRange.limitBytes,
-      granularity: backend.granularity, defaultBytes: config.defaultVolumeBytes, maximum: backend.maximumBytes)
-    if request.hasAccessibilityRequirements {
+      granularity: target.granularity, defaultBytes: config.defaultVolumeBytes, maximum: target.maximumBytes)
+    if request.hasAccessibilityRequirements, !(target is IscsiBackend) {
       try Validation.accessibility(request.accessibilityRequirements, config: config)
     }
     let spec = VolumeSpec(
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
-      limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType)
+      limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName)
     let record = try await locks.withLock(request.name) { try await backend.create(spec) }
     return .with { $0.volume = csiVolume(record) }
   }
@@ -71,7 +73,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     return .with {
       $0.capacityBytes = record.capacityBytes
-      // A loop device must be told of the new size on its node, and a filesystem grown there.
+      // The node must see the new size (loop set-capacity, iSCSI rescan) and grow the filesystem.
       $0.nodeExpansionRequired = true
     }
   }
@@ -85,7 +87,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw SwellError.notFound("volume \(request.volumeID) does not exist")
     }
     do {
-      try Validation.parameters(request.parameters)
+      try Validation.parameters(request.parameters, backends: backend.names)
       let access = try Validation.access(request.volumeCapabilities)
       if access.kind != record.access {
         return .with { $0.message = "volume \(record.id) is a \(record.access.rawValue) volume, not \(access.kind.rawValue)" }
@@ -137,14 +139,18 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     if !request.volumeCapabilities.isEmpty, (try? Validation.access(request.volumeCapabilities)) == nil {
       return .init()  // no capacity for volumes this driver cannot make
     }
-    if request.hasAccessibleTopology, !Validation.topology(request.accessibleTopology, fits: config) {
+    guard (try? Validation.parameters(request.parameters, backends: backend.names)) != nil else { return .init() }
+    let target = try backend.backend(named: request.parameters["backend"])
+    if request.hasAccessibleTopology, !(target is IscsiBackend),
+      !Validation.topology(request.accessibleTopology, fits: config)
+    {
       return .init()
     }
-    let available = Capacity.roundDown(try await backend.availableBytes(), to: backend.granularity)
+    let available = Capacity.roundDown(try await target.availableBytes(), to: target.granularity)
     return .with {
       $0.availableCapacity = available
-      $0.maximumVolumeSize = .with { $0.value = min(available, backend.maximumBytes) }
-      $0.minimumVolumeSize = .with { $0.value = backend.granularity }
+      $0.maximumVolumeSize = .with { $0.value = min(available, target.maximumBytes) }
+      $0.minimumVolumeSize = .with { $0.value = target.granularity }
     }
   }
 
@@ -222,8 +228,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     .with {
       $0.volumeID = record.id
       $0.capacityBytes = record.capacityBytes
-      $0.volumeContext = ["backend": record.backend]
-      $0.accessibleTopology = [.with { $0.segments = config.topologySegment }]
+      $0.volumeContext = record.context.merging(["backend": record.backend]) { _, fixed in fixed }
+      // A local volume lives on this node; a network volume is reachable from any.
+      if record.isLocal { $0.accessibleTopology = [.with { $0.segments = config.topologySegment }] }
     }
   }
 }

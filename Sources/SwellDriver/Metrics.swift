@@ -58,28 +58,28 @@ public struct VolumeFigures: Sendable {
     return out
   }
 
-  /// Reads the figures for the volumes of `backend`: health for a controller, attachments and
-  /// filesystem use for a node. Volume IDs are safe label values (letters, digits, `-_.`).
-  public static func collect(backend: LoopBackend, mode: PluginMode) async -> VolumeFigures {
+  /// Reads the figures for one scrape: health for a controller's volumes, attachments and
+  /// filesystem use for a node's. Volume IDs are safe label values (letters, digits, `-_.`).
+  static func collect(backends: OpenBackends, mode: PluginMode) async -> VolumeFigures {
     var figures = VolumeFigures()
-    let volumes = (try? await backend.list()) ?? []
     if mode.servesController {
       figures.byState = ["healthy": 0, "abnormal": 0]
-      for v in volumes {
-        let state = await backend.health(v.id) == .normal ? "healthy" : "abnormal"
+      for v in (try? await backends.controller.list()) ?? [] {
+        let state = await backends.controller.health(v.id) == .normal ? "healthy" : "abnormal"
         figures.byState[state, default: 0] += 1
       }
     }
     if mode.servesNode {
       let table = (try? MountInfo.current()) ?? []
+      let ids = ((try? await backends.loop.list().map(\.id)) ?? []) + ((try? backends.iscsiNode.stagedIDs()) ?? [])
       var count = 0
-      for v in volumes {
-        guard let device = try? await backend.attachedDevice(v.id) else { continue }
+      for id in ids.sorted() {
+        guard let device = try? await backends.node.attachedDevice(id) else { continue }
         count += 1
         let mount = table.first { $0.major == device.major && $0.minor == device.minor }
         let used = mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes }
-        figures.attached.append((v.id, device.sizeBytes, used))
-        if let mount { figures.mountPoints.append((v.id, mount.mountPoint)) }
+        figures.attached.append((id, device.sizeBytes, used))
+        if let mount { figures.mountPoints.append((id, mount.mountPoint)) }
       }
       figures.byState["attached"] = count
     }

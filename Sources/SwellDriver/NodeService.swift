@@ -33,7 +33,8 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let staging = Names.normalized(request.stagingTargetPath)
     try refuseSymlink(staging, field: "staging_target_path")
     try await locks.withLock(id) {
-      let device = try await backend.attach(id)
+      let device = try await backend.attach(
+        id, context: AttachContext(volumeContext: request.volumeContext, secrets: request.secrets))
       Failpoints.hit("stage-after-attach")
       guard access.kind == .mount else { return }
       do {
@@ -217,7 +218,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let path = Names.normalized(request.volumePath)
     let size = try await locks.withLock(id) { () -> Int64 in
       guard try await backend.exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
-      let device = try await backend.rescan(id)
+      let device = try await backend.rescan(id, atLeast: required)
       Failpoints.hit("node-expand-after-rescan")
       if required > device.sizeBytes {
         throw SwellError(

@@ -12,12 +12,46 @@ public struct PluginOptions: Sendable {
   public var config: DriverConfig
   /// Where to serve `/metrics` and `/healthz` (HOST:PORT); nil for nowhere.
   public var metricsAddress: String?
+  /// The iSCSI target the controller manages; nil for a controller with local volumes only.
+  public var iscsiTarget: IscsiTargetConfig?
 
-  public init(endpoint: String, dataDir: String, config: DriverConfig, metricsAddress: String? = nil) {
+  public init(
+    endpoint: String, dataDir: String, config: DriverConfig, metricsAddress: String? = nil,
+    iscsiTarget: IscsiTargetConfig? = nil
+  ) {
     self.endpoint = endpoint
     self.dataDir = dataDir
     self.config = config
     self.metricsAddress = metricsAddress
+    self.iscsiTarget = iscsiTarget
+  }
+}
+
+/// The backends one plugin process opened.
+struct OpenBackends: Sendable {
+  let loop: LoopBackend
+  let controller: ControllerBackends
+  let iscsiNode: IscsiNodeBackend
+  let node: NodeBackends
+
+  init(options: PluginOptions, exec: any Executor) throws {
+    loop = try LoopBackend(dataDir: options.dataDir, exec: exec)
+    var controllers: [(name: String, backend: any ControllerBackend)] = [(LoopBackend.name, loop)]
+    if let target = options.iscsiTarget {
+      controllers.append((IscsiBackend.name, try IscsiBackend(config: target, exec: exec)))
+    }
+    controller = ControllerBackends(controllers)
+    iscsiNode = try IscsiNodeBackend(dataDir: options.dataDir, exec: exec)
+    node = NodeBackends(loop: loop, iscsi: iscsiNode)
+  }
+
+  /// Removes what crashed creates and deletes left behind. Call before serving.
+  func sweepLeftovers() throws -> [String] {
+    var swept = try loop.sweepLeftovers()
+    for entry in controller.backends {
+      if let iscsi = entry.backend as? IscsiBackend { swept += try iscsi.sweepLeftovers() }
+    }
+    return swept
   }
 }
 
@@ -37,26 +71,28 @@ public struct Plugin {
     self.exec = SystemExecutor(logger: logger)
   }
 
-  /// Builds the services for the configured mode on the loop-file backend.
-  public static func services(
-    config: DriverConfig, backend: LoopBackend, exec: any Executor
+  /// Builds the services for the configured mode.
+  static func services(
+    config: DriverConfig, backends: OpenBackends, exec: any Executor
   ) -> [any RegistrableRPCService] {
     var services: [any RegistrableRPCService] = []
     let mode = config.mode
     services.append(
-      IdentityService(config: config) { try await checkReady(mode: mode, backend: backend, exec: exec) })
-    if mode.servesController { services.append(ControllerService(config: config, backend: backend)) }
+      IdentityService(config: config) { try await checkReady(mode: mode, backends: backends, exec: exec) })
+    if mode.servesController { services.append(ControllerService(config: config, backends: backends.controller)) }
     if mode.servesNode {
-      services.append(NodeService(config: config, backend: backend, mounter: Mounter(exec: exec)))
+      services.append(NodeService(config: config, backend: backends.node, mounter: Mounter(exec: exec)))
     }
     return services
   }
 
-  /// The one readiness check, behind both Probe and `/healthz`: the data directory is usable and,
-  /// on a node, the kernel can make loop devices.
-  static func checkReady(mode: PluginMode, backend: LoopBackend, exec: any Executor) async throws {
-    try await backend.checkReady()
+  /// The one readiness check, behind both Probe and `/healthz`: the data directories are usable;
+  /// on a controller, every iSCSI volume is exported (re-exported after a tgtd restart); on a
+  /// node, the kernel can make loop devices.
+  static func checkReady(mode: PluginMode, backends: OpenBackends, exec: any Executor) async throws {
+    if mode.servesController { try await backends.controller.checkReady() }
     if mode.servesNode {
+      try await backends.node.checkReady()
       guard LoopDevices(exec: exec).isUsable else {
         throw SwellError(.unavailable, "/dev/loop-control is missing: this node cannot attach loop devices")
       }
@@ -70,10 +106,10 @@ public struct Plugin {
     return (server, listener)
   }
 
-  func makeServerAndBackend() throws -> (GRPCServer<HTTP2ServerTransport.Posix>, UnixListener, LoopBackend) {
-    let backend = try LoopBackend(dataDir: options.dataDir, exec: exec)
+  func makeServerAndBackend() throws -> (GRPCServer<HTTP2ServerTransport.Posix>, UnixListener, OpenBackends) {
+    let backends = try OpenBackends(options: options, exec: exec)
     if options.config.mode.servesController {
-      let swept = try backend.sweepLeftovers()
+      let swept = try backends.sweepLeftovers()
       if !swept.isEmpty { logger.notice("removed leftovers of interrupted calls", metadata: ["paths": "\(swept)"]) }
     }
     if options.config.mode.servesNode, ProcessCapabilities.has(ProcessCapabilities.sysResource) == false {
@@ -87,20 +123,21 @@ public struct Plugin {
     let server = GRPCServer(
       transport: .http2NIOPosix(
         listeningSocketDescriptor: Int(listener.descriptor), transportSecurity: .plaintext, config: transportConfig),
-      services: Self.services(config: options.config, backend: backend, exec: exec),
+      services: Self.services(config: options.config, backends: backends, exec: exec),
       interceptors: [RPCInterceptor(logger: logger, metrics: metrics)])
     logger.notice(
       "serving",
       metadata: [
         "endpoint": "unix://\(path)", "mode": "\(options.config.mode.rawValue)",
-        "driver": "\(options.config.driverName)", "node": "\(options.config.nodeID)", "data-dir": "\(backend.root)",
+        "driver": "\(options.config.driverName)", "node": "\(options.config.nodeID)", "data-dir": "\(backends.loop.root)",
+        "backends": "\(backends.controller.names.joined(separator: ","))",
       ])
-    return (server, listener, backend)
+    return (server, listener, backends)
   }
 
   /// Serves until SIGTERM or SIGINT, then drains in-flight RPCs and returns.
   public func run() async throws {
-    let (server, listener, backend) = try makeServerAndBackend()
+    let (server, listener, backends) = try makeServerAndBackend()
     defer { listener.removeIfUnchanged() }
     var services: [any Service] = [GRPCServerService(server: server)]
     if let address = options.metricsAddress {
@@ -111,12 +148,12 @@ public struct Plugin {
         try MetricsServer(address: address, logger: logger) { path in
           switch path {
           case "/metrics":
-            return (.ok, metrics.render(volumes: await VolumeFigures.collect(backend: backend, mode: mode)))
+            return (.ok, metrics.render(volumes: await VolumeFigures.collect(backends: backends, mode: mode)))
           case "/volumes":
-            return (.ok, await VolumeFigures.collect(backend: backend, mode: mode).stagedText())
+            return (.ok, await VolumeFigures.collect(backends: backends, mode: mode).stagedText())
           case "/healthz":
             do {
-              try await Self.checkReady(mode: mode, backend: backend, exec: exec)
+              try await Self.checkReady(mode: mode, backends: backends, exec: exec)
               return (.ok, "ok\n")
             } catch {
               return (.serviceUnavailable, "\(error)\n")

@@ -65,9 +65,8 @@ enum Validation {
 
   /// The StorageClass parameters this driver knows. Keys under `csi.storage.k8s.io/` are the
   /// provisioner's own and are accepted and ignored.
-  static let knownParameters: [String: Set<String>] = ["backend": ["loop"]]
-
-  static func parameters(_ parameters: [String: String]) throws {
+  static func parameters(_ parameters: [String: String], backends: [String]) throws {
+    let knownParameters: [String: Set<String>] = ["backend": Set(backends)]
     for key in parameters.keys.sorted() where !key.hasPrefix("csi.storage.k8s.io/") {
       guard let allowed = knownParameters[key] else {
         throw SwellError.invalid(

@@ -16,14 +16,20 @@ public struct VolumeSpec: Sendable, Equatable {
   public var access: AccessKind
   /// The filesystem asked for at creation; empty when the request named none.
   public var fsType: String
+  /// The backend the StorageClass picked (its `backend` parameter).
+  public var backend: String
 
-  public init(id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String) {
+  public init(
+    id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String,
+    backend: String = LoopBackend.name
+  ) {
     self.id = id
     self.capacityBytes = capacityBytes
     self.requiredBytes = requiredBytes
     self.limitBytes = limitBytes
     self.access = access
     self.fsType = fsType
+    self.backend = backend
   }
 }
 
@@ -34,6 +40,21 @@ public struct VolumeRecord: Sendable, Equatable {
   public var access: AccessKind
   public var fsType: String
   public var backend: String
+  /// What a node needs to attach it (the `volume_context`), besides the backend's name.
+  public var context: [String: String] = [:]
+  /// True when only the node that holds it can use it; false for network volumes.
+  public var isLocal: Bool = true
+}
+
+/// What NodeStageVolume passes to a backend's attach.
+public struct AttachContext: Sendable, Equatable {
+  public var volumeContext: [String: String]
+  public var secrets: [String: String]
+
+  public init(volumeContext: [String: String] = [:], secrets: [String: String] = [:]) {
+    self.volumeContext = volumeContext
+    self.secrets = secrets
+  }
 }
 
 /// A backend's verdict on one volume's health.
@@ -84,13 +105,14 @@ public protocol NodeBackend: Sendable {
   /// True when the volume's storage exists.
   func exists(_ id: String) async throws -> Bool
   /// Attaches the volume, or returns the device it is already attached to.
-  func attach(_ id: String) async throws -> AttachedDevice
+  func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice
   /// The device the volume is attached to on this node, if any.
   func attachedDevice(_ id: String) async throws -> AttachedDevice?
   /// Detaches the volume from this node; not attached is success.
   func detach(_ id: String) async throws
-  /// Makes the kernel see the volume's current size and returns the device.
-  func rescan(_ id: String) async throws -> AttachedDevice
+  /// Makes the kernel see the volume's current size and returns the device. A backend whose
+  /// devices learn their size asynchronously waits, with a deadline, until it reaches `atLeast`.
+  func rescan(_ id: String, atLeast: Int64) async throws -> AttachedDevice
   /// Whether the volume's storage looks intact.
   func health(_ id: String) async -> VolumeHealth
   /// Throws when this node cannot attach volumes now.

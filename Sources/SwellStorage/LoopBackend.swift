@@ -16,6 +16,8 @@ import SwellHost
 /// temporary name and renames it, so a crash leaves either nothing or a complete volume; the
 /// leftovers of a crashed create or delete are swept by the next call for that ID, and at start.
 public struct LoopBackend: ControllerBackend, NodeBackend {
+  /// The name StorageClasses use for it (`backend: loop`), and the default.
+  public static let name = "loop"
   public let root: String
   public let granularity: Int64 = Capacity.miB
   public let maximumBytes: Int64
@@ -61,7 +63,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
     try fsyncDirectory(volumesDir)
     return VolumeRecord(
-      id: spec.id, capacityBytes: spec.capacityBytes, access: spec.access, fsType: spec.fsType, backend: "loop")
+      id: spec.id, capacityBytes: spec.capacityBytes, access: spec.access, fsType: spec.fsType, backend: Self.name)
   }
 
   public func delete(_ id: String) async throws {
@@ -164,7 +166,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     try FileInfo.of(diskPath(id)) != nil
   }
 
-  public func attach(_ id: String) async throws -> AttachedDevice {
+  public func attach(_ id: String, context: AttachContext = .init()) async throws -> AttachedDevice {
     guard try await exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
     return try describe(try await loops.attach(diskPath(id)))
   }
@@ -179,7 +181,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     }
   }
 
-  public func rescan(_ id: String) async throws -> AttachedDevice {
+  public func rescan(_ id: String, atLeast: Int64 = 0) async throws -> AttachedDevice {
     guard let device = try loops.attached(to: diskPath(id)).first else {
       throw SwellError.precondition("volume \(id) is not attached on this node; stage it first")
     }
@@ -205,7 +207,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     let size = try FileInfo.of(diskPath(id))?.size ?? meta.capacityBytes
     return VolumeRecord(
       id: id, capacityBytes: max(size, meta.capacityBytes), access: meta.access, fsType: meta.fsType,
-      backend: "loop")
+      backend: Self.name)
   }
 
   private func writeMeta(_ record: VolumeRecord) throws {

@@ -122,10 +122,19 @@ struct CSICreate: AsyncParsableCommand {
   @OptionGroup var volume: VolumeFlags
   @Argument(help: "The volume name.") var name: String
   @Option(help: "The size in bytes.") var bytes: Int64 = 1 << 30
+  @Option(name: .customLong("parameter"), help: "A StorageClass parameter, KEY=VALUE (such as backend=iscsi); repeatable.")
+  var parameters: [String] = []
   func run() async throws {
+    let params = try keyValues(parameters, option: "--parameter")
     try await connection.call({
-      try await $0.controller.createVolume(CSIRequests.create(name: name, bytes: bytes, capability: volume.capability))
-    }) { "volume \($0.volume.volumeID): \($0.volume.capacityBytes) bytes" }
+      var request = CSIRequests.create(name: name, bytes: bytes, capability: volume.capability)
+      request.parameters = params
+      return try await $0.controller.createVolume(request)
+    }) { response in
+      let context = response.volume.volumeContext.sorted { $0.key < $1.key }.map { "  \($0.key)=\($0.value)" }
+      return (["volume \(response.volume.volumeID): \(response.volume.capacityBytes) bytes"] + context)
+        .joined(separator: "\n")
+    }
   }
 }
 
@@ -190,12 +199,16 @@ struct CSIStage: AsyncParsableCommand {
   @OptionGroup var volume: VolumeFlags
   @Argument var volumeID: String
   @Argument var stagingPath: String
+  @Option(name: .customLong("context"), help: "A volume_context entry from CreateVolume, KEY=VALUE; repeatable.")
+  var context: [String] = []
   func run() async throws {
+    let volumeContext = try keyValues(context, option: "--context")
     try await connection.call({
       try await $0.node.nodeStageVolume(.with {
         $0.volumeID = volumeID
         $0.stagingTargetPath = stagingPath
         $0.volumeCapability = volume.capability
+        $0.volumeContext = volumeContext
       })
     }) { _ in "staged \(volumeID) at \(stagingPath)" }
   }
@@ -257,12 +270,28 @@ struct CSINodeExpand: AsyncParsableCommand {
   @OptionGroup var connection: Connection
   @Argument var volumeID: String
   @Argument var volumePath: String
+  @Option(help: "The size the node must see, in bytes (capacity_range.required_bytes).") var bytes: Int64 = 0
   func run() async throws {
     try await connection.call({
       try await $0.node.nodeExpandVolume(.with {
         $0.volumeID = volumeID
         $0.volumePath = volumePath
+        if bytes > 0 { $0.capacityRange.requiredBytes = bytes }
       })
     }) { "capacity: \($0.capacityBytes) bytes" }
   }
+}
+
+/// Parses repeated `KEY=VALUE` options into a map; a malformed or repeated key is a usage error.
+func keyValues(_ items: [String], option: String) throws -> [String: String] {
+  var out: [String: String] = [:]
+  for item in items {
+    guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+      throw ValidationError("\(option) \(item.debugDescription) is not KEY=VALUE")
+    }
+    let key = String(item[..<eq])
+    guard out[key] == nil else { throw ValidationError("\(option) names \(key) twice") }
+    out[key] = String(item[item.index(after: eq)...])
+  }
+  return out
 }

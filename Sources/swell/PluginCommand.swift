@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import SwellDriver
+import SwellStorage
 
 #if canImport(Glibc)
   import Glibc
@@ -39,10 +40,28 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "Serve Prometheus /metrics and /healthz on HOST:PORT (off when not given).")
   var metricsAddress: String?
 
+  @Option(help: "Controller: offer the iscsi backend, exported by tgtd; nodes log in to this HOST:PORT.")
+  var iscsiPortal: String?
+
+  @Option(help: "Controller: where iSCSI volumes' backing files live.")
+  var iscsiStorageDir = "/var/lib/swell-iscsi"
+
+  @Option(help: "Controller: each iSCSI target is named PREFIX:<volume>.")
+  var iscsiIqnPrefix = "iqn.2026-11.dev.swell"
+
+  @Option(help: "Controller: tgtd's control port (tgtd -C N).")
+  var iscsiTgtControlPort = 0
+
+  @Option(help: "Controller: an initiator address (IP, CIDR or ALL) let in to every target; repeatable.")
+  var iscsiAllowedInitiator: [String] = []
+
   func validate() throws {
     guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
     guard PluginMode(rawValue: mode) != nil else {
       throw ValidationError("--mode must be controller, node or all")
+    }
+    if !iscsiIqnPrefix.hasPrefix("iqn.") {
+      throw ValidationError("--iscsi-iqn-prefix must start with iqn.")
     }
     if let nodeId, nodeId.isEmpty || nodeId.utf8.count > 128 {
       throw ValidationError("--node-id must be 1 to 128 bytes")
@@ -56,7 +75,18 @@ struct PluginCommand: AsyncParsableCommand {
     let config = DriverConfig(
       driverName: driverName, version: SwellVersion.version, nodeID: nodeId ?? hostName(),
       mode: PluginMode(rawValue: mode)!, maxVolumesPerNode: maxVolumesPerNode)
-    let plugin = Plugin(options: PluginOptions(endpoint: endpoint, dataDir: dataDir, config: config, metricsAddress: metricsAddress), logger: logger)
+    let iscsi = iscsiPortal.map {
+      IscsiTargetConfig(
+        storageDir: iscsiStorageDir, portal: $0, iqnPrefix: iscsiIqnPrefix, controlPort: iscsiTgtControlPort,
+        allowedInitiators: iscsiAllowedInitiator.isEmpty ? ["ALL"] : iscsiAllowedInitiator)
+    }
+    if iscsi != nil, iscsiAllowedInitiator.isEmpty {
+      logger.warning("iSCSI targets admit any initiator; restrict them with --iscsi-allowed-initiator")
+    }
+    let plugin = Plugin(
+      options: PluginOptions(
+        endpoint: endpoint, dataDir: dataDir, config: config, metricsAddress: metricsAddress, iscsiTarget: iscsi),
+      logger: logger)
     do {
       try await plugin.run()
     } catch {

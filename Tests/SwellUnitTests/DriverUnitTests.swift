@@ -83,10 +83,15 @@ import Logging
   }
 
   @Test func parameters() throws {
-    try Validation.parameters([:])
-    try Validation.parameters(["backend": "loop", "csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/fstype": "xfs"])
-    #expect(throws: SwellError.self) { try Validation.parameters(["bogus": "1"]) }
-    #expect(throws: SwellError.self) { try Validation.parameters(["backend": "nfs"]) }
+    let loopOnly = ["loop"]
+    try Validation.parameters([:], backends: loopOnly)
+    try Validation.parameters(
+      ["backend": "loop", "csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/fstype": "xfs"], backends: loopOnly)
+    #expect(throws: SwellError.self) { try Validation.parameters(["bogus": "1"], backends: loopOnly) }
+    #expect(throws: SwellError.self) { try Validation.parameters(["backend": "nfs"], backends: loopOnly) }
+    // iscsi is a valid choice only on a controller that has it configured.
+    #expect(throws: SwellError.self) { try Validation.parameters(["backend": "iscsi"], backends: loopOnly) }
+    try Validation.parameters(["backend": "iscsi"], backends: ["loop", "iscsi"])
   }
 
   @Test func topology() {

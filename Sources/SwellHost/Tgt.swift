@@ -1,0 +1,137 @@
+/// One iSCSI target as `tgtadm --mode target --op show` reports it.
+public struct TgtTarget: Sendable, Equatable {
+  public struct LUN: Sendable, Equatable {
+    public var number: Int
+    /// The size tgt reports, in decimal megabytes, rounded: tgt's own unit.
+    public var sizeMB: Int64
+    /// The backing file or device; nil for the controller LUN 0.
+    public var backingStore: String?
+  }
+
+  public var tid: Int
+  public var iqn: String
+  /// Logged-in initiators (I_T nexuses): one per session.
+  public var sessions: [String] = []
+  public var luns: [LUN] = []
+  public var accounts: [String] = []
+  /// Initiator addresses or names allowed in (`ALL` for any).
+  public var acl: [String] = []
+
+  public func lun(_ number: Int) -> LUN? { luns.first { $0.number == number } }
+
+  /// tgt's rounding of a size to decimal megabytes; sizes a MiB apart never round alike.
+  public static func megabytes(_ bytes: Int64) -> Int64 { (bytes + 500_000) / 1_000_000 }
+
+  /// Parses the whole `show` output: targets, their sessions, LUNs, accounts and ACL.
+  public static func parse(_ text: String) -> [TgtTarget] {
+    enum Section { case none, system, nexus, lun, account, acl }
+    var targets: [TgtTarget] = []
+    var section = Section.none
+    for raw in text.split(separator: "\n", omittingEmptySubsequences: true) {
+      let line = raw.trimmingWhitespace()
+      if raw.hasPrefix("Target "), let colon = line.firstIndex(of: ":") {
+        let tid = Int(line[line.index(line.startIndex, offsetBy: 7)..<colon]) ?? -1
+        let iqn = line[line.index(after: colon)...].trimmingWhitespace()
+        targets.append(TgtTarget(tid: tid, iqn: iqn))
+        section = .none
+        continue
+      }
+      guard !targets.isEmpty else { continue }
+      switch line {
+      case "System information:": section = .system; continue
+      case "I_T nexus information:": section = .nexus; continue
+      case "LUN information:": section = .lun; continue
+      case "Account information:": section = .account; continue
+      case "ACL information:": section = .acl; continue
+      default: break
+      }
+      let last = targets.count - 1
+      switch section {
+      case .nexus:
+        if line.hasPrefix("Initiator:") {
+          let name = line.dropFirst("Initiator:".count).trimmingWhitespace()
+          targets[last].sessions.append(String(name.split(separator: " ").first ?? ""))
+        }
+      case .lun:
+        if line.hasPrefix("LUN:"), let n = Int(line.dropFirst(4).trimmingWhitespace()) {
+          targets[last].luns.append(LUN(number: n, sizeMB: 0, backingStore: nil))
+        } else if line.hasPrefix("Size:"), !targets[last].luns.isEmpty {
+          let value = line.dropFirst(5).split(separator: " ").first.flatMap { Int64($0) } ?? 0
+          targets[last].luns[targets[last].luns.count - 1].sizeMB = value
+        } else if line.hasPrefix("Backing store path:"), !targets[last].luns.isEmpty {
+          let path = line.dropFirst("Backing store path:".count).trimmingWhitespace()
+          targets[last].luns[targets[last].luns.count - 1].backingStore = path == "None" ? nil : path
+        }
+      case .account:
+        targets[last].accounts.append(String(line.split(separator: " ").first ?? ""))
+      case .acl:
+        targets[last].acl.append(line)
+      case .none, .system:
+        break
+      }
+    }
+    return targets
+  }
+}
+
+/// The tgt target daemon, driven through `tgtadm` on its control socket.
+///
+/// Every call is one argv; tgtadm answers exit 22 with a message for "already exists" and
+/// "can't find", which the idempotent callers here tell apart.
+public struct TgtAdmin: Sendable {
+  let exec: any Executor
+  /// tgtd's control port (`tgtd -C N`): the socket `/var/run/tgtd/socket.N`.
+  public let controlPort: Int
+
+  public init(exec: any Executor, controlPort: Int = 0) {
+    self.exec = exec
+    self.controlPort = controlPort
+  }
+
+  private func tgtadm(_ args: [String]) -> [String] {
+    ["tgtadm", "-C", String(controlPort), "--lld", "iscsi"] + args
+  }
+
+  /// Every target, or UNAVAILABLE when tgtd does not answer.
+  public func targets() async throws -> [TgtTarget] {
+    let out = try await exec.output(tgtadm(["--mode", "target", "--op", "show"]))
+    guard out.exitCode == 0 else {
+      throw SwellError(.unavailable, "tgtd on control port \(controlPort) does not answer: \(out.stderr.trimmingWhitespace())")
+    }
+    return TgtTarget.parse(out.stdout)
+  }
+
+  public func newTarget(tid: Int, iqn: String) async throws {
+    try await tolerate("already exists", tgtadm(["--mode", "target", "--op", "new", "--tid", String(tid), "--targetname", iqn]))
+  }
+
+  public func deleteTarget(tid: Int) async throws {
+    try await tolerate("can't find", tgtadm(["--mode", "target", "--op", "delete", "--tid", String(tid)]))
+  }
+
+  public func newLUN(tid: Int, lun: Int, backingStore: String) async throws {
+    try await exec.run(
+      tgtadm([
+        "--mode", "logicalunit", "--op", "new", "--tid", String(tid), "--lun", String(lun), "--backing-store", backingStore,
+      ]))
+  }
+
+  public func deleteLUN(tid: Int, lun: Int) async throws {
+    try await tolerate(
+      "can't find", tgtadm(["--mode", "logicalunit", "--op", "delete", "--tid", String(tid), "--lun", String(lun)]))
+  }
+
+  /// Allows an initiator in by address (an IP, a CIDR, or `ALL`).
+  public func bind(tid: Int, initiatorAddress: String) async throws {
+    try await tolerate(
+      "already exists",
+      tgtadm(["--mode", "target", "--op", "bind", "--tid", String(tid), "--initiator-address", initiatorAddress]))
+  }
+
+  /// Runs `argv`, treating a failure whose message contains `benign` as success.
+  private func tolerate(_ benign: String, _ argv: [String]) async throws {
+    let out = try await exec.output(argv)
+    if out.exitCode == 0 || out.stderr.contains(benign) { return }
+    throw CommandError(argv: argv, exitCode: out.exitCode, stderr: out.stderr, reason: "failed")
+  }
+}

@@ -1,0 +1,137 @@
+import SwellHost
+
+/// The controller's backends by name. CreateVolume goes where the StorageClass's `backend`
+/// parameter says; every other call goes to the backend that holds the volume.
+///
+/// Volume IDs are the CO's names, unique across backends: a name already used in one backend is
+/// ALREADY_EXISTS when asked for in another.
+public struct ControllerBackends: ControllerBackend {
+  public let backends: [(name: String, backend: any ControllerBackend)]
+  public let defaultName: String
+
+  public init(_ backends: [(name: String, backend: any ControllerBackend)], defaultName: String = LoopBackend.name) {
+    precondition(backends.contains { $0.name == defaultName }, "the default backend must be configured")
+    self.backends = backends
+    self.defaultName = defaultName
+  }
+
+  public var names: [String] { backends.map(\.name) }
+
+  /// The named backend, or INVALID_ARGUMENT naming the ones this controller has.
+  public func backend(named name: String?) throws -> any ControllerBackend {
+    let wanted = name ?? defaultName
+    guard let found = backends.first(where: { $0.name == wanted }) else {
+      throw SwellError.invalid(
+        "backend \(wanted.debugDescription) is not configured on this controller; it has \(names.joined(separator: ", "))")
+    }
+    return found.backend
+  }
+
+  /// The backend holding `id`, if any.
+  public func owner(of id: String) async throws -> (any ControllerBackend)? {
+    for entry in backends where try await entry.backend.volume(id) != nil { return entry.backend }
+    return nil
+  }
+
+  public var granularity: Int64 { backends.map(\.backend.granularity).max() ?? Capacity.miB }
+  public var maximumBytes: Int64 { backends.map(\.backend.maximumBytes).min() ?? 0 }
+
+  public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
+    let target = try backend(named: spec.backend)
+    for entry in backends where entry.name != spec.backend {
+      if try await entry.backend.volume(spec.id) != nil {
+        throw SwellError(.alreadyExists, "volume \(spec.id) exists in backend \(entry.name), not \(spec.backend)")
+      }
+    }
+    return try await target.create(spec)
+  }
+
+  /// Deletes from every backend: each delete is idempotent and sweeps its own half-done work.
+  public func delete(_ id: String) async throws {
+    if let owner = try await owner(of: id) {
+      try await owner.delete(id)
+      return
+    }
+    for entry in backends { try await entry.backend.delete(id) }
+  }
+
+  public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
+    guard let owner = try await owner(of: id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    return try await owner.expand(id, to: bytes)
+  }
+
+  public func volume(_ id: String) async throws -> VolumeRecord? {
+    try await owner(of: id)?.volume(id)
+  }
+
+  public func list() async throws -> [VolumeRecord] {
+    var all: [VolumeRecord] = []
+    for entry in backends { all += try await entry.backend.list() }
+    return all.sorted { $0.id < $1.id }
+  }
+
+  public func health(_ id: String) async -> VolumeHealth {
+    guard let owner = try? await owner(of: id) else { return .abnormal("volume \(id) does not exist") }
+    return await owner.health(id)
+  }
+
+  public func availableBytes() async throws -> Int64 {
+    try await backend(named: defaultName).availableBytes()
+  }
+
+  public func checkReady() async throws {
+    for entry in backends { try await entry.backend.checkReady() }
+  }
+}
+
+/// The node's backends: stage picks one by the volume context's `backend`; the other calls,
+/// which carry only the volume ID, go to the iSCSI backend when it has a stage record for the
+/// volume, and to the loop backend otherwise.
+public struct NodeBackends: NodeBackend {
+  let loop: any NodeBackend
+  let iscsi: (any NodeBackend)?
+
+  public init(loop: any NodeBackend, iscsi: (any NodeBackend)?) {
+    self.loop = loop
+    self.iscsi = iscsi
+  }
+
+  private func owner(of id: String) async throws -> any NodeBackend {
+    if let iscsi, try await iscsi.exists(id) { return iscsi }
+    return loop
+  }
+
+  public func exists(_ id: String) async throws -> Bool { try await owner(of: id).exists(id) }
+
+  public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
+    switch context.volumeContext["backend"] ?? LoopBackend.name {
+    case LoopBackend.name:
+      return try await loop.attach(id, context: context)
+    case IscsiBackend.name:
+      guard let iscsi else { throw SwellError.precondition("this node plugin has no iSCSI initiator configured") }
+      return try await iscsi.attach(id, context: context)
+    case let other:
+      throw SwellError.invalid("volume_context names an unknown backend \(other.debugDescription)")
+    }
+  }
+
+  public func attachedDevice(_ id: String) async throws -> AttachedDevice? {
+    try await owner(of: id).attachedDevice(id)
+  }
+
+  public func detach(_ id: String) async throws { try await owner(of: id).detach(id) }
+
+  public func rescan(_ id: String, atLeast: Int64) async throws -> AttachedDevice {
+    try await owner(of: id).rescan(id, atLeast: atLeast)
+  }
+
+  public func health(_ id: String) async -> VolumeHealth {
+    guard let owner = try? await owner(of: id) else { return .abnormal("volume \(id) is unreadable") }
+    return await owner.health(id)
+  }
+
+  public func checkReady() async throws {
+    try await loop.checkReady()
+    try await iscsi?.checkReady()
+  }
+}

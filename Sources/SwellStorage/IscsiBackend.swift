@@ -1,0 +1,204 @@
+import SwellHost
+
+/// Where and how the controller exports iSCSI volumes.
+public struct IscsiTargetConfig: Sendable {
+  /// Holds the backing files, with the same crash-safe layout as loop volumes.
+  public var storageDir: String
+  /// The portal nodes log in to (`HOST:PORT`), handed to them in the volume context.
+  public var portal: String
+  /// Each volume's target is `<iqnPrefix>:<volume id>`.
+  public var iqnPrefix: String
+  /// tgtd's control port (`tgtd -C N`, `tgtadm -C N`).
+  public var controlPort: Int
+  /// Initiator addresses let in to every target: IPs, CIDRs, or `ALL`.
+  public var allowedInitiators: [String]
+
+  public init(
+    storageDir: String, portal: String, iqnPrefix: String = "iqn.2026-11.dev.swell", controlPort: Int = 0,
+    allowedInitiators: [String] = ["ALL"]
+  ) {
+    self.storageDir = storageDir
+    self.portal = portal
+    self.iqnPrefix = iqnPrefix
+    self.controlPort = controlPort
+    self.allowedInitiators = allowedInitiators
+  }
+}
+
+/// Volumes that are sparse files on the storage host, exported by tgtd as one target each (LUN 1).
+///
+/// The files are the durable state; tgtd's targets are derived from them and rebuilt whenever
+/// they are missing or stale (``reconcileExports()``, run by every readiness check), so a restart
+/// of tgtd or of the plugin converges. Every change to tgtd goes through one gate, because target
+/// IDs are chosen by reading what is taken.
+public struct IscsiBackend: ControllerBackend {
+  public static let name = "iscsi"
+  public static let lun = 1
+
+  public let config: IscsiTargetConfig
+  let files: LoopBackend
+  let tgt: TgtAdmin
+  let gate = SerialGate()
+
+  public var granularity: Int64 { files.granularity }
+  public var maximumBytes: Int64 { files.maximumBytes }
+
+  public init(config: IscsiTargetConfig, exec: any Executor) throws {
+    self.config = config
+    self.files = try LoopBackend(dataDir: config.storageDir, exec: exec)
+    self.tgt = TgtAdmin(exec: exec, controlPort: config.controlPort)
+  }
+
+  public func iqn(_ id: String) -> String { "\(config.iqnPrefix):\(id)" }
+
+  /// An IQN may hold only lowercase letters, digits, `.`, `-` and `:` (RFC 3722), so only such
+  /// volume IDs can become targets; Kubernetes' `pvc-<uid>` names are.
+  static func validateForIQN(_ id: String) throws {
+    let ok = id.utf8.allSatisfy { c in (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x2E }
+    guard ok else {
+      throw SwellError.invalid("volume name \(id.debugDescription) cannot name an iSCSI target: use lowercase letters, digits, '-' and '.'")
+    }
+  }
+
+  public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
+    try Self.validateForIQN(spec.id)
+    let record = try await files.create(spec)
+    Failpoints.hit("iscsi-create-before-export")
+    try await gate.run { try await export(record, in: try await tgt.targets()) }
+    return decorate(record)
+  }
+
+  public func delete(_ id: String) async throws {
+    if try await files.volume(id) != nil {
+      try await gate.run {
+        guard let target = try await tgt.targets().first(where: { $0.iqn == iqn(id) }) else { return }
+        guard target.sessions.isEmpty else {
+          throw SwellError.precondition(
+            "volume \(id) is still logged in from \(target.sessions.joined(separator: ", ")); unstage it first")
+        }
+        try await tgt.deleteTarget(tid: target.tid)
+      }
+    }
+    try await files.delete(id)
+  }
+
+  public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
+    let record = try await files.expand(id, to: bytes)
+    Failpoints.hit("iscsi-expand-before-reexport")
+    // tgt caches a LUN's size; re-adding the LUN (sessions stay logged in) makes it report the new one.
+    try await gate.run { try await export(record, in: try await tgt.targets()) }
+    return decorate(record)
+  }
+
+  public func volume(_ id: String) async throws -> VolumeRecord? {
+    try await files.volume(id).map(decorate)
+  }
+
+  public func list() async throws -> [VolumeRecord] {
+    try await files.list().map(decorate)
+  }
+
+  public func health(_ id: String) async -> VolumeHealth {
+    let stored = await files.health(id)
+    guard stored == .normal else { return stored }
+    guard let targets = try? await tgt.targets() else { return .abnormal("tgtd does not answer") }
+    guard let target = targets.first(where: { $0.iqn == iqn(id) }), let lun = target.lun(Self.lun) else {
+      return .abnormal("target \(iqn(id)) is not exported")
+    }
+    if lun.backingStore != files.diskPath(id) { return .abnormal("target \(iqn(id)) exports another file") }
+    return .normal
+  }
+
+  public func availableBytes() async throws -> Int64 {
+    try await files.availableBytes()
+  }
+
+  /// Ready when the storage directory is writable and every volume is exported as it should be.
+  public func checkReady() async throws {
+    try await files.checkReady()
+    try await reconcileExports()
+  }
+
+  /// Exports every stored volume that tgtd lacks or reports stale (after tgtd restarted, or a
+  /// crash between growing a file and re-adding its LUN). Returns the IDs it (re-)exported.
+  @discardableResult
+  public func reconcileExports() async throws -> [String] {
+    let volumes = try await files.list()
+    return try await gate.run {
+      var targets = try await tgt.targets()
+      var changed: [String] = []
+      for record in volumes {
+        guard try await export(record, in: targets) else { continue }
+        changed.append(record.id)
+        targets = try await tgt.targets()
+      }
+      return changed
+    }
+  }
+
+  /// Removes what crashed creates and deletes left behind in the storage directory.
+  public func sweepLeftovers() throws -> [String] { try files.sweepLeftovers() }
+
+  // MARK: Helpers
+
+  private func decorate(_ record: VolumeRecord) -> VolumeRecord {
+    var r = record
+    r.backend = Self.name
+    r.isLocal = false
+    r.context = ["portal": config.portal, "iqn": iqn(record.id), "lun": String(Self.lun)]
+    return r
+  }
+
+  /// Makes tgtd export `record` at its current size with the configured ACL; returns whether
+  /// anything changed. Call inside the gate, with `targets` read inside it.
+  @discardableResult
+  private func export(_ record: VolumeRecord, in targets: [TgtTarget]) async throws -> Bool {
+    let name = iqn(record.id)
+    let path = files.diskPath(record.id)
+    var changed = false
+    let tid: Int
+    if let existing = targets.first(where: { $0.iqn == name }) {
+      tid = existing.tid
+      if let lun = existing.lun(Self.lun) {
+        if lun.backingStore != path || lun.sizeMB != TgtTarget.megabytes(record.capacityBytes) {
+          try await tgt.deleteLUN(tid: tid, lun: Self.lun)
+          try await tgt.newLUN(tid: tid, lun: Self.lun, backingStore: path)
+          changed = true
+        }
+      } else {
+        try await tgt.newLUN(tid: tid, lun: Self.lun, backingStore: path)
+        changed = true
+      }
+      for address in config.allowedInitiators where !existing.acl.contains(address) {
+        try await tgt.bind(tid: tid, initiatorAddress: address)
+        changed = true
+      }
+      return changed
+    }
+    tid = (targets.map(\.tid).max() ?? 0) + 1
+    try await tgt.newTarget(tid: tid, iqn: name)
+    try await tgt.newLUN(tid: tid, lun: Self.lun, backingStore: path)
+    for address in config.allowedInitiators {
+      try await tgt.bind(tid: tid, initiatorAddress: address)
+    }
+    return true
+  }
+}
+
+/// Runs bodies one at a time, in arrival order.
+actor SerialGate {
+  private var busy = false
+  private var waiters: [CheckedContinuation<Void, Never>] = []
+
+  @discardableResult
+  func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+    if busy {
+      await withCheckedContinuation { waiters.append($0) }
+    }
+    busy = true
+    defer {
+      if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+    }
+    return try await body()
+  }
+}

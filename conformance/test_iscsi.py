@@ -1,0 +1,228 @@
+"""The iscsi backend against a real tgtd on 127.0.0.1.
+
+Target side: sizes are read by an independent initiator, libiscsi's iscsi-readcapacity16.
+Initiator side: the VM tier, where a stock Debian kernel logs in with open-iscsi and the real
+plugin stages, publishes, grows and unstages volumes exported by the host's controller.
+"""
+import os
+import shutil
+import tempfile
+
+import grpc
+import pytest
+
+from conftest import MiB, Plugin, SWELL, block_cap, clean_host, code_of, create_req, csi_pb2, mount_cap, require_root
+import iscsi
+
+IQN = "iqn.2026-11.dev.swell"
+
+pytestmark = pytest.mark.skipif(shutil.which("tgtd") is None or shutil.which("iscsi-readcapacity16") is None,
+                                reason="tgt and libiscsi-bin are not installed (scripts/setup.sh --tests installs them)")
+
+
+class Controller:
+    """A tgtd plus the plugin with the iscsi backend, both private to one test."""
+
+    def __init__(self, portal_host="127.0.0.1"):
+        require_root()
+        self.root = tempfile.mkdtemp(prefix="swell-iscsi-")
+        self.tgtd = iscsi.Tgtd(self.root)
+        self.plugin = Plugin(self.root)
+        self.storage = os.path.join(self.root, "iscsi")
+        self.portal_host = portal_host
+
+    def start(self, failpoints=None):
+        if self.tgtd.proc is None or self.tgtd.proc.poll() is not None:
+            self.tgtd.start()
+        self.plugin.start(failpoints=failpoints, extra_args=self.tgtd.plugin_args(self.storage, self.portal_host))
+        return self
+
+    def create(self, name, size=64 * MiB, cap=None):
+        return self.plugin.controller.CreateVolume(create_req(name, size, cap=cap, params={"backend": "iscsi"})).volume
+
+    def expand(self, name, size):
+        return self.plugin.controller.ControllerExpandVolume(
+            csi_pb2.ControllerExpandVolumeRequest(volume_id=name, capacity_range=csi_pb2.CapacityRange(required_bytes=size)))
+
+    def delete(self, name):
+        self.plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=name))
+
+    def capacity(self, name):
+        return iscsi.readcapacity(self.tgtd.port, f"{IQN}:{name}")
+
+    def close(self):
+        try:
+            self.plugin.stop()
+        finally:
+            self.tgtd.close()
+            clean_host(self.root)
+
+
+@pytest.fixture
+def ctl():
+    c = Controller().start()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_create_exports_a_target_an_independent_initiator_reads(ctl):
+    vol = ctl.create("pvc-a1", 64 * MiB)
+    assert vol.capacity_bytes == 64 * MiB
+    assert dict(vol.volume_context) == {
+        "backend": "iscsi", "portal": f"127.0.0.1:{ctl.tgtd.port}", "iqn": f"{IQN}:pvc-a1", "lun": "1"}
+    assert len(vol.accessible_topology) == 0, "a network volume is reachable from every node"
+    assert ctl.capacity("pvc-a1") == 64 * MiB
+    # Idempotent: the same request answers the same volume, and exports nothing twice.
+    again = ctl.create("pvc-a1", 64 * MiB)
+    assert again == vol
+    assert list(ctl.tgtd.targets()) == [f"{IQN}:pvc-a1"]
+
+
+def test_only_the_configured_initiators_get_in(ctl):
+    ctl.create("pvc-acl", 16 * MiB)
+    show = ctl.tgtd.show()
+    acl = show.split("ACL information:")[1].split()
+    assert acl == ["127.0.0.1"]
+
+
+def test_a_name_that_cannot_be_an_iqn_is_refused(ctl):
+    code = code_of(ctl.plugin.controller.CreateVolume, create_req("PVC_Upper", 16 * MiB, params={"backend": "iscsi"}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert ctl.tgtd.targets() == {}
+
+
+def test_the_same_name_in_two_backends_is_already_exists(ctl):
+    ctl.create("pvc-both", 16 * MiB)
+    code = code_of(ctl.plugin.controller.CreateVolume, create_req("pvc-both", 16 * MiB, params={"backend": "loop"}))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_grow_is_seen_by_the_initiator_and_never_shrinks(ctl):
+    ctl.create("pvc-g1", 64 * MiB)
+    assert ctl.capacity("pvc-g1") == 64 * MiB
+    resp = ctl.expand("pvc-g1", 100 * MiB)
+    assert resp.capacity_bytes == 100 * MiB and resp.node_expansion_required
+    assert ctl.capacity("pvc-g1") == 100 * MiB
+    # A repeat, and a smaller request, answer the current size and leave the LUN alone.
+    assert ctl.expand("pvc-g1", 100 * MiB).capacity_bytes == 100 * MiB
+    assert ctl.expand("pvc-g1", 32 * MiB).capacity_bytes == 100 * MiB
+    assert ctl.capacity("pvc-g1") == 100 * MiB
+
+
+def test_a_crash_between_growing_and_reexporting_converges(ctl):
+    ctl.create("pvc-c1", 64 * MiB)
+    ctl.plugin.stop()
+    ctl.plugin.start(failpoints="iscsi-expand-before-reexport",
+                     extra_args=ctl.tgtd.plugin_args(ctl.storage))
+    with pytest.raises(grpc.RpcError):
+        ctl.expand("pvc-c1", 96 * MiB)
+    ctl.plugin.wait_dead()
+    assert ctl.capacity("pvc-c1") == 64 * MiB, "tgt still reports the old size"
+    ctl.start()
+    # Readiness re-exports stale LUNs; the retried call answers the grown size either way.
+    assert ctl.expand("pvc-c1", 96 * MiB).capacity_bytes == 96 * MiB
+    assert ctl.capacity("pvc-c1") == 96 * MiB
+
+
+def test_delete_removes_target_and_file_and_is_idempotent(ctl):
+    ctl.create("pvc-d1", 16 * MiB)
+    ctl.delete("pvc-d1")
+    assert ctl.tgtd.targets() == {}
+    assert ctl.capacity("pvc-d1") is None
+    assert not os.path.exists(os.path.join(ctl.storage, "volumes", "pvc-d1"))
+    ctl.delete("pvc-d1")
+    ctl.delete("pvc-never")
+
+
+def test_targets_come_back_after_tgtd_is_killed_and_restarted(ctl):
+    ctl.create("pvc-r1", 32 * MiB)
+    ctl.create("pvc-r2", 48 * MiB)
+    ctl.expand("pvc-r2", 80 * MiB)
+    ctl.tgtd.kill()
+    probe = csi_pb2.ProbeRequest()
+    assert code_of(ctl.plugin.identity.Probe, probe) != grpc.StatusCode.OK, "not ready while tgtd is down"
+    ctl.tgtd.start()
+    assert ctl.tgtd.targets() == {}
+    assert ctl.plugin.identity.Probe(probe).ready.value
+    assert sorted(ctl.tgtd.targets()) == [f"{IQN}:pvc-r1", f"{IQN}:pvc-r2"]
+    assert ctl.capacity("pvc-r1") == 32 * MiB
+    assert ctl.capacity("pvc-r2") == 80 * MiB
+
+
+def test_targets_come_back_after_the_plugin_restarts_with_a_fresh_tgtd(ctl):
+    ctl.create("pvc-p1", 32 * MiB)
+    ctl.plugin.stop()
+    ctl.tgtd.kill()
+    ctl.start()  # a new tgtd, then the plugin: ready means exported
+    assert ctl.plugin.identity.Probe(csi_pb2.ProbeRequest()).ready.value
+    assert ctl.capacity("pvc-p1") == 32 * MiB
+
+
+def test_list_and_get_report_iscsi_volumes_with_their_health(ctl):
+    ctl.create("pvc-l1", 16 * MiB)
+    entries = ctl.plugin.controller.ListVolumes(csi_pb2.ListVolumesRequest()).entries
+    assert [e.volume.volume_id for e in entries] == ["pvc-l1"]
+    assert not entries[0].status.volume_condition.abnormal
+    # The target vanishes behind the plugin's back: the volume is reported abnormal.
+    import subprocess
+    subprocess.run(ctl.tgtd.tgtadm("--mode", "target", "--op", "delete", "--tid", "1"), check=True)
+    got = ctl.plugin.controller.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-l1"))
+    assert got.status.volume_condition.abnormal
+    assert "not exported" in got.status.volume_condition.message
+
+
+# ---- the VM tier: the kernel's initiator -------------------------------------------------
+
+def test_vm_stage_write_grow_online_verify_unstage():
+    """Inside a real Debian kernel: stage ext4, xfs and a block volume over iSCSI, write data,
+    grow each from the host's controller while mounted, NodeExpandVolume in the guest, check the
+    checksums and the new sizes, unstage, and leave no session behind."""
+    artifacts = iscsi.vm_artifacts()
+    ctl = Controller(portal_host=iscsi.GUEST_PORTAL_HOST).start()
+    vm = None
+    try:
+        sizes = {"pvc-e4": (64 * MiB, 160 * MiB, "ext4"), "pvc-xf": (320 * MiB, 512 * MiB, "xfs"),
+                 "pvc-bk": (32 * MiB, 48 * MiB, "block")}
+        volumes = {}
+        for vid, (before, _, kind) in sizes.items():
+            cap = block_cap() if kind == "block" else mount_cap(kind)
+            vol = ctl.create(vid, before, cap=cap)
+            volumes[vid] = (kind, dict(vol.volume_context))
+
+        def refuse_delete_while_logged_in():
+            assert all(n == 1 for n in ctl.tgtd.targets().values()), ctl.tgtd.show()
+            code = code_of(ctl.plugin.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id="pvc-e4"))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+        vm, status, results, timings = iscsi.run_vm_scenario(
+            ctl.root, artifacts, SWELL, ctl, volumes,
+            grow=lambda vid: ctl.expand(vid, sizes[vid][1]).capacity_bytes,
+            before_grow=refuse_delete_while_logged_in)
+        assert status == 0, f"the guest failed:\n{vm.console()}\n{_guest_plugin_log(vm)}"
+        assert results["sessions_staged"] == "3"
+        for vid, (before, after, kind) in sizes.items():
+            assert results[f"sha_after_{vid}"] == results[f"sha_before_{vid}"], vid
+            assert int(results[f"dev_bytes_after_{vid}"]) == after, vid
+            if kind != "block":
+                fs_before, fs_after = int(results[f"fs_bytes_before_{vid}"]), int(results[f"fs_bytes_after_{vid}"])
+                assert fs_after > fs_before + (after - before) * 0.9, (vid, fs_before, fs_after)
+        assert results["sessions_after"] == "0"
+        assert results["node_records_after"] == "0"
+        assert all(n == 0 for n in ctl.tgtd.targets().values())
+        for vid in sizes:
+            ctl.delete(vid)
+        assert ctl.tgtd.targets() == {}
+    finally:
+        if vm is not None:
+            vm.close()
+        ctl.close()
+
+
+def _guest_plugin_log(vm):
+    try:
+        with open(os.path.join(vm.share, "guest-plugin.log")) as f:
+            return f.read()[-4000:]
+    except OSError:
+        return ""
