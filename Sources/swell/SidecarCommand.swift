@@ -57,6 +57,9 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: "Seconds to wait for one CSI call.")
   var timeout = 60
 
+  @Option(help: "Serve only StorageClasses whose backend parameter is this (absent means loop), and their volumes; repeatable. Default: all. Per-node sidecars take loop; the controller's takes iscsi.")
+  var backend: [String] = []
+
   @Option(help: "Seconds between full resyncs of every claim and volume.")
   var resyncSeconds = 600
 
@@ -111,6 +114,7 @@ struct SidecarCommand: AsyncParsableCommand {
       config.renewDeadline = .seconds(leaderElectionRenewDeadline)
       config.retryPeriod = .seconds(leaderElectionRetryPeriod)
       config.defaultFSType = defaultFstype
+      config.backends = backend
       config.csiTimeout = .seconds(timeout)
       config.resyncPeriod = .seconds(resyncSeconds)
       config.autoGrowPluginAddress = autogrowPluginAddress

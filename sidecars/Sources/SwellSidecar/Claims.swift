@@ -6,6 +6,8 @@ public enum K8sNames {
   public static let storageProvisioner = "volume.kubernetes.io/storage-provisioner"
   public static let betaStorageProvisioner = "volume.beta.kubernetes.io/storage-provisioner"
   public static let selectedNode = "volume.kubernetes.io/selected-node"
+  /// The plugin's backend when a class names none.
+  public static let defaultBackend = "loop"
   public static let provisionedBy = "pv.kubernetes.io/provisioned-by"
   public static let provisionerFinalizer = "external-provisioner.volume.kubernetes.io/finalizer"
   public static let csiParameterPrefix = "csi.storage.k8s.io/"

@@ -7,7 +7,8 @@ extension Reconciler {
   /// persistent-volume controller then binds the claim.
   func provisionIfNeeded(_ claim: JSON, key: String) async throws {
     guard Claims.provisionerOf(claim) == driver, !claim.isBeingDeleted,
-      let storageClass = storageClass(of: claim), storageClass["provisioner"]?.string == driver
+      let storageClass = storageClass(of: claim), storageClass["provisioner"]?.string == driver,
+      serves(backend: storageClass["parameters"]?.stringMap["backend"])
     else { return }
     let waitForConsumer = storageClass["volumeBindingMode"]?.string == "WaitForFirstConsumer"
     let selectedNode = claim.annotations[K8sNames.selectedNode]

@@ -20,6 +20,8 @@ public final class Reconciler: Sendable {
   let csi: CSIClient
   let driver: String
   let scope: Scope
+  /// The backends whose classes and volumes this sidecar serves; empty for all.
+  let backends: Set<String>
   let defaultFSType: String
   let csiTimeout: Duration
   let claims: Informer
@@ -38,14 +40,15 @@ public final class Reconciler: Sendable {
   let holds = Mutex<[String: (until: ContinuousClock.Instant, fingerprint: JSON?)]>([:])
 
   init(
-    kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, defaultFSType: String, csiTimeout: Duration,
-    claims: Informer, volumes: Informer, classes: Informer, queue: WorkQueue, events: EventRecorder,
+    kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, backends: Set<String> = [], defaultFSType: String,
+    csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, queue: WorkQueue, events: EventRecorder,
     metrics: SidecarMetrics, logger: Logger
   ) {
     self.kube = kube
     self.csi = csi
     self.driver = driver
     self.scope = scope
+    self.backends = backends
     self.defaultFSType = defaultFSType
     self.csiTimeout = csiTimeout
     self.claims = claims
@@ -119,9 +122,17 @@ public final class Reconciler: Sendable {
     return classes.get(name)
   }
 
+  /// True when this sidecar serves `backend` (the class parameter, or the volume context entry;
+  /// absent means the plugin's default, loop).
+  func serves(backend: String?) -> Bool {
+    backends.isEmpty || backends.contains(backend ?? K8sNames.defaultBackend)
+  }
+
   /// True when the PV is this driver's and in this sidecar's scope.
   func owns(_ pv: JSON) -> Bool {
-    guard pv[path: "spec", "csi", "driver"]?.string == driver else { return false }
+    guard pv[path: "spec", "csi", "driver"]?.string == driver,
+      serves(backend: pv[path: "spec", "csi", "volumeAttributes", "backend"]?.string)
+    else { return false }
     if case .node(_, let topology) = scope { return Claims.nodeAffinityAdmits(pv, labels: topology) }
     return true
   }

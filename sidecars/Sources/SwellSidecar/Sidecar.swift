@@ -27,6 +27,8 @@ public struct SidecarConfig: Sendable {
   public var renewDeadline: Duration = .seconds(10)
   public var retryPeriod: Duration = .seconds(2)
   public var defaultFSType = "ext4"
+  /// Serve only StorageClasses (and their PVs) whose `backend` is one of these; empty for all.
+  public var backends: [String] = []
   public var csiTimeout: Duration = .seconds(60)
   public var resyncPeriod: Duration = .seconds(600)
   /// Per-node auto-grow: the local plugin's metrics address (it serves `/volumes`), and the longest
@@ -124,7 +126,8 @@ public struct SidecarService: Service {
       }
     }
     let reconciler = Reconciler(
-      kube: kube, csi: csi, driver: config.driverName, scope: scope, defaultFSType: config.defaultFSType,
+      kube: kube, csi: csi, driver: config.driverName, scope: scope, backends: Set(config.backends),
+      defaultFSType: config.defaultFSType,
       csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, queue: queue,
       events: events, metrics: metrics, logger: logger)
     state.attach(queue: queue, informers: [claims, volumes, classes])
