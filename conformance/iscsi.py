@@ -267,6 +267,7 @@ for spec in $VOLUMES; do
   eval want=\$SIZE_$(echo "$id" | tr - _)
   t0=$(ms)
   csi node-expand --bytes "$want" "$id" /tmp/csi/pub/$id
+  touch /share/expanded-$id
   if [ "$kind" = block ]; then
     result dev_bytes_after_$id "$(blockdev --getsize64 /tmp/csi/pub/$id)"
     result sha_after_$id "$(head -c 8388608 /tmp/csi/pub/$id | sha256sum | cut -d' ' -f1)"
@@ -291,9 +292,11 @@ def shell_words(mapping):
     return " ".join(f"{k}={v}" for k, v in sorted(mapping.items()))
 
 
-def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, before_grow=None, timeout=240):
+def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, before_grow=None, after_grow=None,
+                    timeout=240):
     """Boots the guest, stages `volumes` ({id: (kind, volume_context)}) there, lets the host grow
-    them through `grow(id) -> new size` once all are written, and checks nothing after.
+    them through `grow(id) -> new size` once all are written (calling `before_grow()` first and
+    `after_grow(vm)` once the guest may go on), and checks nothing itself.
 
     Returns (vm, guest exit status, guest results, host timings); the caller closes the VM.
     """
@@ -318,6 +321,8 @@ def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, be
             for vid, size in sizes.items():
                 f.write(f"SIZE_{vid.replace('-', '_')}={size}\n")
         os.rename(os.path.join(vm.share, "grown.tmp"), os.path.join(vm.share, "grown"))
+        if after_grow:
+            after_grow(vm)
         status = vm.finish(timeout)
     except BaseException:
         vm.close()

@@ -24,8 +24,9 @@ def test_renders_and_validates(target, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.read_text()) if d)
-    assert kinds == ["CSIDriver", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "PriorityClass",
-                     "ServiceAccount", "StorageClass"]
+    assert kinds == ["CSIDriver", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+                     "DaemonSet", "Deployment", "Namespace", "PriorityClass", "Role", "RoleBinding",
+                     "ServiceAccount", "ServiceAccount", "StorageClass", "StorageClass"]
 
 
 def test_examples_validate():
@@ -48,15 +49,31 @@ def test_driver_and_class_match_the_plugin():
     objs = objects("overlays/production")
     driver = objs[("CSIDriver", "swell.csi.dev")]["spec"]
     assert driver["attachRequired"] is False and driver["podInfoOnMount"] is False
-    sc = objs[("StorageClass", "swell-local")]
-    assert sc["provisioner"] == "swell.csi.dev" and sc["allowVolumeExpansion"] is True
-    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
-    # Every class parameter is one the plugin accepts (it rejects unknown keys).
-    assert set(sc["parameters"]) <= {"backend", "csi.storage.k8s.io/fstype"}
+    local, net = objs[("StorageClass", "swell-local")], objs[("StorageClass", "swell-iscsi")]
+    assert local["volumeBindingMode"] == "WaitForFirstConsumer" and local["parameters"]["backend"] == "loop"
+    assert net["volumeBindingMode"] == "Immediate" and net["parameters"]["backend"] == "iscsi"
+    for sc in (local, net):
+        assert sc["provisioner"] == "swell.csi.dev" and sc["allowVolumeExpansion"] is True
+        # Every class parameter is one the plugin accepts (it rejects unknown keys).
+        assert set(sc["parameters"]) <= {"backend", "csi.storage.k8s.io/fstype"}
 
 
-def test_node_pod_is_pinned_limited_and_tight():
-    ds = objects("overlays/production")[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
+def test_each_backend_has_exactly_one_sidecar_serving_it():
+    """Per-node sidecars serve loop classes, the controller's serves iscsi ones: no class is served
+    twice (two provisioners racing), none is served by nobody."""
+    objs = objects("overlays/production")
+    served = []
+    for kind, name in [("DaemonSet", "swell-node"), ("Deployment", "swell-controller")]:
+        for c in objs[(kind, name)]["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "sidecar":
+                served += [a.split("=", 1)[1] for a in c["args"] if a.startswith("--backend=")]
+    classes = sorted(d["parameters"]["backend"] for (k, _), d in objs.items() if k == "StorageClass")
+    assert sorted(served) == classes
+
+
+@pytest.mark.parametrize("workload", [("DaemonSet", "swell-node"), ("Deployment", "swell-controller")])
+def test_pods_are_pinned_limited_and_tight(workload):
+    ds = objects("overlays/production")[workload]["spec"]["template"]["spec"]
     assert ds["priorityClassName"] == "swell-node"
     for c in ds["containers"]:
         image = c["image"]
@@ -64,7 +81,7 @@ def test_node_pod_is_pinned_limited_and_tight():
         assert "limits" in c["resources"] and "requests" in c["resources"], c["name"]
         assert "livenessProbe" in c, c["name"]
         sec = c["securityContext"]
-        if c["name"] == "swell":
+        if c["name"] == "swell" and workload[0] == "DaemonSet":
             assert sec["privileged"] is True
             mounts = {m["name"]: m for m in c["volumeMounts"]}
             assert mounts["kubelet-dir"]["mountPropagation"] == "Bidirectional"
@@ -74,17 +91,21 @@ def test_node_pod_is_pinned_limited_and_tight():
             assert sec["readOnlyRootFilesystem"] is True
 
 
-def test_only_the_sidecar_holds_an_api_token():
+@pytest.mark.parametrize("workload,account,role,mode_args", [
+    (("DaemonSet", "swell-node"), "swell-node", "swell-sidecar-node", ["--per-node", "--node-id=$(NODE_NAME)"]),
+    (("Deployment", "swell-controller"), "swell-controller", "swell-sidecar-controller", ["--leader-election"]),
+])
+def test_only_the_sidecar_holds_an_api_token(workload, account, role, mode_args):
     objs = objects("overlays/production")
-    pod = objs[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "swell-node"
+    pod = objs[workload]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == account
     holders = [c["name"] for c in pod["containers"]
                if any(m["name"] == "kube-api-access" for m in c.get("volumeMounts", []))]
     assert holders == ["sidecar"]
     sidecar = next(c for c in pod["containers"] if c["name"] == "sidecar")
-    assert "--per-node" in sidecar["args"] and "--node-id=$(NODE_NAME)" in sidecar["args"]
-    binding = objs[("ClusterRoleBinding", "swell-sidecar-node")]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "swell-node", "namespace": "swell-system"}]
+    assert all(a in sidecar["args"] for a in mode_args)
+    binding = objs[("ClusterRoleBinding", role)]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "swell-system"}]
 
 
 @pytest.mark.skipif(os.environ.get("SWELL_SKIP_RELEASE_BUILD") == "1", reason="SWELL_SKIP_RELEASE_BUILD=1")

@@ -1,18 +1,20 @@
-"""The per-node sidecar's RBAC matches what its code calls: every request it makes is granted, and
-every granted verb is used."""
+"""Each sidecar's RBAC matches what its code calls: every request it makes is granted, and every
+granted verb is used. The per-node sidecar (loop volumes, auto-grow) and the controller's central,
+leader-elected sidecar (iSCSI volumes, against a real tgtd) are checked separately."""
 
 import os
 
 import yaml
 
-from conftest import NODE, ROOT, csiconf
+from conftest import DRIVER, NODE, ROOT, TOPOLOGY_KEY, csiconf
+from test_backends import iscsi, tgtd  # noqa: F401 (tgtd is a fixture)
 from test_sidecar import pv_for, wait_bound
 
 
-def granted(path, role):
+def granted(path, role, kind="ClusterRole"):
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
-    rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == role)["rules"]
+    rules = next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == role)["rules"]
     return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
 
 
@@ -43,5 +45,38 @@ def test_node_rbac_matches_the_calls(cluster):
     used = {tuple(x) for x in api.hook("audit")}
     rules = granted(os.path.join(ROOT, "deploy", "base", "rbac-node.yaml"), "swell-sidecar-node")
     assert used - rules == set(), "calls the role does not grant"
+    assert rules - used == set(), "granted but never called"
+    assert sidecar.proc.poll() is None
+
+
+def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
+    """Leader election, provisioning for a WaitForFirstConsumer claim (the node's CSINode and
+    labels), resize and delete: everything the central sidecar does."""
+    api = cluster.api
+    cluster.plugin.stop()
+    cluster.plugin.start(extra_args=tgtd.plugin_args(os.path.join(cluster.root, "iscsi")))
+    api.ok("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "worker-1", "labels": {TOPOLOGY_KEY: NODE}}})
+    api.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
+        "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": "worker-1"},
+        "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
+    sidecar = cluster.sidecar("--backend", "iscsi", "--leader-election", "--leader-election-namespace", "swell-system",
+                              "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
+                              "--leader-election-retry-period", "0.3")
+    api.create_class("net", binding="WaitForFirstConsumer", params={"backend": "iscsi"})
+    claim = api.create_claim("c", sc="net", size="64Mi", annotations={"volume.kubernetes.io/selected-node": "worker-1"})
+    pv = wait_bound(api, "c") and pv_for(api, claim)
+    assert "nodeAffinity" not in pv["spec"]
+    api.update_claim("c", lambda c: c["spec"]["resources"]["requests"].update(storage="96Mi"))
+    api.wait("the PV grown", lambda: pv_for(api, claim)["spec"]["capacity"]["storage"] == "96Mi")
+    api.ok("DELETE", api.pvc_path("c"))
+    api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
+    assert api.get("/apis/coordination.k8s.io/v1/namespaces/swell-system/leases/swell-csi-dev-sidecar")
+    api.wait("a lease renewal", lambda: ["coordination.k8s.io", "leases", "update"] in api.hook("audit"))
+
+    used = {tuple(x) for x in api.hook("audit")}
+    path = os.path.join(ROOT, "deploy", "base", "rbac-controller.yaml")
+    rules = granted(path, "swell-sidecar-controller") | granted(path, "swell-sidecar-leader", kind="Role")
+    assert used - rules == set(), "calls the roles do not grant"
     assert rules - used == set(), "granted but never called"
     assert sidecar.proc.poll() is None
