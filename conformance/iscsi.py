@@ -232,11 +232,26 @@ csi() { sub=$1; shift; /tmp/swell csi "$sub" --endpoint unix:///tmp/csi.sock "$@
 for m in iscsi_tcp sd_mod ext4 xfs loop; do modprobe "$m"; done
 cp /share/swell/bin/swell /tmp/swell
 iscsid
-/tmp/swell plugin --mode node --endpoint unix:///tmp/csi.sock --data-dir /tmp/swell-data --node-id vm \
-  --log-level info > /share/guest-plugin.log 2>&1 &
-plugin_pid=$!
-i=0; while [ ! -S /tmp/csi.sock ]; do i=$((i+1)); [ $i -lt 600 ] || { echo "no plugin socket"; exit 1; }; sleep 0.1; done
-csi probe
+start_plugin() {
+  /tmp/swell plugin --mode node --endpoint unix:///tmp/csi.sock --data-dir /tmp/swell-data --node-id vm \
+    --log-level info >> /share/guest-plugin.log 2>&1 &
+  plugin_pid=$!
+  i=0; while [ ! -S /tmp/csi.sock ]; do i=$((i+1)); [ $i -lt 600 ] || { echo "no plugin socket"; exit 1; }; sleep 0.1; done
+  csi probe
+}
+# A crash right after the iSCSI login, in the first volume's stage: the retried stage (below, by a
+# restarted plugin) must converge on the session the crashed one left.
+first=${VOLUMES%% *}; first_id=${first%%:*}; first_kind=${first#*:}
+eval first_ctx=\$CTX_$(echo "$first_id" | tr - _)
+SWELL_FAILPOINTS=iscsi-stage-after-login start_plugin
+crash_args=""; for kv in $first_ctx; do crash_args="$crash_args --context $kv"; done
+if csi stage --fs-type "$first_kind" $crash_args "$first_id" /tmp/csi/stage/$first_id; then
+  echo "the stage with a crash point succeeded"; exit 1
+fi
+wait $plugin_pid || true
+rm -f /tmp/csi.sock
+result sessions_after_crash "$(ls /sys/class/iscsi_session | wc -l)"
+start_plugin
 for spec in $VOLUMES; do
   id=${spec%%:*}; kind=${spec#*:}
   eval ctx=\$CTX_$(echo "$id" | tr - _)

@@ -176,9 +176,10 @@ def test_list_and_get_report_iscsi_volumes_with_their_health(ctl):
 # ---- the VM tier: the kernel's initiator -------------------------------------------------
 
 def test_vm_stage_write_grow_online_verify_unstage():
-    """Inside a real Debian kernel: stage ext4, xfs and a block volume over iSCSI, write data,
-    grow each from the host's controller while mounted, NodeExpandVolume in the guest, check the
-    checksums and the new sizes, unstage, and leave no session behind."""
+    """Inside a real Debian kernel: stage ext4, xfs and a block volume over iSCSI (the first after
+    a plugin crash right after its login), write data, grow each from the host's controller while
+    mounted, NodeExpandVolume in the guest, check the checksums and the new sizes, unstage, and
+    leave no session or node record behind."""
     artifacts = iscsi.vm_artifacts()
     ctl = Controller(portal_host=iscsi.GUEST_PORTAL_HOST).start()
     vm = None
@@ -201,7 +202,8 @@ def test_vm_stage_write_grow_online_verify_unstage():
             grow=lambda vid: ctl.expand(vid, sizes[vid][1]).capacity_bytes,
             before_grow=refuse_delete_while_logged_in)
         assert status == 0, f"the guest failed:\n{vm.console()}\n{_guest_plugin_log(vm)}"
-        assert results["sessions_staged"] == "3"
+        assert results["sessions_after_crash"] == "1", "the crashed stage had logged in"
+        assert results["sessions_staged"] == "3", "the retried stage reused that session"
         for vid, (before, after, kind) in sizes.items():
             assert results[f"sha_after_{vid}"] == results[f"sha_before_{vid}"], vid
             assert int(results[f"dev_bytes_after_{vid}"]) == after, vid
