@@ -241,16 +241,18 @@ start_plugin() {
 }
 # A crash right after the iSCSI login, in the first volume's stage: the retried stage (below, by a
 # restarted plugin) must converge on the session the crashed one left.
-first=${VOLUMES%% *}; first_id=${first%%:*}; first_kind=${first#*:}
-eval first_ctx=\$CTX_$(echo "$first_id" | tr - _)
-SWELL_FAILPOINTS=iscsi-stage-after-login start_plugin
-crash_args=""; for kv in $first_ctx; do crash_args="$crash_args --context $kv"; done
-if csi stage --fs-type "$first_kind" $crash_args "$first_id" /tmp/csi/stage/$first_id; then
-  echo "the stage with a crash point succeeded"; exit 1
+if [ "$CRASH_FIRST_STAGE" = 1 ]; then
+  first=${VOLUMES%% *}; first_id=${first%%:*}; first_kind=${first#*:}
+  eval first_ctx=\$CTX_$(echo "$first_id" | tr - _)
+  SWELL_FAILPOINTS=iscsi-stage-after-login start_plugin
+  crash_args=""; for kv in $first_ctx; do crash_args="$crash_args --context $kv"; done
+  if csi stage --fs-type "$first_kind" $crash_args "$first_id" /tmp/csi/stage/$first_id; then
+    echo "the stage with a crash point succeeded"; exit 1
+  fi
+  wait $plugin_pid || true
+  rm -f /tmp/csi.sock
+  result sessions_after_crash "$(ls /sys/class/iscsi_session | wc -l)"
 fi
-wait $plugin_pid || true
-rm -f /tmp/csi.sock
-result sessions_after_crash "$(ls /sys/class/iscsi_session | wc -l)"
 start_plugin
 for spec in $VOLUMES; do
   id=${spec%%:*}; kind=${spec#*:}
@@ -308,10 +310,11 @@ def shell_words(mapping):
 
 
 def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, before_grow=None, after_grow=None,
-                    timeout=240):
+                    crash_first_stage=False, timeout=240):
     """Boots the guest, stages `volumes` ({id: (kind, volume_context)}) there, lets the host grow
     them through `grow(id) -> new size` once all are written (calling `before_grow()` first and
-    `after_grow(vm)` once the guest may go on), and checks nothing itself.
+    `after_grow(vm)` once the guest may go on), and checks nothing itself. With `crash_first_stage`,
+    a plugin with a crash point right after the iSCSI login stages the first volume first.
 
     Returns (vm, guest exit status, guest results, host timings); the caller closes the VM.
     """
@@ -319,6 +322,7 @@ def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, be
     stage_binary(swell_binary, os.path.join(vm.share, "swell"))
     with open(os.path.join(vm.share, "params"), "w") as f:
         f.write(f"VOLUMES='{' '.join(f'{i}:{kind}' for i, (kind, _) in volumes.items())}'\n")
+        f.write(f"CRASH_FIRST_STAGE={1 if crash_first_stage else 0}\n")
         for vid, (_, ctx) in volumes.items():
             f.write(f"CTX_{vid.replace('-', '_')}='{shell_words(ctx)}'\n")
     vm.boot(GUEST_SCRIPT)

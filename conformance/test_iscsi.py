@@ -200,7 +200,7 @@ def test_vm_stage_write_grow_online_verify_unstage():
         vm, status, results, timings = iscsi.run_vm_scenario(
             ctl.root, artifacts, SWELL, ctl, volumes,
             grow=lambda vid: ctl.expand(vid, sizes[vid][1]).capacity_bytes,
-            before_grow=refuse_delete_while_logged_in)
+            before_grow=refuse_delete_while_logged_in, crash_first_stage=True)
         assert status == 0, f"the guest failed:\n{vm.console()}\n{_guest_plugin_log(vm)}"
         assert results["sessions_after_crash"] == "1", "the crashed stage had logged in"
         assert results["sessions_staged"] == "3", "the retried stage reused that session"
