@@ -142,8 +142,9 @@ class VM:
     the guest meet through marker files in the share.
     """
 
-    def __init__(self, root, artifacts, memory_mib=1024):
+    def __init__(self, root, artifacts, memory_mib=1024, disks=()):
         self.root = root
+        self.disks = list(disks)  # raw image files, seen as /dev/vda, /dev/vdb, … in the guest
         self.share = os.path.join(root, "share")
         os.makedirs(self.share, exist_ok=True)
         self.artifacts = artifacts
@@ -162,7 +163,8 @@ class VM:
              "-initrd", os.path.join(self.artifacts, "initramfs.cpio"),
              "-append", "console=ttyS0 panic=-1 quiet",
              "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
-             "-virtfs", f"local,path={self.share},mount_tag=share,security_model=none,id=share"],
+             "-virtfs", f"local,path={self.share},mount_tag=share,security_model=none,id=share",
+             *[a for d in self.disks for a in ("-drive", f"file={d},if=virtio,format=raw")]],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         console.close()
         return self

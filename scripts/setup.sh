@@ -11,7 +11,9 @@ done
 if [ "${1:-}" = "--tests" ]; then
   # The iSCSI tier: a real target (tgt), an independent initiator (libiscsi-bin), and the VM that
   # runs the kernel's initiator (qemu, SeaBIOS; open-iscsi's binaries are copied into the guest).
-  for pair in tgtd:tgt iscsi-readcapacity16:libiscsi-bin iscsiadm:open-iscsi qemu-system-x86_64:qemu-system-x86; do
+  # lvm2 and thin-provisioning-tools: their binaries are copied into the guest for the LVM tier.
+  for pair in tgtd:tgt iscsi-readcapacity16:libiscsi-bin iscsiadm:open-iscsi qemu-system-x86_64:qemu-system-x86 \
+              lvm:lvm2 thin_check:thin-provisioning-tools; do
     cmd=${pair%%:*} pkg=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
   done

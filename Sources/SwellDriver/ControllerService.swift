@@ -39,8 +39,11 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     let spec = VolumeSpec(
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
-      limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName)
-    let record = try await locks.withLock(request.name) { try await backend.create(spec) }
+      limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
+      pool: request.parameters["pool"])
+    var record = try await locks.withLock(request.name) { try await backend.create(spec) }
+    // The node formats with the class's options: they travel in the volume context.
+    if let options = request.parameters["mkfsOptions"] { record.context["mkfsOptions"] = options }
     return .with { $0.volume = csiVolume(record) }
   }
 
@@ -141,12 +144,18 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     guard (try? Validation.parameters(request.parameters, backends: backend.names)) != nil else { return .init() }
     let target = try backend.backend(named: request.parameters["backend"])
+    var available: Int64
+    if let lvm = target as? LvmBackend {
+      available = try await lvm.availableBytes(pool: try lvm.pool(named: request.parameters["pool"]))
+    } else {
+      available = try await target.availableBytes()
+    }
+    available = Capacity.roundDown(available, to: target.granularity)
     if request.hasAccessibleTopology, !(target is IscsiBackend),
       !Validation.topology(request.accessibleTopology, fits: config)
     {
       return .init()
     }
-    let available = Capacity.roundDown(try await target.availableBytes(), to: target.granularity)
     return .with {
       $0.availableCapacity = available
       $0.maximumVolumeSize = .with { $0.value = min(available, target.maximumBytes) }

@@ -71,7 +71,8 @@ public struct VolumeFigures: Sendable {
     }
     if mode.servesNode {
       let table = (try? MountInfo.current()) ?? []
-      let ids = ((try? await backends.loop.list().map(\.id)) ?? []) + ((try? backends.iscsiNode.stagedIDs()) ?? [])
+      var ids = ((try? await backends.loop.list().map(\.id)) ?? []) + ((try? backends.iscsiNode.stagedIDs()) ?? [])
+      if let lvm = backends.lvm { ids += (try? await lvm.list().map(\.id)) ?? [] }
       var count = 0
       for id in ids.sorted() {
         guard let device = try? await backends.node.attachedDevice(id) else { continue }

@@ -32,13 +32,14 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let access = try Validation.access(request.volumeCapability)
     let staging = Names.normalized(request.stagingTargetPath)
     try refuseSymlink(staging, field: "staging_target_path")
+    let mkfsOptions = try request.volumeContext["mkfsOptions"].map(Validation.mkfsOptions) ?? []
     try await locks.withLock(id) {
       let device = try await backend.attach(
         id, context: AttachContext(volumeContext: request.volumeContext, secrets: request.secrets))
       Failpoints.hit("stage-after-attach")
       guard access.kind == .mount else { return }
       do {
-        try await stageFilesystem(device, at: staging, access: access)
+        try await stageFilesystem(device, at: staging, access: access, mkfsOptions: mkfsOptions)
       } catch {
         // Leave no loop device behind for a stage that did not mount.
         if try MountInfo.mounts(of: device).isEmpty { try? await backend.detach(id) }
@@ -48,7 +49,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     return .init()
   }
 
-  private func stageFilesystem(_ device: AttachedDevice, at staging: String, access: RequestedAccess) async throws {
+  private func stageFilesystem(
+    _ device: AttachedDevice, at staging: String, access: RequestedAccess, mkfsOptions: [String]
+  ) async throws {
     let fsType = access.fsType.isEmpty ? FileSystemType.ext4.rawValue : access.fsType
     if let existing = MountInfo.mount(at: staging, in: try MountInfo.current()) {
       guard existing.major == device.major, existing.minor == device.minor else {
@@ -62,7 +65,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     try makeDirectories(staging)
     switch try await mounter.probe(device.path) {
     case .empty:
-      try await mounter.format(device.path, as: FileSystemType(rawValue: fsType)!)
+      try await mounter.format(device.path, as: FileSystemType(rawValue: fsType)!, extraOptions: mkfsOptions)
       Failpoints.hit("stage-after-format")
     case .filesystem(let found) where found == fsType:
       break

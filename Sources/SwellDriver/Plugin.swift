@@ -14,16 +14,19 @@ public struct PluginOptions: Sendable {
   public var metricsAddress: String?
   /// The iSCSI target the controller manages; nil for a controller with local volumes only.
   public var iscsiTarget: IscsiTargetConfig?
+  /// This node's LVM thin pools; nil when the lvm backend is off.
+  public var lvm: LvmConfig?
 
   public init(
     endpoint: String, dataDir: String, config: DriverConfig, metricsAddress: String? = nil,
-    iscsiTarget: IscsiTargetConfig? = nil
+    iscsiTarget: IscsiTargetConfig? = nil, lvm: LvmConfig? = nil
   ) {
     self.endpoint = endpoint
     self.dataDir = dataDir
     self.config = config
     self.metricsAddress = metricsAddress
     self.iscsiTarget = iscsiTarget
+    self.lvm = lvm
   }
 }
 
@@ -32,17 +35,22 @@ struct OpenBackends: Sendable {
   let loop: LoopBackend
   let controller: ControllerBackends
   let iscsiNode: IscsiNodeBackend
+  let lvm: LvmBackend?
   let node: NodeBackends
 
   init(options: PluginOptions, exec: any Executor) throws {
     loop = try LoopBackend(dataDir: options.dataDir, exec: exec)
+    lvm = options.lvm.map { LvmBackend(config: $0, exec: exec) }
     var controllers: [(name: String, backend: any ControllerBackend)] = [(LoopBackend.name, loop)]
     if let target = options.iscsiTarget {
       controllers.append((IscsiBackend.name, try IscsiBackend(config: target, exec: exec)))
     }
+    if let lvm { controllers.append((LvmBackend.name, lvm)) }
     controller = ControllerBackends(controllers)
     iscsiNode = try IscsiNodeBackend(dataDir: options.dataDir, exec: exec)
-    node = NodeBackends(loop: loop, iscsi: iscsiNode)
+    var others: [(name: String, backend: any NodeBackend)] = [(IscsiBackend.name, iscsiNode)]
+    if let lvm { others.append((LvmBackend.name, lvm)) }
+    node = NodeBackends(loop: loop, others: others)
   }
 
   /// Removes what crashed creates and deletes left behind. Call before serving.

@@ -63,21 +63,45 @@ enum Validation {
     }
   }
 
-  /// The StorageClass parameters this driver knows. Keys under `csi.storage.k8s.io/` are the
+  /// The StorageClass parameters this driver knows: `backend` (one this controller has), `pool`
+  /// (a thin pool, with the lvm backend), `mkfsOptions`. Keys under `csi.storage.k8s.io/` are the
   /// provisioner's own and are accepted and ignored.
   static func parameters(_ parameters: [String: String], backends: [String]) throws {
-    let knownParameters: [String: Set<String>] = ["backend": Set(backends)]
+    let known = ["backend", "pool", "mkfsOptions"]
     for key in parameters.keys.sorted() where !key.hasPrefix("csi.storage.k8s.io/") {
-      guard let allowed = knownParameters[key] else {
-        throw SwellError.invalid(
-          "unknown parameter \(key.debugDescription); known: \(knownParameters.keys.sorted().joined(separator: ", "))")
-      }
-      let value = parameters[key]!
-      guard allowed.contains(value) else {
-        throw SwellError.invalid(
-          "parameter \(key)=\(value.debugDescription) is not one of \(allowed.sorted().joined(separator: ", "))")
+      guard known.contains(key) else {
+        throw SwellError.invalid("unknown parameter \(key.debugDescription); known: \(known.joined(separator: ", "))")
       }
     }
+    let backend = parameters["backend"] ?? "loop"
+    guard backends.contains(backend) else {
+      throw SwellError.invalid(
+        "parameter backend=\(backend.debugDescription) is not one of \(backends.sorted().joined(separator: ", "))")
+    }
+    if let pool = parameters["pool"] {
+      guard backend == "lvm" else { throw SwellError.invalid("parameter pool is only for backend lvm") }
+      try Names.validateVolumeID(pool, field: "parameter pool")
+    }
+    if let options = parameters["mkfsOptions"] { _ = try mkfsOptions(options) }
+  }
+
+  /// Splits `mkfsOptions` (from a class, or a volume context) into mkfs arguments. Each word is a
+  /// flag (`-E`, `--foo`) or a value of safe characters (`lazy_itable_init=0`, `size=4096`), so
+  /// that nothing can name another device or a file; at most 16 words.
+  static func mkfsOptions(_ text: String) throws -> [String] {
+    let words = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+    guard words.count <= 16 else { throw SwellError.invalid("mkfsOptions has more than 16 words") }
+    for word in words {
+      let body = word.drop { $0 == "-" }
+      let safe = !body.isEmpty && body.utf8.allSatisfy { c in
+        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x3D
+          || c == 0x2C || c == 0x2E || c == 0x3A || c == 0x2D
+      }
+      guard safe, word.utf8.count <= 64, !body.hasPrefix("-") else {
+        throw SwellError.invalid("mkfsOptions word \(word.debugDescription) is not a flag or a plain value")
+      }
+    }
+    return words
   }
 
   /// True when `topology` may be satisfied by this node: it names this node under our key, or

@@ -18,10 +18,12 @@ public struct VolumeSpec: Sendable, Equatable {
   public var fsType: String
   /// The backend the StorageClass picked (its `backend` parameter).
   public var backend: String
+  /// The thin pool the StorageClass picked (`pool`), for backends that have pools.
+  public var pool: String?
 
   public init(
     id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String,
-    backend: String = LoopBackend.name
+    backend: String = LoopBackend.name, pool: String? = nil
   ) {
     self.id = id
     self.capacityBytes = capacityBytes
@@ -30,6 +32,7 @@ public struct VolumeSpec: Sendable, Equatable {
     self.access = access
     self.fsType = fsType
     self.backend = backend
+    self.pool = pool
   }
 }
 

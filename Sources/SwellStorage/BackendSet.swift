@@ -84,35 +84,33 @@ public struct ControllerBackends: ControllerBackend {
   }
 }
 
-/// The node's backends: stage picks one by the volume context's `backend`; the other calls,
-/// which carry only the volume ID, go to the iSCSI backend when it has a stage record for the
-/// volume, and to the loop backend otherwise.
+/// The node's backends: stage picks one by the volume context's `backend`; the other calls, which
+/// carry only the volume ID, go to the first backend that knows the volume (loop: its file; iscsi:
+/// its stage record; lvm: its LV), and to the loop backend when none does.
 public struct NodeBackends: NodeBackend {
   let loop: any NodeBackend
-  let iscsi: (any NodeBackend)?
+  let others: [(name: String, backend: any NodeBackend)]
 
-  public init(loop: any NodeBackend, iscsi: (any NodeBackend)?) {
+  public init(loop: any NodeBackend, others: [(name: String, backend: any NodeBackend)]) {
     self.loop = loop
-    self.iscsi = iscsi
+    self.others = others
   }
 
   private func owner(of id: String) async throws -> any NodeBackend {
-    if let iscsi, try await iscsi.exists(id) { return iscsi }
+    if try await loop.exists(id) { return loop }
+    for entry in others where try await entry.backend.exists(id) { return entry.backend }
     return loop
   }
 
   public func exists(_ id: String) async throws -> Bool { try await owner(of: id).exists(id) }
 
   public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
-    switch context.volumeContext["backend"] ?? LoopBackend.name {
-    case LoopBackend.name:
-      return try await loop.attach(id, context: context)
-    case IscsiBackend.name:
-      guard let iscsi else { throw SwellError.precondition("this node plugin has no iSCSI initiator configured") }
-      return try await iscsi.attach(id, context: context)
-    case let other:
-      throw SwellError.invalid("volume_context names an unknown backend \(other.debugDescription)")
+    let name = context.volumeContext["backend"] ?? LoopBackend.name
+    if name == LoopBackend.name { return try await loop.attach(id, context: context) }
+    guard let entry = others.first(where: { $0.name == name }) else {
+      throw SwellError.precondition("this node plugin has no \(name.debugDescription) backend configured")
     }
+    return try await entry.backend.attach(id, context: context)
   }
 
   public func attachedDevice(_ id: String) async throws -> AttachedDevice? {
@@ -132,6 +130,6 @@ public struct NodeBackends: NodeBackend {
 
   public func checkReady() async throws {
     try await loop.checkReady()
-    try await iscsi?.checkReady()
+    for entry in others { try await entry.backend.checkReady() }
   }
 }

@@ -10,7 +10,7 @@ struct CSICommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "csi", abstract: "Call a running plugin over its socket.",
     subcommands: [
-      CSIProbe.self, CSIInfo.self, CSICapabilities.self, CSICreate.self, CSIDelete.self, CSIExpand.self,
+      CSIProbe.self, CSIInfo.self, CSICapabilities.self, CSICreate.self, CSICapacity.self, CSIDelete.self, CSIExpand.self,
       CSIList.self, CSIStats.self, CSIStage.self, CSIPublish.self, CSIUnstage.self, CSIUnpublish.self,
       CSINodeExpand.self,
     ])
@@ -134,6 +134,19 @@ struct CSICreate: AsyncParsableCommand {
       let context = response.volume.volumeContext.sorted { $0.key < $1.key }.map { "  \($0.key)=\($0.value)" }
       return (["volume \(response.volume.volumeID): \(response.volume.capacityBytes) bytes"] + context)
         .joined(separator: "\n")
+    }
+  }
+}
+
+struct CSICapacity: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "capacity", abstract: "GetCapacity.")
+  @OptionGroup var connection: Connection
+  @Option(name: .customLong("parameter"), help: "A StorageClass parameter, KEY=VALUE (such as backend=lvm); repeatable.")
+  var parameters: [String] = []
+  func run() async throws {
+    let params = try keyValues(parameters, option: "--parameter")
+    try await connection.call({ try await $0.controller.getCapacity(.with { $0.parameters = params }) }) {
+      "available: \($0.availableCapacity) bytes, largest volume: \($0.maximumVolumeSize.value) bytes"
     }
   }
 }

@@ -55,10 +55,26 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "Controller: an initiator address (IP, CIDR or ALL) let in to every target; repeatable.")
   var iscsiAllowedInitiator: [String] = []
 
+  @Option(help: "Offer the lvm backend: thin volumes in this volume group (with --lvm-thin-pool).")
+  var lvmVg: String?
+
+  @Option(help: "A thin pool in --lvm-vg; repeatable; the first is the default, a class picks another with pool.")
+  var lvmThinPool: [String] = []
+
+  @Option(help: "The most a thin pool's volumes may add up to, as a multiple of the pool's size.")
+  var lvmOvercommitRatio = 1.0
+
+  @Option(help: "Refuse new volumes and growth while a thin pool's data or metadata is at least this % full.")
+  var lvmFullPercent = 95.0
+
   func validate() throws {
     guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
     guard PluginMode(rawValue: mode) != nil else {
       throw ValidationError("--mode must be controller, node or all")
+    }
+    if (lvmVg == nil) != lvmThinPool.isEmpty { throw ValidationError("--lvm-vg and --lvm-thin-pool go together") }
+    guard lvmOvercommitRatio > 0, lvmFullPercent > 0, lvmFullPercent <= 100 else {
+      throw ValidationError("--lvm-overcommit-ratio must be positive and --lvm-full-percent in (0, 100]")
     }
     if !iscsiIqnPrefix.hasPrefix("iqn.") {
       throw ValidationError("--iscsi-iqn-prefix must start with iqn.")
@@ -85,7 +101,11 @@ struct PluginCommand: AsyncParsableCommand {
     }
     let plugin = Plugin(
       options: PluginOptions(
-        endpoint: endpoint, dataDir: dataDir, config: config, metricsAddress: metricsAddress, iscsiTarget: iscsi),
+        endpoint: endpoint, dataDir: dataDir, config: config, metricsAddress: metricsAddress, iscsiTarget: iscsi,
+        lvm: lvmVg.map {
+          LvmConfig(
+            volumeGroup: $0, thinPools: lvmThinPool, overcommitRatio: lvmOvercommitRatio, fullPercent: lvmFullPercent)
+        }),
       logger: logger)
     do {
       try await plugin.run()

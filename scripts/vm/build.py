@@ -207,6 +207,11 @@ def build(cache):
         copy_into(tree, f)
     with open(os.path.join(tree, "etc/iscsi/initiatorname.iscsi"), "w") as f:
         f.write("InitiatorName=iqn.2026-11.dev.swell:vm-guest\n")
+    # No udev in the guest (as in many node-plugin containers): LVM makes its own /dev nodes.
+    os.makedirs(os.path.join(tree, "etc/lvm"), exist_ok=True)
+    with open(os.path.join(tree, "etc/lvm/lvm.conf"), "w") as f:
+        f.write("devices { obtain_device_list_from_udev = 0 }\n"
+                "activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }\n")
     with open(os.path.join(tree, "etc/passwd"), "w") as f:
         f.write("root:x:0:0:root:/:/bin/sh\n")
     moddir = f"lib/modules/{kver}"

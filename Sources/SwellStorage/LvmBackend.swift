@@ -1,0 +1,275 @@
+import SwellHost
+
+/// A node's LVM thin pools, as flags name them.
+public struct LvmConfig: Sendable {
+  public var volumeGroup: String
+  /// The thin pools volumes may live in; the first is the default, a class picks another with `pool`.
+  public var thinPools: [String]
+  /// The most the virtual sizes of a pool's thin volumes may add up to, as a multiple of its size.
+  public var overcommitRatio: Double
+  /// No volume is made or grown while a pool's data or metadata is at least this full (percent).
+  public var fullPercent: Double
+
+  public init(volumeGroup: String, thinPools: [String], overcommitRatio: Double = 1.0, fullPercent: Double = 95) {
+    self.volumeGroup = volumeGroup
+    self.thinPools = thinPools
+    self.overcommitRatio = overcommitRatio
+    self.fullPercent = fullPercent
+  }
+}
+
+/// Local volumes as thin LVs in an LVM thin pool: real block devices with instant growth.
+///
+/// A volume's LV is named `sw-<volume id>` and carries tags that make it self-describing
+/// (`swell.csi.dev/volume=<id>`, its access kind and filesystem), all written by the one
+/// `lvcreate`, so a retry after a crash finds exactly what the first attempt made. LVM's own
+/// report is the only state; device paths come from it, never from a guess.
+public struct LvmBackend: ControllerBackend, NodeBackend {
+  public static let name = "lvm"
+  static let volumeTag = "swell.csi.dev/volume"
+  static let accessTag = "swell.csi.dev/access"
+  static let fsTypeTag = "swell.csi.dev/fstype"
+  /// Substrings LVM reserves for its own hidden LVs.
+  static let reserved = ["_cdata", "_cmeta", "_corig", "_mlog", "_mimage", "_pmspare", "_rimage", "_rmeta",
+                         "_tdata", "_tmeta", "_vorigin", "_vdata"]
+
+  public let config: LvmConfig
+  let lvm: Lvm
+  public let granularity: Int64 = Capacity.miB
+  public let maximumBytes: Int64 = 64 * Capacity.tiB
+
+  public init(config: LvmConfig, exec: any Executor) {
+    precondition(!config.thinPools.isEmpty, "at least one thin pool")
+    self.config = config
+    self.lvm = Lvm(exec: exec)
+  }
+
+  var vg: String { config.volumeGroup }
+
+  /// The LV name for a volume ID, or INVALID_ARGUMENT when LVM could not take it.
+  public static func lvName(_ id: String) throws -> String {
+    let name = "sw-" + id
+    guard name.utf8.count <= 127 else { throw SwellError.invalid("volume name \(id.debugDescription) is too long for an LVM volume") }
+    if let bad = reserved.first(where: { id.contains($0) }) {
+      throw SwellError.invalid("volume name \(id.debugDescription) contains \(bad), which LVM reserves")
+    }
+    return name
+  }
+
+  /// The pool a class picked (`pool` parameter), or the default; an unknown one is INVALID_ARGUMENT.
+  public func pool(named name: String?) throws -> String {
+    guard let name else { return config.thinPools[0] }
+    guard config.thinPools.contains(name) else {
+      throw SwellError.invalid("thin pool \(name.debugDescription) is not configured; this node has \(config.thinPools.joined(separator: ", "))")
+    }
+    return name
+  }
+
+  // MARK: Controller
+
+  public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
+    let name = try Self.lvName(spec.id)
+    let pool = try self.pool(named: spec.pool)
+    let lvs = try await lvm.logicalVolumes(vg: vg)
+    if let existing = lvs.first(where: { $0.name == name }) {
+      guard let record = record(existing), record.id == spec.id else {
+        throw SwellError(.alreadyExists, "LV \(vg)/\(name) exists and is not volume \(spec.id)")
+      }
+      try checkCompatible(record, existing, with: spec, pool: pool)
+      return record
+    }
+    let group = try await lvm.volumeGroup(vg)
+    guard let size = Capacity.roundUp(spec.capacityBytes, to: group.extentBytes),
+      spec.limitBytes == 0 || size <= spec.limitBytes
+    else {
+      throw SwellError(.outOfRange, "\(spec.capacityBytes) bytes rounds up to whole \(group.extentBytes)-byte extents, over limit_bytes \(spec.limitBytes)")
+    }
+    try checkRoom(in: pool, lvs: lvs, adding: size)
+    try await lvm.createThin(
+      vg: vg, pool: pool, name: name, bytes: size,
+      tags: ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
+        + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"]))
+    Failpoints.hit("lvm-create-after-lvcreate")
+    guard let made = try await logicalVolume(spec.id), let record = record(made) else {
+      throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
+    }
+    return record
+  }
+
+  public func delete(_ id: String) async throws {
+    guard let lv = try await logicalVolume(id) else { return }
+    if lv.isOpen {
+      throw SwellError.precondition("volume \(id) (\(lv.path)) is open, still mounted or in use; unstage it first")
+    }
+    try await lvm.remove(vg: vg, name: lv.name)
+  }
+
+  public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
+    let lvs = try await lvm.logicalVolumes(vg: vg)
+    guard let lv = lvs.first(where: { $0.name == (try? Self.lvName(id)) }), var record = record(lv) else {
+      throw SwellError.notFound("volume \(id) does not exist")
+    }
+    if bytes <= lv.sizeBytes { return record }
+    let group = try await lvm.volumeGroup(vg)
+    guard let size = Capacity.roundUp(bytes, to: group.extentBytes) else {
+      throw SwellError(.outOfRange, "\(bytes) bytes is too large")
+    }
+    try checkRoom(in: lv.pool, lvs: lvs, adding: size - lv.sizeBytes)
+    try await lvm.extend(vg: vg, name: lv.name, to: size)
+    record.capacityBytes = size
+    return record
+  }
+
+  public func volume(_ id: String) async throws -> VolumeRecord? {
+    try await logicalVolume(id).flatMap(record)
+  }
+
+  public func list() async throws -> [VolumeRecord] {
+    try await lvm.logicalVolumes(vg: vg).compactMap(record).sorted { $0.id < $1.id }
+  }
+
+  public func health(_ id: String) async -> VolumeHealth {
+    guard let lvs = try? await lvm.logicalVolumes(vg: vg) else { return .abnormal("volume group \(vg) is not readable") }
+    guard let lv = lvs.first(where: { $0.name == (try? Self.lvName(id)) }) else {
+      return .abnormal("LV for volume \(id) is missing from \(vg)")
+    }
+    if let pool = lvs.first(where: { $0.name == lv.pool }), let full = fullness(pool), full >= 100 {
+      return .abnormal("thin pool \(vg)/\(pool.name) is full: writes to unprovisioned blocks fail")
+    }
+    return .normal
+  }
+
+  /// Free room for new volumes in the default pool: the overcommit allowance left, or nothing when
+  /// the pool is too full to take more.
+  public func availableBytes() async throws -> Int64 {
+    try await availableBytes(pool: config.thinPools[0])
+  }
+
+  public func availableBytes(pool: String) async throws -> Int64 {
+    let lvs = try await lvm.logicalVolumes(vg: vg)
+    guard let thinPool = lvs.first(where: { $0.name == pool && $0.segmentType == "thin-pool" }) else { return 0 }
+    if let full = fullness(thinPool), full >= config.fullPercent { return 0 }
+    return max(0, allowance(thinPool) - committed(to: pool, in: lvs))
+  }
+
+  public func checkReady() async throws {
+    let lvs = try await lvm.logicalVolumes(vg: vg)
+    for pool in config.thinPools where !lvs.contains(where: { $0.name == pool && $0.segmentType == "thin-pool" }) {
+      throw SwellError(.unavailable, "thin pool \(vg)/\(pool) does not exist")
+    }
+  }
+
+  // MARK: Node
+
+  public func exists(_ id: String) async throws -> Bool {
+    try await logicalVolume(id) != nil
+  }
+
+  /// Activates the LV when it is not active (after a node restart), then returns its device.
+  public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
+    guard var lv = try await logicalVolume(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    if !lv.active {
+      try await lvm.activate(vg: vg, name: lv.name)
+      guard let again = try await logicalVolume(id), again.active else {
+        throw SwellError(.internal, "\(vg)/\(lv.name) is not active after lvchange -ay")
+      }
+      lv = again
+    }
+    return try describe(lv)
+  }
+
+  public func attachedDevice(_ id: String) async throws -> AttachedDevice? {
+    guard let lv = try await logicalVolume(id), lv.active else { return nil }
+    return try describe(lv)
+  }
+
+  /// Leaves the LV active: it is local, and deactivating would only slow the next stage.
+  public func detach(_ id: String) async throws {}
+
+  /// An LV's device takes its new size at once; nothing to rescan.
+  public func rescan(_ id: String, atLeast: Int64) async throws -> AttachedDevice {
+    guard let device = try await attachedDevice(id) else {
+      throw SwellError.precondition("volume \(id) is not active on this node; stage it first")
+    }
+    return device
+  }
+
+  // MARK: Helpers
+
+  func logicalVolume(_ id: String) async throws -> LogicalVolume? {
+    let name = try Self.lvName(id)
+    return try await lvm.logicalVolumes(vg: vg).first { $0.name == name }
+  }
+
+  /// The volume an LV is, when it is one of ours (tagged, thin, in one of our pools).
+  func record(_ lv: LogicalVolume) -> VolumeRecord? {
+    guard lv.segmentType == "thin", config.thinPools.contains(lv.pool), let id = lv.tag(Self.volumeTag),
+      (try? Self.lvName(id)) == lv.name, let access = lv.tag(Self.accessTag).flatMap(AccessKind.init(rawValue:))
+    else { return nil }
+    return VolumeRecord(
+      id: id, capacityBytes: lv.sizeBytes, access: access, fsType: lv.tag(Self.fsTypeTag) ?? "", backend: Self.name,
+      context: ["pool": lv.pool])
+  }
+
+  private func describe(_ lv: LogicalVolume) throws -> AttachedDevice {
+    guard !lv.path.isEmpty, let info = try FileInfo.of(lv.path), info.isBlockDevice else {
+      throw SwellError(.internal, "LVM reports \(lv.path.debugDescription) for \(lv.vg)/\(lv.name), which is not a block device")
+    }
+    let major = Int(info.rdevMajor), minor = Int(info.rdevMinor)
+    let sectors = (try? readSmallFile("/sys/dev/block/\(major):\(minor)/size")).flatMap { Int64($0.trimmingWhitespace()) }
+    return AttachedDevice(path: lv.path, major: major, minor: minor, sizeBytes: sectors.map { $0 * 512 } ?? lv.sizeBytes)
+  }
+
+  private func fullness(_ pool: LogicalVolume) -> Double? {
+    switch (pool.dataPercent, pool.metadataPercent) {
+    case let (d?, m?): return max(d, m)
+    case let (d?, nil): return d
+    case let (nil, m?): return m
+    default: return nil
+    }
+  }
+
+  private func allowance(_ pool: LogicalVolume) -> Int64 {
+    Int64(Double(pool.sizeBytes) * config.overcommitRatio)
+  }
+
+  private func committed(to pool: String, in lvs: [LogicalVolume]) -> Int64 {
+    lvs.filter { $0.segmentType == "thin" && $0.pool == pool }.reduce(0) { $0 + $1.sizeBytes }
+  }
+
+  /// RESOURCE_EXHAUSTED, saying which limit, unless `pool` can take `bytes` more of virtual size.
+  private func checkRoom(in pool: String, lvs: [LogicalVolume], adding bytes: Int64) throws {
+    guard let thinPool = lvs.first(where: { $0.name == pool && $0.segmentType == "thin-pool" }) else {
+      throw SwellError(.unavailable, "thin pool \(vg)/\(pool) does not exist")
+    }
+    if let full = fullness(thinPool), full >= config.fullPercent {
+      throw SwellError(
+        .resourceExhausted,
+        "thin pool \(vg)/\(pool) is \(full)% full (data \(thinPool.dataPercent ?? 0)%, metadata \(thinPool.metadataPercent ?? 0)%), at or over the \(config.fullPercent)% limit")
+    }
+    let used = committed(to: pool, in: lvs)
+    let allowed = allowance(thinPool)
+    if used + bytes > allowed {
+      throw SwellError(
+        .resourceExhausted,
+        "thin pool \(vg)/\(pool) cannot take \(bytes) more bytes: its volumes already have \(used) of the \(allowed) bytes allowed (\(thinPool.sizeBytes) bytes × overcommit ratio \(config.overcommitRatio))")
+    }
+  }
+
+  private func checkCompatible(_ existing: VolumeRecord, _ lv: LogicalVolume, with spec: VolumeSpec, pool: String) throws {
+    if existing.access != spec.access {
+      throw SwellError(.alreadyExists, "volume \(spec.id) exists with \(existing.access.rawValue) access, not \(spec.access.rawValue)")
+    }
+    if !existing.fsType.isEmpty, !spec.fsType.isEmpty, existing.fsType != spec.fsType {
+      throw SwellError(.alreadyExists, "volume \(spec.id) exists with fs_type \(existing.fsType), not \(spec.fsType)")
+    }
+    if lv.pool != pool {
+      throw SwellError(.alreadyExists, "volume \(spec.id) exists in thin pool \(lv.pool), not \(pool)")
+    }
+    if existing.capacityBytes < spec.requiredBytes || (spec.limitBytes > 0 && existing.capacityBytes > spec.limitBytes) {
+      throw SwellError(
+        .alreadyExists,
+        "volume \(spec.id) exists with \(existing.capacityBytes) bytes, outside [\(spec.requiredBytes), \(spec.limitBytes)]")
+    }
+  }
+}

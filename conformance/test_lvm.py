@@ -1,0 +1,143 @@
+"""The lvm backend, in the VM tier: this machine's kernel has no device-mapper, a stock Debian
+kernel under qemu TCG does. Inside the guest, on a volume group made on a virtio disk, the real
+plugin (controller and node, as the node DaemonSet runs it) makes thin volumes, stages them as ext4
+and xfs, grows them online, refuses what would overcommit the pool, converges after a crash in the
+middle of CreateVolume, and deletes them. A loop volume goes through the same steps in the same run,
+for comparison (bench/bench_lvm.py reads the timings)."""
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from conftest import SWELL, require_root
+import iscsi
+
+MiB = 1 << 20
+
+GUEST_SCRIPT = r'''
+# Runs in the guest (busybox sh -e).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
+result() { echo "$1=$2" >> /share/results; }
+csi() { sub=$1; shift; /tmp/swell csi "$sub" --endpoint unix:///tmp/csi.sock "$@"; }
+expect_code() { code=$1; shift; if out=$(csi "$@" 2>&1); then echo "expected $code: $*"; exit 1; fi
+  case "$out" in *"$code"*) ;; *) echo "expected $code, got: $out"; exit 1 ;; esac; echo "$out"; }
+for m in dm_thin_pool virtio_blk ext4 xfs loop; do modprobe "$m"; done
+cp /share/swell/bin/swell /tmp/swell
+lvm pvcreate -q /dev/vda
+lvm vgcreate -q vg0 /dev/vda
+lvm lvcreate -q --type thin-pool -L 600M -n pool0 vg0
+start_plugin() {
+  /tmp/swell plugin --mode all --endpoint unix:///tmp/csi.sock --data-dir /tmp/swell-data --node-id vm \
+    --lvm-vg vg0 --lvm-thin-pool pool0 --lvm-overcommit-ratio 1 --log-level info >> /share/guest-plugin.log 2>&1 &
+  plugin_pid=$!
+  i=0; while [ ! -S /tmp/csi.sock ]; do i=$((i+1)); [ $i -lt 600 ] || { echo "no plugin socket"; exit 1; }; sleep 0.1; done
+  csi probe
+}
+
+# A crash right after lvcreate, inside CreateVolume: the retry by a restarted plugin converges.
+SWELL_FAILPOINTS=lvm-create-after-lvcreate start_plugin
+if csi create --parameter backend=lvm --fs-type ext4 --bytes 33554432 pvc-crash; then echo "no crash"; exit 1; fi
+wait $plugin_pid || true
+rm -f /tmp/csi.sock
+start_plugin
+csi create --parameter backend=lvm --fs-type ext4 --bytes 33554432 pvc-crash
+result crash_lvs "$(lvm lvs --noheadings -o lv_name vg0 | grep -c crash)"
+csi delete pvc-crash
+result crash_lvs_after_delete "$(lvm lvs --noheadings -o lv_name vg0 | grep -c crash || true)"
+
+# ext4 and xfs on lvm, one ext4 on loop: create, stage, write, grow online, verify.
+for spec in pvc-e4:lvm:ext4:64:128 pvc-xf:lvm:xfs:320:400 pvc-lp:loop:ext4:64:128; do
+  IFS=: read id backend fs before after <<EOT
+$spec
+EOT
+  csi create --parameter backend=$backend --fs-type $fs --bytes $((before * 1048576)) $id
+  csi create --parameter backend=$backend --fs-type $fs --bytes $((before * 1048576)) $id   # idempotent
+  csi stage --fs-type $fs --context backend=$backend $id /tmp/csi/stage/$id
+  csi publish --fs-type $fs $id /tmp/csi/stage/$id /tmp/csi/pub/$id
+  dd if=/dev/urandom of=/tmp/csi/pub/$id/data bs=1M count=16 conv=fsync 2>/dev/null
+  result sha_before_$id "$(sha256sum /tmp/csi/pub/$id/data | cut -d' ' -f1)"
+  result fs_bytes_before_$id "$(stat -f -c '%b %S' /tmp/csi/pub/$id | awk '{print $1*$2}')"
+  csi expand --bytes $((after * 1048576)) $id
+  csi expand --bytes $((before * 1048576)) $id   # never shrinks
+  csi node-expand --bytes $((after * 1048576)) $id /tmp/csi/pub/$id
+  result fs_bytes_after_$id "$(stat -f -c '%b %S' /tmp/csi/pub/$id | awk '{print $1*$2}')"
+  result dev_bytes_after_$id "$(blockdev --getsize64 "$(findmnt -n -o SOURCE /tmp/csi/stage/$id)")"
+  result sha_after_$id "$(sha256sum /tmp/csi/pub/$id/data | cut -d' ' -f1)"
+done
+result lv_path_e4 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-e4)"
+
+# The pool (600 MiB, overcommit 1.0) holds 128 + 400 MiB now: more is RESOURCE_EXHAUSTED.
+expect_code RESOURCE_EXHAUSTED create --parameter backend=lvm --fs-type ext4 --bytes 134217728 pvc-big
+expect_code RESOURCE_EXHAUSTED expand --bytes 268435456 pvc-e4
+expect_code INVALID_ARGUMENT create --parameter backend=lvm --parameter pool=nope --bytes 1048576 pvc-nopool
+result capacity "$(csi capacity --parameter backend=lvm)"
+
+# A mounted volume is not deleted; after unstage it is, and its LV is gone.
+expect_code FAILED_PRECONDITION delete pvc-e4
+for id in pvc-e4 pvc-xf pvc-lp; do
+  csi unpublish $id /tmp/csi/pub/$id
+  csi unstage $id /tmp/csi/stage/$id
+  csi delete $id
+  csi delete $id   # idempotent
+done
+result swell_lvs_left "$(lvm lvs --noheadings -o lv_name vg0 | grep -c sw- || true)"
+
+# After a node restart LVs are inactive: stage activates them.
+csi create --parameter backend=lvm --fs-type xfs --bytes 314572800 pvc-re
+lvm lvchange -an vg0/sw-pvc-re
+csi stage --fs-type xfs --context backend=lvm pvc-re /tmp/csi/stage/pvc-re
+result reactivated "$(findmnt -n -o FSTYPE /tmp/csi/stage/pvc-re)"
+csi unstage pvc-re /tmp/csi/stage/pvc-re
+csi delete pvc-re
+kill $plugin_pid
+'''
+
+
+def run_lvm_vm(swell, root):
+    """Boots the guest with a 1 GiB virtio disk and runs GUEST_SCRIPT; returns the VM (the caller
+    closes it), guest.sh's exit status, its results and the guest plugin's log."""
+    artifacts = iscsi.vm_artifacts()
+    disk = os.path.join(root, "vda.img")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 30)
+    vm = iscsi.VM(root, artifacts, disks=[disk])
+    try:
+        iscsi.stage_binary(swell, os.path.join(vm.share, "swell"))
+        vm.boot(GUEST_SCRIPT)
+        status = vm.finish(300)
+    except BaseException:
+        vm.close()
+        raise
+    try:
+        log = open(os.path.join(vm.share, "guest-plugin.log")).read()
+    except OSError:
+        log = ""
+    return vm, status, vm.results(), log
+
+
+def test_vm_lvm_thin_lifecycle():
+    require_root()
+    if shutil.which("lvm") is None:
+        pytest.fail("lvm2 is not installed on the host (scripts/setup.sh --tests installs it)")
+    root = tempfile.mkdtemp(prefix="swell-lvm-")
+    vm = None
+    try:
+        vm, status, r, log = run_lvm_vm(SWELL, root)
+        assert status == 0, f"the guest failed:\n{vm.console()}\n{log[-4000:]}"
+        assert r["crash_lvs"] == "1", "the retried create found the LV the crashed one made"
+        assert r["crash_lvs_after_delete"] == "0"
+        for vid, before, after in [("pvc-e4", 64, 128), ("pvc-xf", 320, 400), ("pvc-lp", 64, 128)]:
+            assert r[f"sha_after_{vid}"] == r[f"sha_before_{vid}"], vid
+            assert int(r[f"dev_bytes_after_{vid}"]) == after * MiB, vid
+            fs_before, fs_after = int(r[f"fs_bytes_before_{vid}"]), int(r[f"fs_bytes_after_{vid}"])
+            assert fs_after > fs_before + (after - before) * MiB * 0.9, (vid, fs_before, fs_after)
+        assert r["lv_path_e4"] in ("/dev/vg0/sw-pvc-e4", "/dev/mapper/vg0-sw--pvc--e4")
+        # 600 MiB pool, overcommit 1.0, 528 MiB given out: GetCapacity says what is left.
+        assert r["capacity"].startswith(f"available: {72 * MiB} bytes"), r["capacity"]
+        assert r["swell_lvs_left"] == "0"
+        assert r["reactivated"] == "xfs"
+    finally:
+        if vm is not None:
+            vm.close()
+        shutil.rmtree(root, ignore_errors=True)
