@@ -85,20 +85,32 @@ enum Validation {
     if let options = parameters["mkfsOptions"] { _ = try mkfsOptions(options) }
   }
 
-  /// Splits `mkfsOptions` (from a class, or a volume context) into mkfs arguments. Each word is a
-  /// flag (`-E`, `--foo`) or a value of safe characters (`lazy_itable_init=0`, `size=4096`), so
-  /// that nothing can name another device or a file; at most 16 words.
+  /// mkfs flags a class may pass: tuning only (block and inode sizes, features, reserved space,
+  /// stripe geometry), for ext4 and xfs.
+  static let mkfsFlags: Set<String> = ["-b", "-E", "-O", "-i", "-I", "-N", "-m", "-T", "-d", "-l", "-n", "-s", "-j"]
+  /// Sub-option keys that would point mkfs at another file or device (xfs `-d name=`, `-l logdev=`…).
+  static let mkfsForbiddenKeys: Set<String> = ["name", "file", "logdev", "rtdev", "device", "journal_dev"]
+
+  /// Splits `mkfsOptions` (from a class, or a volume context) into mkfs arguments: tuning flags
+  /// from ``mkfsFlags``, each followed by plain values (letters, digits, `_=,.:-`) that name no
+  /// file or device; at most 16 words.
   static func mkfsOptions(_ text: String) throws -> [String] {
     let words = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
     guard words.count <= 16 else { throw SwellError.invalid("mkfsOptions has more than 16 words") }
     for word in words {
-      let body = word.drop { $0 == "-" }
-      let safe = !body.isEmpty && body.utf8.allSatisfy { c in
+      if word.hasPrefix("-") {
+        guard mkfsFlags.contains(word) else {
+          throw SwellError.invalid("mkfsOptions flag \(word.debugDescription) is not one of \(mkfsFlags.sorted().joined(separator: " "))")
+        }
+        continue
+      }
+      let plain = word.utf8.count <= 64 && word.utf8.allSatisfy { c in
         (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x3D
           || c == 0x2C || c == 0x2E || c == 0x3A || c == 0x2D
       }
-      guard safe, word.utf8.count <= 64, !body.hasPrefix("-") else {
-        throw SwellError.invalid("mkfsOptions word \(word.debugDescription) is not a flag or a plain value")
+      let keys = word.split(separator: ",").map { String($0.split(separator: "=", maxSplits: 1).first ?? "") }
+      guard plain, !keys.contains(where: mkfsForbiddenKeys.contains) else {
+        throw SwellError.invalid("mkfsOptions value \(word.debugDescription) is not a plain tuning value")
       }
     }
     return words

@@ -92,6 +92,22 @@ import Logging
     // iscsi is a valid choice only on a controller that has it configured.
     #expect(throws: SwellError.self) { try Validation.parameters(["backend": "iscsi"], backends: loopOnly) }
     try Validation.parameters(["backend": "iscsi"], backends: ["loop", "iscsi"])
+    // pool belongs to lvm; mkfsOptions to any backend, as plain words.
+    try Validation.parameters(["backend": "lvm", "pool": "fast", "mkfsOptions": "-E lazy_itable_init=0"], backends: ["loop", "lvm"])
+    #expect(throws: SwellError.self) { try Validation.parameters(["pool": "fast"], backends: ["loop", "lvm"]) }
+    #expect(throws: SwellError.self) { try Validation.parameters(["backend": "lvm", "pool": "../x"], backends: ["loop", "lvm"]) }
+  }
+
+  @Test func mkfsOptions() throws {
+    #expect(try Validation.mkfsOptions("-E lazy_itable_init=0,lazy_journal_init=0 -i 65536") ==
+      ["-E", "lazy_itable_init=0,lazy_journal_init=0", "-i", "65536"])
+    #expect(try Validation.mkfsOptions("  -m  crc=1 ") == ["-m", "crc=1"])
+    #expect(try Validation.mkfsOptions("").isEmpty)
+    #expect(try Validation.mkfsOptions("-d su=64k,sw=4 -l size=64m") == ["-d", "su=64k,sw=4", "-l", "size=64m"])
+    for bad in ["/dev/sda", "-d file=/etc/passwd", "-d name=x", "-l logdev=sdb", "-E $(reboot)", "a;b", "---x", "-",
+                "-f", "--force", "-L label", "-J device=x", String(repeating: "-m 1 ", count: 9)] {
+      #expect(throws: SwellError.self, "\(bad)") { try Validation.mkfsOptions(bad) }
+    }
   }
 
   @Test func topology() {
