@@ -15,15 +15,16 @@ Per volume (ext4, xfs, and a raw block volume), over ROUNDS boots:
 Usage: bench/bench_iscsi.py [path/to/swell] [ROUNDS]   (needs root; the guest runs that binary)"""
 import os
 import re
-import statistics
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "conformance"))
+sys.path.insert(0, HERE)
 
 import conftest  # noqa: E402
+import rounds as rounds_out  # noqa: E402
 import iscsi  # noqa: E402
 import test_iscsi  # noqa: E402
 
@@ -103,11 +104,8 @@ def main():
     for i in range(rounds):
         row = one_round(swell, artifacts)
         rows.append(row)
-        print(f"round {i + 1}: " + ", ".join(f"{k}={v:.1f}" for k, v in row.items()), flush=True)
-    print(f"\n{os.path.basename(swell)} ({swell}), {rounds} boots; median (min..max)")
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        print(f"  {key:32s} {statistics.median(values):9.1f}  ({min(values):.1f}..{max(values):.1f})")
+        rounds_out.print_round(i, row, 1)
+    rounds_out.print_summary(f"{os.path.basename(swell)} ({swell}), {rounds} boots", rows, 1)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,16 @@ Usage: bench/bench_lvm.py [path/to/swell] [ROUNDS]   (needs root)"""
 import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "conformance"))
+sys.path.insert(0, HERE)
 
 import conftest  # noqa: E402
+import rounds as rounds_out  # noqa: E402
 import test_lvm  # noqa: E402
 
 VOLUMES = ["pvc-e4", "pvc-xf", "pvc-lp"]
@@ -43,20 +44,18 @@ def main():
         root = tempfile.mkdtemp(prefix="swell-lvmbench-")
         vm = None
         try:
-            vm, status, _, log = test_lvm.run_lvm_vm(swell, root)
+            vm, status, results, log = test_lvm.run_lvm_vm(swell, root)
             if status != 0:
                 raise SystemExit(f"the guest failed:\n{vm.console()}")
             row = {f"{m}/{v}": first_ok(log, m, v) for m in METHODS for v in VOLUMES}
+            row["one `lvm lvs` (guest shell, 10 ms clock)"] = float(results["lvs_ms"])
             rows.append(row)
-            print(f"round {i + 1}: " + ", ".join(f"{k}={v:.0f}" for k, v in row.items()), flush=True)
+            rounds_out.print_round(i, row, 0)
         finally:
             if vm is not None:
                 vm.close()
             shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{swell}, {rounds} boots; server-side ms, median (min..max)")
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        print(f"  {key:36s} {statistics.median(values):8.0f}  ({min(values):.0f}..{max(values):.0f})")
+    rounds_out.print_summary(f"{swell}, {rounds} boots; server-side ms", rows, 0)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ GUEST_SCRIPT = r'''
 # Runs in the guest (busybox sh -e).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
 result() { echo "$1=$2" >> /share/results; }
+ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
 csi() { sub=$1; shift; /tmp/swell csi "$sub" --endpoint unix:///tmp/csi.sock "$@"; }
 expect_code() { code=$1; shift; if out=$(csi "$@" 2>&1); then echo "expected $code: $*"; exit 1; fi
   case "$out" in *"$code"*) ;; *) echo "expected $code, got: $out"; exit 1 ;; esac; echo "$out"; }
@@ -90,6 +91,8 @@ csi stage --fs-type xfs --context backend=lvm pvc-re /tmp/csi/stage/pvc-re
 result reactivated "$(findmnt -n -o FSTYPE /tmp/csi/stage/pvc-re)"
 csi unstage pvc-re /tmp/csi/stage/pvc-re
 csi delete pvc-re
+# What one LVM command costs here (the backend runs one to four per call).
+t0=$(ms); lvm lvs --reportformat json vg0 > /dev/null; result lvs_ms $(( $(ms) - t0 ))
 kill $plugin_pid
 '''
 

@@ -57,7 +57,7 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: "Seconds to wait for one CSI call.")
   var timeout = 60
 
-  @Option(help: "Serve only StorageClasses whose backend parameter is this (absent means loop), and their volumes; repeatable. Default: all. Per-node sidecars take loop; the controller's takes iscsi.")
+  @Option(help: "Serve only StorageClasses whose backend parameter is this (absent means loop), and their volumes; repeatable. Default: all. Per-node sidecars take loop and lvm; the controller's takes iscsi.")
   var backend: [String] = []
 
   @Option(help: "Seconds between full resyncs of every claim and volume.")
