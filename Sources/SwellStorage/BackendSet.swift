@@ -96,13 +96,18 @@ public struct NodeBackends: NodeBackend {
     self.others = others
   }
 
-  private func owner(of id: String) async throws -> any NodeBackend {
+  /// The backend that knows `id`, or nil.
+  private func knower(of id: String) async throws -> (any NodeBackend)? {
     if try await loop.exists(id) { return loop }
     for entry in others where try await entry.backend.exists(id) { return entry.backend }
-    return loop
+    return nil
   }
 
-  public func exists(_ id: String) async throws -> Bool { try await owner(of: id).exists(id) }
+  private func owner(of id: String) async throws -> any NodeBackend {
+    try await knower(of: id) ?? loop
+  }
+
+  public func exists(_ id: String) async throws -> Bool { try await knower(of: id) != nil }
 
   public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
     let name = context.volumeContext["backend"] ?? LoopBackend.name
