@@ -275,6 +275,7 @@ for spec in $VOLUMES; do
     dd if=/dev/urandom of=/tmp/csi/pub/$id/data bs=1M count=16 conv=fsync 2>/dev/null
     result sha_before_$id "$(sha256sum /tmp/csi/pub/$id/data | cut -d' ' -f1)"
     result fs_bytes_before_$id "$(stat -f -c '%b %S' /tmp/csi/pub/$id | awk '{print $1*$2}')"
+    result stats_$id "$(csi stats "$id" /tmp/csi/pub/$id | head -n 1)"
   fi
 done
 result sessions_staged "$(ls /sys/class/iscsi_session | wc -l)"

@@ -210,6 +210,9 @@ def test_vm_stage_write_grow_online_verify_unstage():
             if kind != "block":
                 fs_before, fs_after = int(results[f"fs_bytes_before_{vid}"]), int(results[f"fs_bytes_after_{vid}"])
                 assert fs_after > fs_before + (after - before) * 0.9, (vid, fs_before, fs_after)
+                # NodeGetVolumeStats on the iSCSI-backed mount: the filesystem's size, 16 MiB written.
+                stats = results[f"stats_{vid}"].split()
+                assert stats[0] == "bytes:" and int(stats[2]) == fs_before and int(stats[4]) >= 16 * MiB, stats
         assert results["sessions_after"] == "0"
         assert results["node_records_after"] == "0"
         assert all(n == 0 for n in ctl.tgtd.targets().values())

@@ -74,6 +74,10 @@ expect_code RESOURCE_EXHAUSTED expand --bytes 268435456 pvc-e4
 expect_code INVALID_ARGUMENT create --parameter backend=lvm --parameter pool=nope --bytes 1048576 pvc-nopool
 result capacity "$(csi capacity --parameter backend=lvm)"
 
+# Sizes are whole extents (4 MiB here): 65 MiB asked is 68 MiB made.
+result odd_size "$(csi create --parameter backend=lvm --block --bytes 68157440 pvc-odd | head -n 1)"
+csi delete pvc-odd
+
 # A mounted volume is not deleted; after unstage it is, and its LV is gone.
 expect_code FAILED_PRECONDITION delete pvc-e4
 for id in pvc-e4 pvc-xf pvc-lp; do
@@ -138,6 +142,7 @@ def test_vm_lvm_thin_lifecycle():
         assert r["lv_path_e4"] in ("/dev/vg0/sw-pvc-e4", "/dev/mapper/vg0-sw--pvc--e4")
         # 600 MiB pool, overcommit 1.0, 528 MiB given out: GetCapacity says what is left.
         assert r["capacity"].startswith(f"available: {72 * MiB} bytes"), r["capacity"]
+        assert r["odd_size"] == f"volume pvc-odd: {68 * MiB} bytes", r["odd_size"]
         assert r["swell_lvs_left"] == "0"
         assert r["reactivated"] == "xfs"
     finally:
