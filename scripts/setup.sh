@@ -18,6 +18,9 @@ if [ "${1:-}" = "--tests" ]; then
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
   done
   [ -e /usr/share/seabios/bios-256k.bin ] || need_apt+=(seabios)
+  # The deploy tests render the overlays with `kubectl kustomize`. This machine kind ships kubectl;
+  # elsewhere Debian's kubernetes-client provides it.
+  command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
