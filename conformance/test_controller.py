@@ -60,6 +60,7 @@ def invalid_create_requests():
     yield "dot-dot name", create_req("..")
     yield "NUL in name", create_req("a\x00b")
     yield "over-long name", create_req("x" * 129)
+    yield "name that reads as a flag", create_req("-rf")
     yield "negative size", create_req("n", required=-1)
     yield "absurd size", create_req("n", required=1 << 62)
     no_caps = create_req("n")

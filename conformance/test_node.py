@@ -196,7 +196,7 @@ def test_node_errors(plugin):
     stats = lambda vid, p: plugin.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=p))
     assert code_of(stats, "n", "/tmp") == C.NOT_FOUND
     stage(plugin, "n", staging, cap)
-    assert code_of(stats, "n", "/") == C.INVALID_ARGUMENT
+    assert code_of(stats, "n", "/") == C.NOT_FOUND, "a path that cannot be a mount of the volume"
     assert code_of(stats, "n", plugin.root) == C.NOT_FOUND, "a path that is not a volume of ours"
     assert code_of(node_expand, plugin, "n", staging, 4 << 30) == C.OUT_OF_RANGE
     assert code_of(node_expand, plugin, "missing", staging) == C.NOT_FOUND

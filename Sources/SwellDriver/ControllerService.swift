@@ -70,9 +70,14 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     if limit > 0, target > limit {
       throw SwellError(.outOfRange, "required_bytes \(required) rounds up to \(target), over limit_bytes \(limit)")
     }
-    if request.hasVolumeCapability { _ = try Validation.access(request.volumeCapability) }
+    let asked = request.hasVolumeCapability ? try Validation.access(request.volumeCapability) : nil
     let record = try await locks.withLock(request.volumeID) {
-      try await backend.expand(request.volumeID, to: target)
+      // "Exceeds capabilities": a capability the volume was not made for is INVALID_ARGUMENT.
+      if let asked, let existing = try await backend.volume(request.volumeID), existing.access != asked.kind {
+        throw SwellError.invalid(
+          "volume_capability asks for \(asked.kind.rawValue) access; volume \(existing.id) is a \(existing.access.rawValue) volume")
+      }
+      return try await backend.expand(request.volumeID, to: target)
     }
     return .with {
       $0.capacityBytes = record.capacityBytes

@@ -104,9 +104,14 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let id = request.volumeID
     try Names.validateVolumeID(id)
     try Names.validateAbsolutePath(request.targetPath, field: "target_path")
-    try Names.validateAbsolutePath(request.stagingTargetPath, field: "staging_target_path")
     guard request.hasVolumeCapability else { throw SwellError.invalid("volume_capability is missing") }
     let access = try Validation.access(request.volumeCapability)
+    // The spec's own row: STAGE_UNSTAGE_VOLUME is reported, so a publish without a staging path
+    // cannot have followed a stage.
+    guard !request.stagingTargetPath.isEmpty else {
+      throw SwellError.precondition("staging_target_path is not set; stage the volume first (this plugin has STAGE_UNSTAGE_VOLUME)")
+    }
+    try Names.validateAbsolutePath(request.stagingTargetPath, field: "staging_target_path")
     let target = Names.normalized(request.targetPath)
     let staging = Names.normalized(request.stagingTargetPath)
     guard target != staging else { throw SwellError.invalid("target_path must differ from staging_target_path") }
@@ -126,6 +131,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         }
         return
       }
+      let others = MountInfo.mounts(of: device, in: table).filter { $0.mountPoint != staging && $0.mountPoint != target }
+      try PublishRules.check(
+        volume: id, mode: request.volumeCapability.accessMode.mode, readOnly: request.readonly, others: others)
       switch access.kind {
       case .block:
         try makeDirectories(parentDirectory(of: target))
@@ -163,8 +171,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   ) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
     let id = request.volumeID
     try Names.validateVolumeID(id)
-    try Names.validateAbsolutePath(request.volumePath, field: "volume_path")
-    let path = Names.normalized(request.volumePath)
+    let path = try Self.candidatePath(request.volumePath, volume: id)
     guard try await backend.exists(id), let device = try await backend.attachedDevice(id) else {
       throw SwellError.notFound("volume \(id) is not staged on this node")
     }
@@ -206,7 +213,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   ) async throws -> Csi_V1_NodeExpandVolumeResponse {
     let id = request.volumeID
     try Names.validateVolumeID(id)
-    try Names.validateAbsolutePath(request.volumePath, field: "volume_path")
+    guard !request.volumePath.isEmpty else { throw SwellError.invalid("volume_path is empty") }
     if !request.stagingTargetPath.isEmpty {
       try Names.validateAbsolutePath(request.stagingTargetPath, field: "staging_target_path")
     }
@@ -218,17 +225,25 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     if request.hasVolumeCapability {
       blockRequested = try Validation.access(request.volumeCapability).kind == .block
     }
-    let path = Names.normalized(request.volumePath)
     let size = try await locks.withLock(id) { () -> Int64 in
       guard try await backend.exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+      let path = try Self.candidatePath(request.volumePath, volume: id)
       let device = try await backend.rescan(id, atLeast: required)
       Failpoints.hit("node-expand-after-rescan")
       if required > device.sizeBytes {
         throw SwellError(
           .outOfRange, "the volume is \(device.sizeBytes) bytes, less than the \(required) asked; expand it on the controller first")
       }
-      let pathIsDevice = try FileInfo.of(path)?.isBlockDevice == true
-      if blockRequested || pathIsDevice {
+      let info = try FileInfo.of(path)
+      if let info, info.isBlockDevice {
+        guard Int(info.rdevMajor) == device.major, Int(info.rdevMinor) == device.minor else {
+          throw SwellError.notFound("\(path) is not volume \(id)")
+        }
+        return device.sizeBytes
+      }
+      if blockRequested {
+        // A block volume needs only the refresh; kubelet may name its own staging directory.
+        guard info != nil else { throw SwellError.notFound("\(path) does not exist; volume \(id) is not there") }
         return device.sizeBytes
       }
       let candidates = [path, Names.normalized(request.stagingTargetPath)].filter { !$0.isEmpty }
@@ -261,6 +276,20 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   }
 
   // MARK: Helpers
+
+  /// A `volume_path` (of NodeGetVolumeStats or NodeExpandVolume) made ready to compare with the
+  /// mount table. Empty is INVALID_ARGUMENT (the field is required). A path that is not clean and
+  /// absolute cannot be where this volume is mounted, so it is the spec's NOT_FOUND, and it is
+  /// never touched.
+  static func candidatePath(_ path: String, volume id: String) throws -> String {
+    guard !path.isEmpty else { throw SwellError.invalid("volume_path is empty") }
+    do {
+      try Names.validateAbsolutePath(path, field: "volume_path")
+    } catch {
+      throw SwellError.notFound("volume \(id) is not at \(path.debugDescription): \(error)")
+    }
+    return Names.normalized(path)
+  }
 
   /// The first of `paths` at which a filesystem on `device` is mounted.
   private func mountOfVolume(_ device: AttachedDevice, atAnyOf paths: [String]) throws -> MountEntry? {
@@ -323,8 +352,12 @@ extension MountInfo {
   /// Every mount of a filesystem on `device` (bind mounts of it included), and every bind mount
   /// of its device node (a published block volume).
   static func mounts(of device: AttachedDevice) throws -> [MountEntry] {
+    mounts(of: device, in: try current())
+  }
+
+  static func mounts(of device: AttachedDevice, in table: [MountEntry]) -> [MountEntry] {
     let node = "/" + device.path.split(separator: "/").last.map(String.init)!
-    return try current().filter {
+    return table.filter {
       ($0.major == device.major && $0.minor == device.minor) || (["devtmpfs", "tmpfs"].contains($0.fsType) && $0.root == node)
     }
   }

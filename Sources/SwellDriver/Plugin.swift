@@ -96,10 +96,12 @@ public struct Plugin {
 
   /// The one readiness check, behind both Probe and `/healthz`: the data directories are usable;
   /// on a controller, every iSCSI volume is exported (re-exported after a tgtd restart); on a
-  /// node, the kernel can make loop devices.
+  /// node, the kernel can make loop devices and the tools to attach, format, mount and grow are
+  /// installed (a missing one is named with its package).
   static func checkReady(mode: PluginMode, backends: OpenBackends, exec: any Executor) async throws {
     if mode.servesController { try await backends.controller.checkReady() }
     if mode.servesNode {
+      try Tools.require(Tools.node)
       try await backends.node.checkReady()
       guard LoopDevices(exec: exec).isUsable else {
         throw SwellError(.unavailable, "/dev/loop-control is missing: this node cannot attach loop devices")

@@ -35,6 +35,8 @@ public struct CommandError: Error, CustomStringConvertible, Sendable {
 
 /// Runs commands as argv arrays, never through a shell.
 ///
+/// A tool that is not installed throws FAILED_PRECONDITION naming it and its package (``Tools``).
+///
 /// Every command runs with `LC_ALL=C`, so that parsers see stable output, and is killed when
 /// the calling task (an RPC) is cancelled.
 public protocol Executor: Sendable {
@@ -79,6 +81,8 @@ public struct SystemExecutor: Executor {
         output: .string(limit: 4 << 20),
         error: .string(limit: 1 << 20)
       )
+    } catch let error as SubprocessError where error.code == .executableNotFound {
+      throw Tools.missing(argv[0])
     } catch {
       throw CommandError(argv: argv, exitCode: nil, stderr: "", reason: "could not run: \(error)")
     }

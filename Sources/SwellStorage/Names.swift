@@ -4,7 +4,7 @@ import SwellHost
 ///
 /// A volume ID is the CSI volume name itself, so that a retried CreateVolume after a crash finds
 /// what the first attempt made. It becomes a directory name under the data directory, so it must be
-/// a plain file name: letters, digits, `-`, `_` and `.`, not starting with `.`, at most 128 bytes.
+/// a plain file name: letters, digits, `-`, `_` and `.`, not starting with `.` or `-`, at most 128 bytes.
 public enum Names {
   public static let maxLength = 128
 
@@ -17,6 +17,8 @@ public enum Names {
     if id.utf8.contains(0) { throw SwellError.invalid("\(what) contains a NUL byte") }
     if id.contains("/") { throw SwellError.invalid("\(what) \(id.debugDescription) contains '/'") }
     if id.hasPrefix(".") { throw SwellError.invalid("\(what) \(id.debugDescription) starts with '.'") }
+    // Harmless in paths, but a name that reads as a command flag never reaches a command line.
+    if id.hasPrefix("-") { throw SwellError.invalid("\(what) \(id.debugDescription) starts with '-'") }
     let allowed = id.utf8.allSatisfy { c in
       (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
         || c == 0x2D || c == 0x5F || c == 0x2E

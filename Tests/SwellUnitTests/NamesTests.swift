@@ -10,7 +10,7 @@ import SwellStorage
 
   @Test(arguments: [
     "", "..", ".", ".hidden", "a/b", "../../etc/passwd", "a\u{0}b", String(repeating: "x", count: 129), "sp ace",
-    "semi;colon", "new\nline", "ünïcode",
+    "semi;colon", "new\nline", "ünïcode", "-rf", "--help", "-",
   ])
   func rejectsNamesThatCouldEscapeOrConfuse(name: String) {
     let error = #expect(throws: SwellError.self) { try Names.validateVolumeID(name) }
