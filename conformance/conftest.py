@@ -170,6 +170,8 @@ def loops_under(root):
 
 def clean_host(root):
     for mp in reversed(host_mounts_under(root)):
+        # A test that failed mid-snapshot may have left a filesystem frozen: thaw before unmounting.
+        subprocess.run(["fsfreeze", "--unfreeze", mp], check=False, capture_output=True)
         subprocess.run(["umount", "-l", mp], check=False, capture_output=True)
     for name in loops_under(root):
         subprocess.run(["losetup", "-d", f"/dev/{name}"], check=False, capture_output=True)

@@ -126,6 +126,51 @@ def test_a_crash_between_growing_and_reexporting_converges(ctl):
     assert ctl.capacity("pvc-c1") == 96 * MiB
 
 
+def test_snapshot_restore_and_clone_of_iscsi_volumes(ctl):
+    import hashlib
+    ctl.create("pvc-s1", 64 * MiB)
+    disk = os.path.join(ctl.storage, "volumes", "pvc-s1", "disk.img")
+    payload = os.urandom(MiB)
+    with open(disk, "r+b") as f:
+        f.seek(8 * MiB)
+        f.write(payload)
+    snap = ctl.plugin.controller.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="snap-s1", source_volume_id="pvc-s1")).snapshot
+    assert snap.ready_to_use and snap.size_bytes == 64 * MiB
+    with open(disk, "r+b") as f:
+        f.seek(8 * MiB)
+        f.write(b"\0" * MiB)  # changed after the snapshot
+    req = create_req("pvc-r1", 0, params={"backend": "iscsi"})
+    req.volume_content_source.snapshot.snapshot_id = "snap-s1"
+    restored = ctl.plugin.controller.CreateVolume(req).volume
+    assert restored.capacity_bytes == 64 * MiB and restored.content_source.snapshot.snapshot_id == "snap-s1"
+    assert restored.volume_context["iqn"] == f"{IQN}:pvc-r1" and len(restored.accessible_topology) == 0
+    assert ctl.capacity("pvc-r1") == 64 * MiB, "the restore is exported, as an independent initiator reads"
+
+    def chunk(name):
+        with open(os.path.join(ctl.storage, "volumes", name, "disk.img"), "rb") as f:
+            f.seek(8 * MiB)
+            return hashlib.sha256(f.read(MiB)).hexdigest()
+    assert chunk("pvc-r1") == hashlib.sha256(payload).hexdigest()
+    clone = create_req("pvc-k1", 96 * MiB, params={"backend": "iscsi"})
+    clone.volume_content_source.volume.volume_id = "pvc-r1"
+    assert ctl.plugin.controller.CreateVolume(clone).volume.capacity_bytes == 96 * MiB
+    assert ctl.capacity("pvc-k1") == 96 * MiB and chunk("pvc-k1") == chunk("pvc-r1")
+    # A copy cannot cross backends: the iSCSI snapshot into a loop volume is refused.
+    cross = create_req("pvc-x1", 0, params={"backend": "loop"})
+    cross.volume_content_source.snapshot.snapshot_id = "snap-s1"
+    assert code_of(ctl.plugin.controller.CreateVolume, cross) == grpc.StatusCode.INVALID_ARGUMENT
+    listed = ctl.plugin.controller.ListSnapshots(csi_pb2.ListSnapshotsRequest()).entries
+    assert [(e.snapshot.snapshot_id, e.snapshot.source_volume_id) for e in listed] == [("snap-s1", "pvc-s1")]
+    # Snapshots are independent of their source: deleting the source leaves the snapshot.
+    ctl.delete("pvc-s1")
+    ctl.plugin.controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id="snap-s1"))
+    ctl.plugin.controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id="snap-s1"))
+    for name in ("pvc-r1", "pvc-k1"):
+        ctl.delete(name)
+    assert ctl.tgtd.targets() == {}
+    assert os.listdir(os.path.join(ctl.storage, "snapshots")) == []
+
+
 def test_delete_removes_target_and_file_and_is_idempotent(ctl):
     ctl.create("pvc-d1", 16 * MiB)
     ctl.delete("pvc-d1")

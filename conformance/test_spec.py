@@ -210,14 +210,18 @@ def test_a_name_that_reads_as_a_command_flag_is_invalid_argument(plugin, name):
     assert os.listdir(os.path.join(plugin.data, "volumes")) == []
 
 
-def test_create_from_a_content_source_is_invalid_argument_while_unsupported(plugin):
+def test_a_content_source_that_cannot_be_used_is_invalid_argument(plugin):
     plugin.controller.CreateVolume(create_req("src"))
-    req = create_req("copy")
-    req.volume_content_source.volume.volume_id = "src"
-    assert code_of(plugin.controller.CreateVolume, req) == C.INVALID_ARGUMENT
-    req = create_req("restore")
-    req.volume_content_source.snapshot.snapshot_id = "snap"
-    assert code_of(plugin.controller.CreateVolume, req) == C.INVALID_ARGUMENT
+    empty = create_req("copy")
+    empty.volume_content_source.SetInParent()  # a source that names nothing
+    assert code_of(plugin.controller.CreateVolume, empty) == C.INVALID_ARGUMENT
+    for bad in ("../src", "-src", ""):
+        req = create_req("copy")
+        req.volume_content_source.volume.volume_id = bad
+        assert code_of(plugin.controller.CreateVolume, req) == C.INVALID_ARGUMENT, bad
+        req = create_req("restore")
+        req.volume_content_source.snapshot.snapshot_id = bad
+        assert code_of(plugin.controller.CreateVolume, req) == C.INVALID_ARGUMENT, bad
     assert os.listdir(os.path.join(plugin.data, "volumes")) == ["src"]
 
 

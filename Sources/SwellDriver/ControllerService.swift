@@ -25,25 +25,36 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     try Validation.parameters(request.parameters, backends: backend.names)
     let backendName = request.parameters["backend"] ?? backend.defaultName
     let target = try backend.backend(named: backendName)
-    if request.hasVolumeContentSource {
-      throw SwellError.invalid("volume_content_source is not supported: Swell makes no snapshots or clones yet")
-    }
+    let source = request.hasVolumeContentSource ? try Validation.contentSource(request.volumeContentSource) : nil
     if !request.mutableParameters.isEmpty {
       throw SwellError.invalid("mutable_parameters are not supported")
     }
+    if request.hasAccessibilityRequirements, target.isLocal {
+      try Validation.accessibility(request.accessibilityRequirements, config: config)
+    }
+    // A volume made from a source is at least the source's size, and that size by default.
+    var sourceBytes: Int64?
+    if let source { sourceBytes = try await backend.sourceBytes(source, backend: backendName) }
     let size = try Capacity.resolve(
       required: request.capacityRange.requiredBytes, limit: request.capacityRange.limitBytes,
-      granularity: target.granularity, defaultBytes: config.defaultVolumeBytes, maximum: target.maximumBytes)
-    if request.hasAccessibilityRequirements, !(target is IscsiBackend) {
-      try Validation.accessibility(request.accessibilityRequirements, config: config)
+      granularity: target.granularity, defaultBytes: sourceBytes ?? config.defaultVolumeBytes, maximum: target.maximumBytes)
+    if let sourceBytes, size < sourceBytes {
+      throw SwellError(
+        .outOfRange, "the source holds \(sourceBytes) bytes; capacity_range allows at most \(size), which cannot hold it")
     }
     let spec = VolumeSpec(
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
       limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
-      pool: request.parameters["pool"])
-    var record = try await locks.withLock(request.name) { try await backend.create(spec) }
-    // The node formats with the class's options: they travel in the volume context.
+      pool: request.parameters["pool"], source: source)
+    var record = try await locks.withLock(request.name) {
+      // The source is held too, so that it is neither deleted nor grown while it is copied.
+      guard let source else { return try await backend.create(spec) }
+      return try await locks.withLock(Self.lockKey(source)) { try await backend.create(spec) }
+    }
+    // The node formats with the class's options, and grows a copied filesystem to its volume:
+    // both travel in the volume context.
     if let options = request.parameters["mkfsOptions"] { record.context["mkfsOptions"] = options }
+    if let source = record.source { record.context["contentSource"] = source.encoded }
     return .with { $0.volume = csiVolume(record) }
   }
 
@@ -149,14 +160,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     guard (try? Validation.parameters(request.parameters, backends: backend.names)) != nil else { return .init() }
     let target = try backend.backend(named: request.parameters["backend"])
-    var available: Int64
-    if let lvm = target as? LvmBackend {
-      available = try await lvm.availableBytes(pool: try lvm.pool(named: request.parameters["pool"]))
-    } else {
-      available = try await target.availableBytes()
-    }
-    available = Capacity.roundDown(available, to: target.granularity)
-    if request.hasAccessibleTopology, !(target is IscsiBackend),
+    let available = Capacity.roundDown(
+      try await target.availableBytes(parameters: request.parameters), to: target.granularity)
+    if request.hasAccessibleTopology, target.isLocal,
       !Validation.topology(request.accessibleTopology, fits: config)
     {
       return .init()
@@ -173,7 +179,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   ) async throws -> Csi_V1_ControllerGetCapabilitiesResponse {
     let types: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
       .createDeleteVolume, .expandVolume, .listVolumes, .getCapacity, .getVolume, .volumeCondition,
-      .singleNodeMultiWriter,
+      .singleNodeMultiWriter, .createDeleteSnapshot, .listSnapshots, .getSnapshot, .cloneVolume,
     ]
     return .with { $0.capabilities = types.map { t in .with { $0.rpc.type = t } } }
   }
@@ -206,30 +212,6 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     throw unimplemented("ControllerUnpublishVolume")
   }
 
-  public func createSnapshot(
-    request: Csi_V1_CreateSnapshotRequest, context: ServerContext
-  ) async throws -> Csi_V1_CreateSnapshotResponse {
-    throw unimplemented("CreateSnapshot")
-  }
-
-  public func deleteSnapshot(
-    request: Csi_V1_DeleteSnapshotRequest, context: ServerContext
-  ) async throws -> Csi_V1_DeleteSnapshotResponse {
-    throw unimplemented("DeleteSnapshot")
-  }
-
-  public func listSnapshots(
-    request: Csi_V1_ListSnapshotsRequest, context: ServerContext
-  ) async throws -> Csi_V1_ListSnapshotsResponse {
-    throw unimplemented("ListSnapshots")
-  }
-
-  public func getSnapshot(
-    request: Csi_V1_GetSnapshotRequest, context: ServerContext
-  ) async throws -> Csi_V1_GetSnapshotResponse {
-    throw unimplemented("GetSnapshot")
-  }
-
   public func controllerModifyVolume(
     request: Csi_V1_ControllerModifyVolumeRequest, context: ServerContext
   ) async throws -> Csi_V1_ControllerModifyVolumeResponse {
@@ -245,6 +227,20 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       $0.volumeContext = record.context.merging(["backend": record.backend]) { _, fixed in fixed }
       // A local volume lives on this node; a network volume is reachable from any.
       if record.isLocal { $0.accessibleTopology = [.with { $0.segments = config.topologySegment }] }
+      switch record.source {
+      case .snapshot(let id)?: $0.contentSource = .with { $0.snapshot = .with { $0.snapshotID = id } }
+      case .volume(let id)?: $0.contentSource = .with { $0.volume = .with { $0.volumeID = id } }
+      case nil: break
+      }
+    }
+  }
+
+  /// The lock that keeps a source from changing while a volume is made from it. Snapshot keys
+  /// hold a `/`, which no volume ID can, so the two never collide.
+  static func lockKey(_ source: VolumeSource) -> String {
+    switch source {
+    case .snapshot(let id): "snapshot/\(id)"
+    case .volume(let id): id
     }
   }
 }

@@ -39,7 +39,9 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       Failpoints.hit("stage-after-attach")
       guard access.kind == .mount else { return }
       do {
-        try await stageFilesystem(device, at: staging, access: access, mkfsOptions: mkfsOptions)
+        try await stageFilesystem(
+          device, at: staging, access: access, mkfsOptions: mkfsOptions,
+          growToDevice: request.volumeContext["contentSource"] != nil)
       } catch {
         // Leave no loop device behind for a stage that did not mount.
         if try MountInfo.mounts(of: device).isEmpty { try? await backend.detach(id) }
@@ -49,8 +51,11 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     return .init()
   }
 
+  /// Mounts the volume's filesystem at `staging`, formatting only a device with nothing on it.
+  /// `growToDevice` (a volume copied from a smaller snapshot or volume) grows a filesystem that
+  /// was already there to fill the device, once mounted.
   private func stageFilesystem(
-    _ device: AttachedDevice, at staging: String, access: RequestedAccess, mkfsOptions: [String]
+    _ device: AttachedDevice, at staging: String, access: RequestedAccess, mkfsOptions: [String], growToDevice: Bool
   ) async throws {
     let fsType = access.fsType.isEmpty ? FileSystemType.ext4.rawValue : access.fsType
     if let existing = MountInfo.mount(at: staging, in: try MountInfo.current()) {
@@ -63,18 +68,31 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       return
     }
     try makeDirectories(staging)
+    var existing = false
     switch try await mounter.probe(device.path) {
     case .empty:
       try await mounter.format(device.path, as: FileSystemType(rawValue: fsType)!, extraOptions: mkfsOptions)
       Failpoints.hit("stage-after-format")
     case .filesystem(let found) where found == fsType:
-      break
+      existing = true
     case .filesystem(let found):
       throw SwellError.precondition("the volume holds a \(found) filesystem, not \(fsType); refusing to format it")
     case .other(let what):
       throw SwellError.precondition("the volume holds data (\(what)); refusing to format it")
     }
-    try await mounter.mount(device.path, at: staging, type: fsType, options: access.mountFlags)
+    // xfs refuses a second filesystem with a UUID already mounted, and a restored snapshot or a
+    // clone carries its source's: `nouuid` lets both be mounted on one node.
+    var options = access.mountFlags
+    if fsType == FileSystemType.xfs.rawValue, !options.contains("nouuid") { options.append("nouuid") }
+    try await mounter.mount(device.path, at: staging, type: fsType, options: options)
+    guard existing, growToDevice else { return }
+    do {
+      try await mounter.growFilesystem(type: fsType, device: device.path, mountPoint: staging)
+    } catch {
+      // Unmounted again, so that the retry grows it rather than finding it staged.
+      try? await mounter.unmount(staging)
+      throw error
+    }
   }
 
   public func nodeUnstageVolume(

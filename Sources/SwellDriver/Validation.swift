@@ -116,6 +116,29 @@ enum Validation {
     return words
   }
 
+  /// The snapshot or volume a CreateVolume names as its content; INVALID_ARGUMENT for an empty
+  /// source or a malformed ID.
+  static func contentSource(_ source: Csi_V1_VolumeContentSource) throws -> VolumeSource {
+    switch source.type {
+    case .snapshot(let snapshot)?:
+      try Names.validateVolumeID(snapshot.snapshotID, field: "volume_content_source.snapshot.snapshot_id")
+      return .snapshot(snapshot.snapshotID)
+    case .volume(let volume)?:
+      try Names.validateVolumeID(volume.volumeID, field: "volume_content_source.volume.volume_id")
+      return .volume(volume.volumeID)
+    case nil:
+      throw SwellError.invalid("volume_content_source names neither a snapshot nor a volume")
+    }
+  }
+
+  /// The VolumeSnapshotClass parameters this driver knows: none of its own yet; the snapshotter's
+  /// `csi.storage.k8s.io/*` keys are accepted and ignored.
+  static func snapshotParameters(_ parameters: [String: String]) throws {
+    for key in parameters.keys.sorted() where !key.hasPrefix("csi.storage.k8s.io/") {
+      throw SwellError.invalid("unknown snapshot parameter \(key.debugDescription); Swell's snapshot classes take none")
+    }
+  }
+
   /// True when `topology` may be satisfied by this node: it names this node under our key, or
   /// does not constrain our key at all.
   static func topology(_ topology: Csi_V1_Topology, fits config: DriverConfig) -> Bool {

@@ -134,6 +134,16 @@ public struct Lvm: Sendable {
     try await exec.run(argv)
   }
 
+  /// Creates a thin snapshot `name` of the thin LV `vg/origin`, in the origin's pool, tagged.
+  /// `active` makes it an ordinary LV that activates (a volume); otherwise it keeps LVM's
+  /// activation-skip flag, as snapshots do. Device-mapper suspends the origin for it, which
+  /// freezes a filesystem mounted on it, so the snapshot is consistent.
+  public func createThinSnapshot(vg: String, origin: String, name: String, tags: [String], active: Bool) async throws {
+    var argv = ["lvm", "lvcreate", "-q", "-s", "-n", name, "--setactivationskip", active ? "n" : "y"]
+    for tag in tags { argv += ["--addtag", tag] }
+    try await exec.run(argv + ["\(vg)/\(origin)"])
+  }
+
   public func extend(vg: String, name: String, to bytes: Int64) async throws {
     try await exec.run(["lvm", "lvextend", "-q", "-L", "\(bytes)b", "\(vg)/\(name)"])
   }

@@ -20,10 +20,12 @@ public struct VolumeSpec: Sendable, Equatable {
   public var backend: String
   /// The thin pool the StorageClass picked (`pool`), for backends that have pools.
   public var pool: String?
+  /// The snapshot or volume whose bytes the new volume starts with; nil for an empty volume.
+  public var source: VolumeSource?
 
   public init(
     id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String,
-    backend: String = LoopBackend.name, pool: String? = nil
+    backend: String = LoopBackend.name, pool: String? = nil, source: VolumeSource? = nil
   ) {
     self.id = id
     self.capacityBytes = capacityBytes
@@ -33,6 +35,7 @@ public struct VolumeSpec: Sendable, Equatable {
     self.fsType = fsType
     self.backend = backend
     self.pool = pool
+    self.source = source
   }
 }
 
@@ -47,6 +50,8 @@ public struct VolumeRecord: Sendable, Equatable {
   public var context: [String: String] = [:]
   /// True when only the node that holds it can use it; false for network volumes.
   public var isLocal: Bool = true
+  /// The snapshot or volume it was made from, if any.
+  public var source: VolumeSource? = nil
 }
 
 /// What NodeStageVolume passes to a backend's attach.
@@ -101,6 +106,23 @@ public protocol ControllerBackend: Sendable {
   func availableBytes() async throws -> Int64
   /// Throws when the backend cannot serve requests now.
   func checkReady() async throws
+
+  /// True when a volume is reachable only from the node that holds it, so that CreateVolume
+  /// answers this node's topology and honours topology requirements; false for network volumes.
+  var isLocal: Bool { get }
+  /// Bytes free for a new volume made with these StorageClass parameters (a pool's, for LVM).
+  func availableBytes(parameters: [String: String]) async throws -> Int64
+
+  /// Takes a snapshot of a volume, or returns the existing one of that name when its source is
+  /// the same; another source is ALREADY_EXISTS, a missing source NOT_FOUND, no room
+  /// RESOURCE_EXHAUSTED. Whatever was written to the volume before the call is in the snapshot.
+  func createSnapshot(_ spec: SnapshotSpec) async throws -> SnapshotRecord
+  /// Removes a snapshot; a missing one is success.
+  func deleteSnapshot(_ id: String) async throws
+  /// The snapshot, or nil when it does not exist.
+  func snapshot(_ id: String) async throws -> SnapshotRecord?
+  /// Every snapshot, sorted by ID.
+  func listSnapshots() async throws -> [SnapshotRecord]
 }
 
 /// The node side of a backend: makes the volume a block device on this node.

@@ -82,6 +82,74 @@ public struct ControllerBackends: ControllerBackend {
   public func checkReady() async throws {
     for entry in backends { try await entry.backend.checkReady() }
   }
+
+  public var isLocal: Bool { (try? backend(named: defaultName).isLocal) ?? true }
+
+  public func availableBytes(parameters: [String: String]) async throws -> Int64 {
+    try await backend(named: parameters["backend"]).availableBytes(parameters: parameters)
+  }
+
+  // MARK: Snapshots: each lives in its source volume's backend; IDs are unique across backends.
+
+  public func createSnapshot(_ spec: SnapshotSpec) async throws -> SnapshotRecord {
+    for entry in backends {
+      if let existing = try await entry.backend.snapshot(spec.id) {
+        guard existing.sourceVolumeID == spec.sourceVolumeID else {
+          throw SwellError(
+            .alreadyExists, "snapshot \(spec.id) exists of volume \(existing.sourceVolumeID), not \(spec.sourceVolumeID)")
+        }
+        return existing
+      }
+    }
+    guard let owner = try await owner(of: spec.sourceVolumeID) else {
+      throw SwellError.notFound("source volume \(spec.sourceVolumeID) does not exist")
+    }
+    return try await owner.createSnapshot(spec)
+  }
+
+  /// Deletes from the backend that holds it, or from every backend (each sweeps its own half-done work).
+  public func deleteSnapshot(_ id: String) async throws {
+    for entry in backends where try await entry.backend.snapshot(id) != nil {
+      try await entry.backend.deleteSnapshot(id)
+      return
+    }
+    for entry in backends { try await entry.backend.deleteSnapshot(id) }
+  }
+
+  public func snapshot(_ id: String) async throws -> SnapshotRecord? {
+    for entry in backends {
+      if let found = try await entry.backend.snapshot(id) { return found }
+    }
+    return nil
+  }
+
+  public func listSnapshots() async throws -> [SnapshotRecord] {
+    var all: [SnapshotRecord] = []
+    for entry in backends { all += try await entry.backend.listSnapshots() }
+    return all.sorted { $0.id < $1.id }
+  }
+
+  /// The size of a new volume's source in the backend `name`: NOT_FOUND when the source does not
+  /// exist, INVALID_ARGUMENT when it lives in another backend (a copy cannot cross backends).
+  public func sourceBytes(_ source: VolumeSource, backend name: String) async throws -> Int64 {
+    let target = try backend(named: name)
+    func size(in backend: any ControllerBackend) async throws -> Int64? {
+      switch source {
+      case .snapshot(let id): try await backend.snapshot(id)?.sizeBytes
+      case .volume(let id): try await backend.volume(id)?.capacityBytes
+      }
+    }
+    if let bytes = try await size(in: target) { return bytes }
+    for entry in backends where entry.name != name {
+      if try await size(in: entry.backend) != nil {
+        throw SwellError.invalid("the source \(source.encoded) is in backend \(entry.name); a volume made from it must be too, not \(name)")
+      }
+    }
+    switch source {
+    case .snapshot(let id): throw SwellError.notFound("source snapshot \(id) does not exist")
+    case .volume(let id): throw SwellError.notFound("source volume \(id) does not exist")
+    }
+  }
 }
 
 /// The node's backends: stage picks one by the volume context's `backend`; the other calls, which

@@ -42,6 +42,8 @@ public struct IscsiBackend: ControllerBackend {
 
   public var granularity: Int64 { files.granularity }
   public var maximumBytes: Int64 { files.maximumBytes }
+  /// Reachable from every node that can log in to the portal: no topology.
+  public let isLocal: Bool = false
 
   public init(config: IscsiTargetConfig, exec: any Executor) throws {
     self.config = config
@@ -62,7 +64,11 @@ public struct IscsiBackend: ControllerBackend {
 
   public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
     try Self.validateForIQN(spec.id)
-    let record = try await files.create(spec)
+    var sourceInUse = false
+    if case .volume(let source) = spec.source {
+      sourceInUse = !(try await tgt.targets().first(where: { $0.iqn == iqn(source) })?.sessions ?? []).isEmpty
+    }
+    let record = try await files.create(spec, sourceInUseElsewhere: sourceInUse)
     Failpoints.hit("iscsi-create-before-export")
     try await gate.run { try await export(record, in: try await tgt.targets()) }
     return decorate(record)
@@ -111,6 +117,38 @@ public struct IscsiBackend: ControllerBackend {
 
   public func availableBytes() async throws -> Int64 {
     try await files.availableBytes()
+  }
+
+  public func availableBytes(parameters: [String: String]) async throws -> Int64 {
+    try await files.availableBytes()
+  }
+
+  // MARK: Snapshots: copies or reflinks of the target's file, on the storage host
+
+  /// A LUN that an initiator is logged in to cannot be frozen from here, so only an atomic reflink
+  /// may capture it; a plain copy is refused while a session is open.
+  public func createSnapshot(_ spec: SnapshotSpec) async throws -> SnapshotRecord {
+    if let existing = try await files.snapshot(spec.id) {
+      guard existing.sourceVolumeID == spec.sourceVolumeID else {
+        throw SwellError(
+          .alreadyExists, "snapshot \(spec.id) exists of volume \(existing.sourceVolumeID), not \(spec.sourceVolumeID)")
+      }
+      return decorate(existing)
+    }
+    let sessions = try await tgt.targets().first(where: { $0.iqn == iqn(spec.sourceVolumeID) })?.sessions ?? []
+    return decorate(try await files.createSnapshot(spec, inUseElsewhere: !sessions.isEmpty))
+  }
+
+  public func deleteSnapshot(_ id: String) async throws { try await files.deleteSnapshot(id) }
+
+  public func snapshot(_ id: String) async throws -> SnapshotRecord? { try await files.snapshot(id).map(decorate) }
+
+  public func listSnapshots() async throws -> [SnapshotRecord] { try await files.listSnapshots().map(decorate) }
+
+  private func decorate(_ snapshot: SnapshotRecord) -> SnapshotRecord {
+    var s = snapshot
+    s.backend = Self.name
+    return s
   }
 
   /// Ready when the storage directory is writable and every volume is exported as it should be.

@@ -11,6 +11,9 @@ import SwellHost
 ///     volumes/<id>/meta         what it was created as (``VolumeMeta``)
 ///     volumes/.<id>.creating/   a create in progress; renamed into place when complete
 ///     volumes/.<id>.deleting/   a delete in progress; removed when complete
+///     snapshots/<id>/disk.img   a snapshot's bytes (a reflink or a sparse copy of a volume's file)
+///     snapshots/<id>/meta       its source, size, creation time and copy method (``SnapshotMeta``)
+///     snapshots/.<id>.creating/ a snapshot in progress, with a `frozen` marker while a filesystem is frozen
 ///
 /// A volume exists exactly when `volumes/<id>` does. Creation builds the whole directory under a
 /// temporary name and renames it, so a crash leaves either nothing or a complete volume; the
@@ -21,14 +24,21 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   public let root: String
   public let granularity: Int64 = Capacity.miB
   public let maximumBytes: Int64
-  private let loops: LoopDevices
+  public let isLocal: Bool = true
+  /// The longest a filesystem stays frozen for a snapshot or clone of a mounted volume.
+  public let freezeLimit: Duration
+  let loops: LoopDevices
 
   /// Opens (and creates, when missing) the data directory. `root` is made canonical, because
   /// the kernel reports a loop device's backing file by its canonical path.
-  public init(dataDir: String, exec: any Executor, maximumBytes: Int64 = 16 * Capacity.tiB) throws {
+  public init(
+    dataDir: String, exec: any Executor, maximumBytes: Int64 = 16 * Capacity.tiB, freezeLimit: Duration = .seconds(30)
+  ) throws {
     try makeDirectories(dataDir + "/volumes")
+    try makeDirectories(dataDir + "/snapshots")
     self.root = try realPath(dataDir)
     self.maximumBytes = maximumBytes
+    self.freezeLimit = freezeLimit
     self.loops = LoopDevices(exec: exec)
   }
 
@@ -41,29 +51,50 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   // MARK: Controller
 
   public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
+    try await create(spec, sourceInUseElsewhere: false)
+  }
+
+  /// Makes the volume; `sourceInUseElsewhere` says a source volume is attached on another host
+  /// (an iSCSI session), so that only an atomic reflink may copy it.
+  func create(_ spec: VolumeSpec, sourceInUseElsewhere: Bool) async throws -> VolumeRecord {
     if let existing = try load(spec.id) {
       try checkCompatible(existing, with: spec)
       return existing
     }
-    let available = try await availableBytes()
-    guard spec.capacityBytes <= available else {
-      throw SwellError(
-        .resourceExhausted,
-        "\(spec.capacityBytes) bytes asked for, \(available) bytes free under \(root)")
+    if spec.source == nil {
+      let available = try await availableBytes()
+      guard spec.capacityBytes <= available else {
+        throw SwellError(
+          .resourceExhausted,
+          "\(spec.capacityBytes) bytes asked for, \(available) bytes free under \(root)")
+      }
     }
     let staging = "\(volumesDir)/.\(spec.id).creating"
+    try thawLeftover(staging)
     try removeTree(staging)
     guard mkdir(staging, 0o750) == 0 else { throw SystemCallError("mkdir", staging) }
-    try makeSparseFile(staging + "/disk.img", size: spec.capacityBytes)
-    Failpoints.hit("create-after-sparse-file")
-    // Durability costs two fsyncs: the metadata's (which commits the filesystem's journal, and with
-    // it the sparse file's size), then the data directory's after the rename.
-    let meta = VolumeMeta(access: spec.access, fsType: spec.fsType, capacityBytes: spec.capacityBytes)
-    try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
-    guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
+    do {
+      if let source = spec.source {
+        try populate(staging, from: source, size: spec.capacityBytes, inUseElsewhere: sourceInUseElsewhere)
+        Failpoints.hit("create-after-clone")
+      } else {
+        try makeSparseFile(staging + "/disk.img", size: spec.capacityBytes)
+        Failpoints.hit("create-after-sparse-file")
+      }
+      // Durability costs two fsyncs: the metadata's (which commits the filesystem's journal, and with
+      // it the sparse file's size), then the data directory's after the rename.
+      let meta = VolumeMeta(access: spec.access, fsType: spec.fsType, capacityBytes: spec.capacityBytes, source: spec.source)
+      try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
+      guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
+    } catch {
+      try? thawLeftover(staging)
+      try? removeTree(staging)
+      throw error
+    }
     try fsyncDirectory(volumesDir)
     return VolumeRecord(
-      id: spec.id, capacityBytes: spec.capacityBytes, access: spec.access, fsType: spec.fsType, backend: Self.name)
+      id: spec.id, capacityBytes: spec.capacityBytes, access: spec.access, fsType: spec.fsType, backend: Self.name,
+      source: spec.source)
   }
 
   public func delete(_ id: String) async throws {
@@ -143,19 +174,27 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     try FileSystemUsage.of(volumesDir).availableBytes
   }
 
+  public func availableBytes(parameters: [String: String]) async throws -> Int64 {
+    try await availableBytes()
+  }
+
   public func checkReady() async throws {
     guard access(volumesDir, W_OK) == 0 else {
       throw SwellError(.unavailable, "data directory \(volumesDir) is not writable")
     }
   }
 
-  /// Removes what crashed creates and deletes left behind. Call only while no request is running.
+  /// Removes what crashed creates, deletes and snapshots left behind, first thawing any filesystem
+  /// a crashed snapshot or clone left frozen. Call only while no request is running.
   public func sweepLeftovers() throws -> [String] {
     var removed: [String] = []
-    for name in try listDirectory(volumesDir)
-    where name.hasPrefix(".") && (name.hasSuffix(".creating") || name.hasSuffix(".deleting")) {
-      try removeTree("\(volumesDir)/\(name)")
-      removed.append(name)
+    for dir in [volumesDir, snapshotsDir] {
+      for name in try listDirectory(dir)
+      where name.hasPrefix(".") && (name.hasSuffix(".creating") || name.hasSuffix(".deleting")) {
+        try thawLeftover("\(dir)/\(name)")
+        try removeTree("\(dir)/\(name)")
+        removed.append(name)
+      }
     }
     return removed
   }
@@ -207,11 +246,12 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     let size = try FileInfo.of(diskPath(id))?.size ?? meta.capacityBytes
     return VolumeRecord(
       id: id, capacityBytes: max(size, meta.capacityBytes), access: meta.access, fsType: meta.fsType,
-      backend: Self.name)
+      backend: Self.name, source: meta.source)
   }
 
   private func writeMeta(_ record: VolumeRecord) throws {
-    let meta = VolumeMeta(access: record.access, fsType: record.fsType, capacityBytes: record.capacityBytes)
+    let meta = VolumeMeta(
+      access: record.access, fsType: record.fsType, capacityBytes: record.capacityBytes, source: record.source)
     try writeFileAtomically(metaPath(record.id), Array(meta.encoded().utf8))
   }
 
@@ -222,6 +262,11 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     }
     if !existing.fsType.isEmpty, !spec.fsType.isEmpty, existing.fsType != spec.fsType {
       throw SwellError(.alreadyExists, "volume \(spec.id) exists with fs_type \(existing.fsType), not \(spec.fsType)")
+    }
+    if existing.source != spec.source {
+      throw SwellError(
+        .alreadyExists,
+        "volume \(spec.id) exists with content source \(existing.source?.encoded ?? "none"), not \(spec.source?.encoded ?? "none")")
     }
     if existing.capacityBytes < spec.requiredBytes || (spec.limitBytes > 0 && existing.capacityBytes > spec.limitBytes) {
       throw SwellError(

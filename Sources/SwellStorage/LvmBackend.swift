@@ -29,6 +29,9 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   static let volumeTag = "swell.csi.dev/volume"
   static let accessTag = "swell.csi.dev/access"
   static let fsTypeTag = "swell.csi.dev/fstype"
+  static let sourceTag = "swell.csi.dev/source"
+  static let snapshotTag = "swell.csi.dev/snapshot"
+  static let createdTag = "swell.csi.dev/created"
   /// Substrings LVM reserves for its own hidden LVs.
   static let reserved = ["_cdata", "_cmeta", "_corig", "_mlog", "_mimage", "_pmspare", "_rimage", "_rmeta",
                          "_tdata", "_tmeta", "_vorigin", "_vdata"]
@@ -37,6 +40,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   let lvm: Lvm
   public let granularity: Int64 = Capacity.miB
   public let maximumBytes: Int64 = 64 * Capacity.tiB
+  public let isLocal: Bool = true
 
   public init(config: LvmConfig, exec: any Executor) {
     precondition(!config.thinPools.isEmpty, "at least one thin pool")
@@ -69,11 +73,22 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
 
   public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
     let name = try Self.lvName(spec.id)
-    let pool = try self.pool(named: spec.pool)
     let lvs = try await lvm.logicalVolumes(vg: vg)
+    let origin = try spec.source.map { try sourceLV($0, in: lvs) }
+    // A volume made from a snapshot or a volume is a thin snapshot of it, in its pool.
+    let pool = try origin.map { lv -> String in
+      if let asked = spec.pool, asked != lv.pool {
+        throw SwellError.invalid("the source lives in thin pool \(lv.pool), and a volume made from it must too, not \(asked)")
+      }
+      return lv.pool
+    } ?? self.pool(named: spec.pool)
     if let existing = lvs.first(where: { $0.name == name }) {
-      guard let record = record(existing), record.id == spec.id else {
+      guard var record = record(existing), record.id == spec.id else {
         throw SwellError(.alreadyExists, "LV \(vg)/\(name) exists and is not volume \(spec.id)")
+      }
+      if spec.source != nil, record.source == spec.source, record.capacityBytes < spec.capacityBytes {
+        // A crash between the snapshot and its growth: finish the growth.
+        record = try await expand(spec.id, to: spec.capacityBytes)
       }
       try checkCompatible(record, existing, with: spec, pool: pool)
       return record
@@ -85,11 +100,20 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
       throw SwellError(.outOfRange, "\(spec.capacityBytes) bytes rounds up to whole \(group.extentBytes)-byte extents, over limit_bytes \(spec.limitBytes)")
     }
     try checkRoom(in: pool, lvs: lvs, adding: size)
-    try await lvm.createThin(
-      vg: vg, pool: pool, name: name, bytes: size,
-      tags: ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
-        + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"]))
-    Failpoints.hit("lvm-create-after-lvcreate")
+    let tags = ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
+      + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"])
+    if let origin, let source = spec.source {
+      guard size >= origin.sizeBytes else {
+        throw SwellError(.outOfRange, "the source holds \(origin.sizeBytes) bytes, more than the \(size) asked")
+      }
+      try await lvm.createThinSnapshot(
+        vg: vg, origin: origin.name, name: name, tags: tags + ["\(Self.sourceTag)=\(source.encoded)"], active: true)
+      Failpoints.hit("lvm-create-after-lvcreate")
+      if size > origin.sizeBytes { try await lvm.extend(vg: vg, name: name, to: size) }
+    } else {
+      try await lvm.createThin(vg: vg, pool: pool, name: name, bytes: size, tags: tags)
+      Failpoints.hit("lvm-create-after-lvcreate")
+    }
     guard let made = try await logicalVolume(spec.id), let record = record(made) else {
       throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
     }
@@ -145,6 +169,10 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     try await availableBytes(pool: config.thinPools[0])
   }
 
+  public func availableBytes(parameters: [String: String]) async throws -> Int64 {
+    try await availableBytes(pool: try pool(named: parameters["pool"]))
+  }
+
   public func availableBytes(pool: String) async throws -> Int64 {
     let lvs = try await lvm.logicalVolumes(vg: vg)
     guard let thinPool = lvs.first(where: { $0.name == pool && $0.segmentType == "thin-pool" }) else { return 0 }
@@ -156,6 +184,88 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     let lvs = try await lvm.logicalVolumes(vg: vg)
     for pool in config.thinPools where !lvs.contains(where: { $0.name == pool && $0.segmentType == "thin-pool" }) {
       throw SwellError(.unavailable, "thin pool \(vg)/\(pool) does not exist")
+    }
+  }
+
+  // MARK: Snapshots
+
+  /// The LV name for a snapshot ID (`sws-<id>`, never a volume's `sw-<id>`).
+  public static func snapshotLVName(_ id: String) throws -> String {
+    let name = "sws-" + id
+    guard name.utf8.count <= 127 else { throw SwellError.invalid("snapshot name \(id.debugDescription) is too long for an LVM volume") }
+    if let bad = reserved.first(where: { id.contains($0) }) {
+      throw SwellError.invalid("snapshot name \(id.debugDescription) contains \(bad), which LVM reserves")
+    }
+    return name
+  }
+
+  /// A thin snapshot of the volume's LV, in its pool, tagged with its ID, source and creation time;
+  /// the pool's overcommit and fullness guards apply as to a new volume of the source's size.
+  public func createSnapshot(_ spec: SnapshotSpec) async throws -> SnapshotRecord {
+    let name = try Self.snapshotLVName(spec.id)
+    let lvs = try await lvm.logicalVolumes(vg: vg)
+    if let existing = lvs.first(where: { $0.name == name }) {
+      guard let record = snapshotRecord(existing) else {
+        throw SwellError(.alreadyExists, "LV \(vg)/\(name) exists and is not snapshot \(spec.id)")
+      }
+      guard record.sourceVolumeID == spec.sourceVolumeID else {
+        throw SwellError(.alreadyExists, "snapshot \(spec.id) exists of volume \(record.sourceVolumeID), not \(spec.sourceVolumeID)")
+      }
+      return record
+    }
+    let origin = try sourceLV(.volume(spec.sourceVolumeID), in: lvs)
+    try checkRoom(in: origin.pool, lvs: lvs, adding: origin.sizeBytes)
+    try await lvm.createThinSnapshot(
+      vg: vg, origin: origin.name, name: name,
+      tags: ["\(Self.snapshotTag)=\(spec.id)", "\(Self.sourceTag)=\(spec.sourceVolumeID)", "\(Self.createdTag)=\(unixNanoseconds())"],
+      active: false)
+    Failpoints.hit("lvm-snapshot-after-lvcreate")
+    guard let made = try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }), let record = snapshotRecord(made) else {
+      throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
+    }
+    return record
+  }
+
+  public func deleteSnapshot(_ id: String) async throws {
+    let name = try Self.snapshotLVName(id)
+    guard let lv = try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }), snapshotRecord(lv) != nil else { return }
+    try await lvm.remove(vg: vg, name: lv.name)
+  }
+
+  public func snapshot(_ id: String) async throws -> SnapshotRecord? {
+    let name = try Self.snapshotLVName(id)
+    return try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }).flatMap(snapshotRecord)
+  }
+
+  public func listSnapshots() async throws -> [SnapshotRecord] {
+    try await lvm.logicalVolumes(vg: vg).compactMap(snapshotRecord).sorted { $0.id < $1.id }
+  }
+
+  func snapshotRecord(_ lv: LogicalVolume) -> SnapshotRecord? {
+    guard lv.segmentType == "thin", config.thinPools.contains(lv.pool), let id = lv.tag(Self.snapshotTag),
+      (try? Self.snapshotLVName(id)) == lv.name, let source = lv.tag(Self.sourceTag)
+    else { return nil }
+    return SnapshotRecord(
+      id: id, sourceVolumeID: source, sizeBytes: lv.sizeBytes,
+      createdUnixNanos: lv.tag(Self.createdTag).flatMap(Int64.init) ?? 0, readyToUse: true, backend: Self.name,
+      method: "thin-snapshot")
+  }
+
+  /// The LV a new volume's content comes from; NOT_FOUND when there is none.
+  func sourceLV(_ source: VolumeSource, in lvs: [LogicalVolume]) throws -> LogicalVolume {
+    switch source {
+    case .snapshot(let id):
+      let name = try Self.snapshotLVName(id)
+      guard let lv = lvs.first(where: { $0.name == name }), snapshotRecord(lv) != nil else {
+        throw SwellError.notFound("source snapshot \(id) does not exist")
+      }
+      return lv
+    case .volume(let id):
+      let name = try Self.lvName(id)
+      guard let lv = lvs.first(where: { $0.name == name }), record(lv) != nil else {
+        throw SwellError.notFound("source volume \(id) does not exist")
+      }
+      return lv
     }
   }
 
@@ -208,7 +318,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     else { return nil }
     return VolumeRecord(
       id: id, capacityBytes: lv.sizeBytes, access: access, fsType: lv.tag(Self.fsTypeTag) ?? "", backend: Self.name,
-      context: ["pool": lv.pool])
+      context: ["pool": lv.pool], source: lv.tag(Self.sourceTag).flatMap(VolumeSource.init(encoded:)))
   }
 
   private func describe(_ lv: LogicalVolume) throws -> AttachedDevice {
@@ -265,6 +375,11 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     }
     if lv.pool != pool {
       throw SwellError(.alreadyExists, "volume \(spec.id) exists in thin pool \(lv.pool), not \(pool)")
+    }
+    if existing.source != spec.source {
+      throw SwellError(
+        .alreadyExists,
+        "volume \(spec.id) exists with content source \(existing.source?.encoded ?? "none"), not \(spec.source?.encoded ?? "none")")
     }
     if existing.capacityBytes < spec.requiredBytes || (spec.limitBytes > 0 && existing.capacityBytes > spec.limitBytes) {
       throw SwellError(

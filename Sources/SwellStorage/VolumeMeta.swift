@@ -9,15 +9,19 @@ public struct VolumeMeta: Sendable, Equatable {
   public var access: AccessKind
   public var fsType: String
   public var capacityBytes: Int64
+  /// The snapshot or volume it was made from; absent for an empty volume.
+  public var source: VolumeSource?
 
-  public init(access: AccessKind, fsType: String, capacityBytes: Int64) {
+  public init(access: AccessKind, fsType: String, capacityBytes: Int64, source: VolumeSource? = nil) {
     self.access = access
     self.fsType = fsType
     self.capacityBytes = capacityBytes
+    self.source = source
   }
 
   public func encoded() -> String {
     "version=\(Self.version)\naccess=\(access.rawValue)\nfs_type=\(fsType)\ncapacity_bytes=\(capacityBytes)\n"
+      + (source.map { "source=\($0.encoded)\n" } ?? "")
   }
 
   /// Parses ``encoded()``; throws on any missing, unknown or malformed field.
@@ -34,6 +38,11 @@ public struct VolumeMeta: Sendable, Equatable {
       let fsType = fields["fs_type"],
       let capacity = fields["capacity_bytes"].flatMap(Int64.init), capacity > 0
     else { throw SwellError(.internal, "metadata is incomplete") }
-    return VolumeMeta(access: access, fsType: fsType, capacityBytes: capacity)
+    var source: VolumeSource?
+    if let text = fields["source"] {
+      guard let parsed = VolumeSource(encoded: text) else { throw SwellError(.internal, "metadata source \(text) is malformed") }
+      source = parsed
+    }
+    return VolumeMeta(access: access, fsType: fsType, capacityBytes: capacity, source: source)
   }
 }

@@ -12,7 +12,7 @@ struct CSICommand: AsyncParsableCommand {
     subcommands: [
       CSIProbe.self, CSIInfo.self, CSICapabilities.self, CSICreate.self, CSICapacity.self, CSIDelete.self, CSIExpand.self,
       CSIList.self, CSIStats.self, CSIStage.self, CSIPublish.self, CSIUnstage.self, CSIUnpublish.self,
-      CSINodeExpand.self,
+      CSINodeExpand.self, CSISnapshot.self,
     ])
 }
 
@@ -124,11 +124,18 @@ struct CSICreate: AsyncParsableCommand {
   @Option(help: "The size in bytes.") var bytes: Int64 = 1 << 30
   @Option(name: .customLong("parameter"), help: "A StorageClass parameter, KEY=VALUE (such as backend=iscsi); repeatable.")
   var parameters: [String] = []
+  @Option(help: "Restore this snapshot into the new volume.") var fromSnapshot: String?
+  @Option(help: "Clone this volume into the new volume.") var fromVolume: String?
   func run() async throws {
     let params = try keyValues(parameters, option: "--parameter")
+    guard fromSnapshot == nil || fromVolume == nil else {
+      throw ValidationError("--from-snapshot and --from-volume exclude each other")
+    }
     try await connection.call({
       var request = CSIRequests.create(name: name, bytes: bytes, capability: volume.capability)
       request.parameters = params
+      if let fromSnapshot { request.volumeContentSource.snapshot.snapshotID = fromSnapshot }
+      if let fromVolume { request.volumeContentSource.volume.volumeID = fromVolume }
       return try await $0.controller.createVolume(request)
     }) { response in
       let context = response.volume.volumeContext.sorted { $0.key < $1.key }.map { "  \($0.key)=\($0.value)" }

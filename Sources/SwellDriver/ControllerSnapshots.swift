@@ -1,0 +1,83 @@
+import CSIProto
+import GRPCCore
+import SwiftProtobuf
+import SwellHost
+import SwellStorage
+
+/// The Controller service's snapshot calls: CreateSnapshot, DeleteSnapshot, ListSnapshots and
+/// GetSnapshot. A snapshot's ID is its CSI name, like a volume's, so a retried CreateSnapshot
+/// finds what the first attempt made.
+extension ControllerService {
+  public func createSnapshot(
+    request: Csi_V1_CreateSnapshotRequest, context: ServerContext
+  ) async throws -> Csi_V1_CreateSnapshotResponse {
+    try Names.validateVolumeID(request.name, field: "name")
+    guard !request.sourceVolumeID.isEmpty else { throw SwellError.invalid("source_volume_id is missing") }
+    try Names.validateVolumeID(request.sourceVolumeID, field: "source_volume_id")
+    try Validation.snapshotParameters(request.parameters)
+    let spec = SnapshotSpec(id: request.name, sourceVolumeID: request.sourceVolumeID)
+    let record = try await locks.withLock(Self.lockKey(.snapshot(request.name))) {
+      try await locks.withLock(request.sourceVolumeID) { try await backend.createSnapshot(spec) }
+    }
+    return .with { $0.snapshot = csiSnapshot(record) }
+  }
+
+  public func deleteSnapshot(
+    request: Csi_V1_DeleteSnapshotRequest, context: ServerContext
+  ) async throws -> Csi_V1_DeleteSnapshotResponse {
+    try Names.validateVolumeID(request.snapshotID, field: "snapshot_id")
+    try await locks.withLock(Self.lockKey(.snapshot(request.snapshotID))) {
+      try await backend.deleteSnapshot(request.snapshotID)
+    }
+    return .init()
+  }
+
+  public func listSnapshots(
+    request: Csi_V1_ListSnapshotsRequest, context: ServerContext
+  ) async throws -> Csi_V1_ListSnapshotsResponse {
+    guard request.maxEntries >= 0 else { throw SwellError.invalid("max_entries must not be negative") }
+    var snapshots: [SnapshotRecord]
+    if !request.snapshotID.isEmpty {
+      // A snapshot ID this plugin could never have issued matches nothing.
+      let found = (try? Names.validateVolumeID(request.snapshotID)) == nil ? nil : try await backend.snapshot(request.snapshotID)
+      snapshots = found.map { [$0] } ?? []
+    } else {
+      snapshots = try await backend.listSnapshots()
+    }
+    if !request.sourceVolumeID.isEmpty {
+      snapshots = snapshots.filter { $0.sourceVolumeID == request.sourceVolumeID }
+    }
+    if !request.startingToken.isEmpty {
+      guard let after = ListToken.decode(request.startingToken) else {
+        throw SwellError(.aborted, "starting_token \(request.startingToken.debugDescription) is not one this plugin issued")
+      }
+      snapshots = snapshots.filter { $0.id >= after }
+    }
+    let page = request.maxEntries > 0 ? Array(snapshots.prefix(Int(request.maxEntries))) : snapshots
+    return .with {
+      $0.entries = page.map { record in .with { $0.snapshot = csiSnapshot(record) } }
+      if page.count < snapshots.count { $0.nextToken = ListToken.encode(snapshots[page.count].id) }
+    }
+  }
+
+  public func getSnapshot(
+    request: Csi_V1_GetSnapshotRequest, context: ServerContext
+  ) async throws -> Csi_V1_GetSnapshotResponse {
+    try Names.validateVolumeID(request.snapshotID, field: "snapshot_id")
+    guard let record = try await backend.snapshot(request.snapshotID) else {
+      throw SwellError.notFound("snapshot \(request.snapshotID) does not exist")
+    }
+    return .with { $0.snapshot = csiSnapshot(record) }
+  }
+
+  func csiSnapshot(_ record: SnapshotRecord) -> Csi_V1_Snapshot {
+    .with {
+      $0.snapshotID = record.id
+      $0.sourceVolumeID = record.sourceVolumeID
+      $0.sizeBytes = record.sizeBytes
+      $0.readyToUse = record.readyToUse
+      $0.creationTime = Google_Protobuf_Timestamp(
+        seconds: record.createdUnixNanos / 1_000_000_000, nanos: Int32(record.createdUnixNanos % 1_000_000_000))
+    }
+  }
+}

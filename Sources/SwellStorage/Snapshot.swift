@@ -1,0 +1,97 @@
+import SwellHost
+
+/// Where a new volume's first bytes come from (CreateVolume's `volume_content_source`).
+public enum VolumeSource: Sendable, Equatable {
+  case snapshot(String)
+  case volume(String)
+
+  /// `snapshot:<id>` or `volume:<id>`, as metadata and LVM tags keep it.
+  public var encoded: String {
+    switch self {
+    case .snapshot(let id): "snapshot:\(id)"
+    case .volume(let id): "volume:\(id)"
+    }
+  }
+
+  public init?(encoded: String) {
+    if encoded.hasPrefix("snapshot:") {
+      self = .snapshot(String(encoded.dropFirst("snapshot:".count)))
+    } else if encoded.hasPrefix("volume:") {
+      self = .volume(String(encoded.dropFirst("volume:".count)))
+    } else {
+      return nil
+    }
+  }
+}
+
+/// What CreateSnapshot asks a backend for, validated.
+public struct SnapshotSpec: Sendable, Equatable {
+  public var id: String
+  public var sourceVolumeID: String
+
+  public init(id: String, sourceVolumeID: String) {
+    self.id = id
+    self.sourceVolumeID = sourceVolumeID
+  }
+}
+
+/// A snapshot as its backend stores it.
+public struct SnapshotRecord: Sendable, Equatable {
+  public var id: String
+  public var sourceVolumeID: String
+  /// The source's size when the snapshot was taken: the smallest volume it can restore to.
+  public var sizeBytes: Int64
+  public var createdUnixNanos: Int64
+  public var readyToUse: Bool
+  public var backend: String
+  /// How the bytes were captured (reflink, copy, thin snapshot), for logs and the CLI.
+  public var method: String
+
+  public init(
+    id: String, sourceVolumeID: String, sizeBytes: Int64, createdUnixNanos: Int64, readyToUse: Bool, backend: String,
+    method: String
+  ) {
+    self.id = id
+    self.sourceVolumeID = sourceVolumeID
+    self.sizeBytes = sizeBytes
+    self.createdUnixNanos = createdUnixNanos
+    self.readyToUse = readyToUse
+    self.backend = backend
+    self.method = method
+  }
+}
+
+/// The `meta` file beside a file snapshot: `key=value` lines, written atomically.
+public struct SnapshotMeta: Sendable, Equatable {
+  public static let version = 1
+  public var sourceVolumeID: String
+  public var sizeBytes: Int64
+  public var createdUnixNanos: Int64
+  public var method: CloneMethod
+
+  public init(sourceVolumeID: String, sizeBytes: Int64, createdUnixNanos: Int64, method: CloneMethod) {
+    self.sourceVolumeID = sourceVolumeID
+    self.sizeBytes = sizeBytes
+    self.createdUnixNanos = createdUnixNanos
+    self.method = method
+  }
+
+  public func encoded() -> String {
+    "version=\(Self.version)\nsource_volume=\(sourceVolumeID)\nsize_bytes=\(sizeBytes)\n"
+      + "created_unix_nanos=\(createdUnixNanos)\nmethod=\(method.rawValue)\n"
+  }
+
+  public static func decode(_ text: String) throws -> SnapshotMeta {
+    var fields: [String: String] = [:]
+    for line in text.split(separator: "\n") {
+      guard let eq = line.firstIndex(of: "=") else { throw SwellError(.internal, "malformed snapshot metadata line \(line)") }
+      fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
+    }
+    guard fields["version"] == String(version), let source = fields["source_volume"], !source.isEmpty,
+      let size = fields["size_bytes"].flatMap(Int64.init), size > 0,
+      let created = fields["created_unix_nanos"].flatMap(Int64.init),
+      let method = fields["method"].flatMap(CloneMethod.init(rawValue:))
+    else { throw SwellError(.internal, "snapshot metadata is incomplete") }
+    return SnapshotMeta(sourceVolumeID: source, sizeBytes: size, createdUnixNanos: created, method: method)
+  }
+}
