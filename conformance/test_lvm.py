@@ -2,7 +2,8 @@
 kernel under qemu TCG does. Inside the guest, on a volume group made on a virtio disk, the real
 plugin (controller and node, as the node DaemonSet runs it) makes thin volumes, stages them as ext4
 and xfs, grows them online, refuses what would overcommit the pool, converges after a crash in the
-middle of CreateVolume, and deletes them. A loop volume goes through the same steps in the same run,
+middle of CreateVolume, and deletes them. Thin snapshots are taken of a mounted volume (with a
+crash right after their lvcreate), restored larger and cloned. A loop volume goes through the same steps in the same run,
 for comparison (bench/bench_lvm.py reads the timings)."""
 import os
 import shutil
@@ -20,7 +21,8 @@ GUEST_SCRIPT = r'''
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
 result() { echo "$1=$2" >> /share/results; }
 ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
-csi() { sub=$1; shift; /tmp/swell csi "$sub" --endpoint unix:///tmp/csi.sock "$@"; }
+csi() { if [ "$1" = snapshot ]; then sub="snapshot $2"; shift 2; else sub=$1; shift; fi
+  /tmp/swell csi $sub --endpoint unix:///tmp/csi.sock "$@"; }
 expect_code() { code=$1; shift; if out=$(csi "$@" 2>&1); then echo "expected $code: $*"; exit 1; fi
   case "$out" in *"$code"*) ;; *) echo "expected $code, got: $out"; exit 1 ;; esac; echo "$out"; }
 for m in dm_thin_pool virtio_blk ext4 xfs loop; do modprobe "$m"; done
@@ -95,6 +97,47 @@ csi stage --fs-type xfs --context backend=lvm pvc-re /tmp/csi/stage/pvc-re
 result reactivated "$(findmnt -n -o FSTYPE /tmp/csi/stage/pvc-re)"
 csi unstage pvc-re /tmp/csi/stage/pvc-re
 csi delete pvc-re
+# Thin snapshots of an ext4 volume mounted here: a crash right after the snapshot's lvcreate, then
+# a retry; a restore that is larger (grown online at stage) and a clone of the mounted source.
+csi create --parameter backend=lvm --fs-type ext4 --bytes 67108864 pvc-sn
+csi stage --fs-type ext4 --context backend=lvm pvc-sn /tmp/csi/stage/pvc-sn
+dd if=/dev/urandom of=/tmp/csi/stage/pvc-sn/data bs=1M count=8 conv=fsync 2>/dev/null
+result sha_snap_source "$(sha256sum /tmp/csi/stage/pvc-sn/data | cut -d' ' -f1)"
+kill $plugin_pid; wait $plugin_pid || true; rm -f /tmp/csi.sock
+SWELL_FAILPOINTS=lvm-snapshot-after-lvcreate start_plugin
+if csi snapshot create snap-sn pvc-sn; then echo "no crash"; exit 1; fi
+wait $plugin_pid || true
+rm -f /tmp/csi.sock
+start_plugin
+csi snapshot create snap-sn pvc-sn
+csi snapshot create snap-sn pvc-sn   # idempotent
+result snap_lvs "$(lvm lvs --noheadings -o lv_name vg0 | grep -c sws-snap-sn)"
+result snap_list "$(csi snapshot list)"
+expect_code ALREADY_EXISTS snapshot create snap-sn pvc-none-such
+dd if=/dev/zero of=/tmp/csi/stage/pvc-sn/data bs=1M count=8 conv=fsync 2>/dev/null   # changed after the snapshot
+csi create --parameter backend=lvm --fs-type ext4 --bytes 100663296 --from-snapshot snap-sn pvc-rs
+csi stage --fs-type ext4 --context backend=lvm --context contentSource=snapshot:snap-sn pvc-rs /tmp/csi/stage/pvc-rs
+result sha_restored "$(sha256sum /tmp/csi/stage/pvc-rs/data | cut -d' ' -f1)"
+result fs_bytes_restored "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-rs | awk '{print $1*$2}')"
+result dev_bytes_restored "$(blockdev --getsize64 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-rs)")"
+csi create --parameter backend=lvm --fs-type ext4 --bytes 67108864 --from-volume pvc-sn pvc-cl
+csi stage --fs-type ext4 --context backend=lvm --context contentSource=volume:pvc-sn pvc-cl /tmp/csi/stage/pvc-cl
+result sha_clone "$(sha256sum /tmp/csi/stage/pvc-cl/data | cut -d' ' -f1)"
+dd if=/dev/urandom of=/tmp/csi/stage/pvc-sn/after bs=1M count=1 conv=fsync 2>/dev/null   # the source is not frozen
+expect_code OUT_OF_RANGE create --parameter backend=lvm --fs-type ext4 --bytes 33554432 --from-snapshot snap-sn pvc-small
+# The pool guards apply to snapshots: 64 + 64 + 96 + 64 MiB are given out, 300 more fit once, not twice.
+csi create --parameter backend=lvm --block --bytes 314572800 pvc-bigsrc
+expect_code RESOURCE_EXHAUSTED snapshot create snap-big pvc-bigsrc
+csi delete pvc-bigsrc
+# A snapshot outlives its source.
+csi unstage pvc-sn /tmp/csi/stage/pvc-sn
+csi delete pvc-sn
+result snap_after_source_delete "$(csi snapshot list)"
+csi snapshot delete snap-sn
+csi snapshot delete snap-sn   # idempotent
+for id in pvc-rs pvc-cl; do csi unstage $id /tmp/csi/stage/$id; csi delete $id; done
+result lvs_left_after_snapshots "$(lvm lvs --noheadings -o lv_name vg0 | grep -c sw || true)"
+
 # What one LVM command costs here (the backend runs one to four per call).
 t0=$(ms); lvm lvs --reportformat json vg0 > /dev/null; result lvs_ms $(( $(ms) - t0 ))
 kill $plugin_pid
@@ -112,7 +155,7 @@ def run_lvm_vm(swell, root):
     try:
         iscsi.stage_binary(swell, os.path.join(vm.share, "swell"))
         vm.boot(GUEST_SCRIPT)
-        status = vm.finish(300)
+        status = vm.finish(540)
     except BaseException:
         vm.close()
         raise
@@ -145,6 +188,17 @@ def test_vm_lvm_thin_lifecycle():
         assert r["odd_size"] == f"volume pvc-odd: {68 * MiB} bytes", r["odd_size"]
         assert r["swell_lvs_left"] == "0"
         assert r["reactivated"] == "xfs"
+        # Thin snapshots: one LV after a crash and a retry; restore and clone hold the data of
+        # their moment; the larger restore's filesystem fills its device.
+        assert r["snap_lvs"] == "1", "the retried snapshot found the LV the crashed one made"
+        assert r["snap_list"].startswith("snap-sn\tof pvc-sn\t67108864 bytes"), r["snap_list"]
+        assert r["sha_restored"] == r["sha_snap_source"]
+        zeros_8mib = "2daeb1f36095b44b318410b3f4e8b5d989dcc7bb023d1426c492dab0a3053e74"
+        assert r["sha_clone"] == zeros_8mib, "the clone holds the source as it was when cloned"
+        assert int(r["dev_bytes_restored"]) == 96 * MiB
+        assert int(r["fs_bytes_restored"]) > 80 * MiB, "the restored ext4 was grown online at stage"
+        assert r["snap_after_source_delete"].startswith("snap-sn\tof pvc-sn"), r["snap_after_source_delete"]
+        assert r["lvs_left_after_snapshots"] == "0"
     finally:
         if vm is not None:
             vm.close()

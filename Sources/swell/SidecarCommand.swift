@@ -72,6 +72,9 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: "Seconds: grow early when, at its fill rate, a volume would cross its threshold within this.")
   var autogrowHorizon = 30
 
+  @Flag(help: "Be the snapshotter too: take VolumeSnapshotContents of this driver to the plugin, and restore claims from VolumeSnapshots. Needs the snapshot CRDs and the common snapshot-controller.")
+  var snapshots = false
+
   @Option(help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel: Logger.Level = .info
 
@@ -120,6 +123,7 @@ struct SidecarCommand: AsyncParsableCommand {
       config.autoGrowPluginAddress = autogrowPluginAddress
       config.autoGrowMaxInterval = .milliseconds(Int64(autogrowMaxInterval * 1000))
       config.autoGrowHorizon = .seconds(autogrowHorizon)
+      config.snapshots = snapshots
       let metrics = SidecarMetrics()
       let state = SidecarState()
       var services: [any Service] = [SidecarService(config: config, metrics: metrics, state: state, logger: logger)]

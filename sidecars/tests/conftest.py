@@ -171,6 +171,73 @@ class Api:
             return out
         raise AssertionError("update kept conflicting")
 
+    # --- snapshots: the test plays the common snapshot-controller, as in a cluster with the CRDs
+
+    SNAP = "/apis/snapshot.storage.k8s.io/v1"
+
+    def create_snapshot_class(self, name, policy="Delete", params=None):
+        return self.ok("POST", f"{self.SNAP}/volumesnapshotclasses", {
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass", "metadata": {"name": name},
+            "driver": DRIVER, "deletionPolicy": policy, "parameters": params or {}})
+
+    def create_snapshot(self, name, claim, snapshot_class="snapclass", ns="default", volume_handle=None,
+                        policy="Delete"):
+        """A VolumeSnapshot, and the content the common controller makes for it (07d's shape)."""
+        snap = self.ok("POST", f"{self.SNAP}/namespaces/{ns}/volumesnapshots", {
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"source": {"persistentVolumeClaimName": claim}, "volumeSnapshotClassName": snapshot_class}})
+        uid = snap["metadata"]["uid"]
+        content = self.ok("POST", f"{self.SNAP}/volumesnapshotcontents", {
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+            "metadata": {"name": f"snapcontent-{uid}",
+                         "finalizers": ["snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"]},
+            "spec": {"deletionPolicy": policy, "driver": DRIVER, "source": {"volumeHandle": volume_handle},
+                     "volumeSnapshotClassName": snapshot_class,
+                     "volumeSnapshotRef": {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                           "name": name, "namespace": ns, "uid": uid,
+                                           "resourceVersion": snap["metadata"]["resourceVersion"]}}})
+        return snap, content
+
+    def content(self, name):
+        return self.get(f"{self.SNAP}/volumesnapshotcontents/{name}")
+
+    def wait_content_ready(self, name, timeout=30):
+        return self.wait(f"content {name} ready", lambda: (lambda c: c if c and c.get("status", {}).get("readyToUse")
+                                                           else None)(self.content(name)), timeout=timeout)
+
+    def bind_snapshot(self, name, content, ns="default"):
+        """The common controller's half: the VolumeSnapshot's status from its ready content."""
+        path = f"{self.SNAP}/namespaces/{ns}/volumesnapshots/{name}"
+        snap = self.ok("GET", path)
+        st = content["status"]
+        snap["status"] = {"boundVolumeSnapshotContentName": content["metadata"]["name"], "readyToUse": True,
+                          "restoreSize": st["restoreSize"], "creationTime": now_rfc3339()}
+        return self.ok("PUT", path + "/status", snap)
+
+    def delete_content_as_controller(self, name):
+        """What the common controller does when a VolumeSnapshot goes: mark the content, then delete it."""
+        path = f"{self.SNAP}/volumesnapshotcontents/{name}"
+        for _ in range(10):
+            c = self.ok("GET", path)
+            c["metadata"].setdefault("annotations", {})["snapshot.storage.kubernetes.io/volumesnapshot-being-deleted"] = "yes"
+            code, out = self.request("PUT", path, c)
+            if code == 200:
+                break
+        self.ok("DELETE", path)
+
+    def create_restore_claim(self, name, kind, source, size, sc="swell", ns="default", annotations=None,
+                             ref_namespace=None):
+        """A claim with spec.dataSource, copied into dataSourceRef as the API server does (07j, 07k)."""
+        group = "snapshot.storage.k8s.io" if kind == "VolumeSnapshot" else None
+        ref = {"apiGroup": group, "kind": kind, "name": source}
+        ds_ref = dict(ref, **({"namespace": ref_namespace} if ref_namespace else {}))
+        return self.ok("POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}},
+                     "storageClassName": sc, "volumeMode": "Filesystem", "dataSource": ref, "dataSourceRef": ds_ref}})
+
     def events_for(self, name, ns="default"):
         items = self.ok("GET", f"/api/v1/namespaces/{ns}/events")["items"]
         return [e for e in items if e["involvedObject"]["name"] == name]
@@ -184,6 +251,10 @@ class Api:
                 return last
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def now_rfc3339():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class Sidecar:
@@ -258,6 +329,11 @@ class Cluster:
     def unstage(self, handle, staging):
         from csi_pb2 import NodeUnstageVolumeRequest
         self.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(volume_id=handle, staging_target_path=staging))
+
+    def snapshots(self):
+        from csi_pb2 import ListSnapshotsRequest
+        return {e.snapshot.snapshot_id: e.snapshot
+                for e in self.plugin.controller.ListSnapshots(ListSnapshotsRequest()).entries}
 
     def volumes(self):
         from csi_pb2 import ListVolumesRequest

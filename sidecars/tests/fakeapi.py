@@ -8,7 +8,9 @@ It serves HTTPS (bearer token or client certificate), and for the resources Swel
   - POST (409 AlreadyExists), PUT with optimistic concurrency (409 Conflict on a stale resourceVersion),
     the status subresource (status only; the main resource keeps its status), DELETE with finalizers
     (deletionTimestamp first, removal once the finalizers are gone) and uid preconditions.
-Objects missing kind/apiVersion are refused with 400, as the real server refuses them.
+Objects missing kind/apiVersion are refused with 400, as the real server refuses them. The snapshot
+CRDs (VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass) are served as kube-apiserver serves
+them with external-snapshotter v8 installed; the test plays the common snapshot-controller.
 
 It can also play kube-controller-manager's persistent-volume controller (--controller-manager): it
 annotates claims for their external provisioner, marks new PVs Available, binds a PV to the claim in
@@ -44,7 +46,14 @@ RESOURCES = {
     ("storage.k8s.io", "v1", "storageclasses"): ("StorageClass", False, False),
     ("storage.k8s.io", "v1", "csinodes"): ("CSINode", False, False),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
+    ("", "v1", "secrets"): ("Secret", True, False),
+    # The snapshot CRDs of external-snapshotter v8 (shapes in ../shared/k8s-samples/07*).
+    ("snapshot.storage.k8s.io", "v1", "volumesnapshots"): ("VolumeSnapshot", True, True),
+    ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents"): ("VolumeSnapshotContent", False, True),
+    ("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses"): ("VolumeSnapshotClass", False, False),
 }
+# Custom resources: their list items keep kind and apiVersion, and the list carries "continue": "".
+CUSTOM_GROUPS = {"snapshot.storage.k8s.io"}
 
 BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "": 1}
@@ -398,10 +407,13 @@ class Handler(BaseHTTPRequestHandler):
             meta["continue"] = json.dumps({"rv": int(rv), "start": start + limit}).encode().hex()
             meta["remainingItemCount"] = len(items) - start - limit
         kind = RESOURCES[res][0]
-        for item in page:
-            # List items carry neither kind nor apiVersion, as in the real server's lists.
-            item.pop("kind", None)
-            item.pop("apiVersion", None)
+        if res[0] in CUSTOM_GROUPS:
+            meta.setdefault("continue", "")
+        else:
+            for item in page:
+                # Built-in list items carry neither kind nor apiVersion, as in the real server's lists.
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
         self.send_json(200, {"kind": kind + "List", "apiVersion": res[1] if not res[0] else f"{res[0]}/{res[1]}",
                              "metadata": meta, "items": page})
 

@@ -22,6 +22,17 @@ public struct KubeResource: Sendable, Hashable, CustomStringConvertible {
   public static let csiNodes = KubeResource(
     group: "storage.k8s.io", version: "v1", plural: "csinodes", kind: "CSINode", namespaced: false)
 
+  public static let secrets = KubeResource(group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true)
+  /// The snapshot CRDs of kubernetes-csi/external-snapshotter (v8, `snapshot.storage.k8s.io/v1`).
+  public static let volumeSnapshots = KubeResource(
+    group: "snapshot.storage.k8s.io", version: "v1", plural: "volumesnapshots", kind: "VolumeSnapshot", namespaced: true)
+  public static let volumeSnapshotContents = KubeResource(
+    group: "snapshot.storage.k8s.io", version: "v1", plural: "volumesnapshotcontents", kind: "VolumeSnapshotContent",
+    namespaced: false)
+  public static let volumeSnapshotClasses = KubeResource(
+    group: "snapshot.storage.k8s.io", version: "v1", plural: "volumesnapshotclasses", kind: "VolumeSnapshotClass",
+    namespaced: false)
+
   /// The collection path, or an object's path when `name` is given.
   public func path(namespace: String? = nil, name: String? = nil, subresource: String? = nil) -> String {
     var path = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"

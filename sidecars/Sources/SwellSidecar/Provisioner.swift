@@ -31,18 +31,18 @@ extension Reconciler {
     if let existing, existing[path: "spec", "claimRef", "uid"]?.string == claim.uid { return }
 
     let started = ContinuousClock.now
-    let request: Csi_V1_CreateVolumeRequest
+    var request: Csi_V1_CreateVolumeRequest
     do {
-      // As external-provisioner: a selector cannot be honoured by a new volume, and Swell has no
-      // snapshots or clones yet, so a claim that asks for content must not get an empty volume.
+      // As external-provisioner: a selector cannot be honoured by a new volume. A data source (a
+      // snapshot, or a claim to clone) is resolved to its handle, or refused: never an empty volume.
       if claim[path: "spec", "selector"].map({ $0 != .null }) == true {
         throw Claims.Invalid(description: "claim Selector is not supported")
       }
-      for field in ["dataSource", "dataSourceRef"] where claim[path: "spec", field].map({ $0 != .null }) == true {
-        throw Claims.Invalid(description: "volume content source (spec.\(field)) is not supported by \(driver)")
-      }
       request = try Claims.createRequest(
         claim: claim, storageClass: storageClass, topology: topology, defaultFSType: defaultFSType)
+      if let source = try await contentSource(for: claim, storageClass: storageClass) {
+        request.volumeContentSource = source
+      }
     } catch {
       events.record(claim, .warning, reason: "ProvisioningFailed", message: "failed to provision volume: \(error)")
       throw error

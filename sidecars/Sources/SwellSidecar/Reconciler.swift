@@ -13,8 +13,9 @@ public enum Scope: Sendable, Equatable {
   case node(name: String, topology: [String: String])
 }
 
-/// The level-triggered reconciler: each key is a claim (`claim/<ns>/<name>`) or a volume
-/// (`volume/<name>`); a worker re-reads the object from the informer caches and takes the next step.
+/// The level-triggered reconciler: each key is a claim (`claim/<ns>/<name>`), a volume
+/// (`volume/<name>`) or a snapshot content (`content/<name>`); a worker re-reads the object from the
+/// informer caches and takes the next step.
 public final class Reconciler: Sendable {
   let kube: KubeClient
   let csi: CSIClient
@@ -27,6 +28,8 @@ public final class Reconciler: Sendable {
   let claims: Informer
   let volumes: Informer
   let classes: Informer
+  /// VolumeSnapshotContents and VolumeSnapshotClasses, when the sidecar serves snapshots.
+  let snapshotCaches: SnapshotCaches?
   let queue: WorkQueue
   let events: EventRecorder
   let metrics: SidecarMetrics
@@ -41,8 +44,8 @@ public final class Reconciler: Sendable {
 
   init(
     kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, backends: Set<String> = [], defaultFSType: String,
-    csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, queue: WorkQueue, events: EventRecorder,
-    metrics: SidecarMetrics, logger: Logger
+    csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: SnapshotCaches? = nil,
+    queue: WorkQueue, events: EventRecorder, metrics: SidecarMetrics, logger: Logger
   ) {
     self.kube = kube
     self.csi = csi
@@ -54,6 +57,7 @@ public final class Reconciler: Sendable {
     self.claims = claims
     self.volumes = volumes
     self.classes = classes
+    self.snapshotCaches = snapshotCaches
     self.queue = queue
     self.events = events
     self.metrics = metrics
@@ -66,10 +70,17 @@ public final class Reconciler: Sendable {
     let object: JSON?
     if key.hasPrefix("claim/") {
       object = claims.get(String(key.dropFirst("claim/".count)))
+    } else if key.hasPrefix("content/") {
+      object = snapshotCaches?.contents.get(String(key.dropFirst("content/".count)))
     } else {
       object = volumes.get(String(key.dropFirst("volume/".count)))
     }
-    guard let object else { return nil }
+    guard var object else { return nil }
+    if key.hasPrefix("content/") {
+      // The snapshotter's own markers on a content are its writes, like a claim's status.
+      object[path: "metadata", "annotations", SnapshotNames.beingCreated] = nil
+      object[path: "metadata", "annotations", SnapshotNames.nodeAnnotation] = nil
+    }
     return [
       "spec": object["spec"] ?? .null, "annotations": object[path: "metadata", "annotations"] ?? .null,
       "labels": object[path: "metadata", "labels"] ?? .null, "finalizers": object[path: "metadata", "finalizers"] ?? .null,
@@ -113,6 +124,8 @@ public final class Reconciler: Sendable {
       }
     } else if key.hasPrefix("volume/") {
       if let pv = volumes.get(String(key.dropFirst("volume/".count))) { try await deleteIfReleased(pv) }
+    } else if key.hasPrefix("content/") {
+      if let content = snapshotCaches?.contents.get(String(key.dropFirst("content/".count))) { try await syncContent(content) }
     }
   }
 

@@ -36,6 +36,9 @@ public struct SidecarConfig: Sendable {
   public var autoGrowPluginAddress: String?
   public var autoGrowMaxInterval: Duration = .seconds(2)
   public var autoGrowHorizon: Duration = .seconds(30)
+  /// Serve VolumeSnapshotContents (the snapshot CRDs and the common snapshot-controller must be
+  /// installed) and restores from VolumeSnapshots.
+  public var snapshots = false
   public var identity: String
 
   public init(csiSocket: String, driverName: String, kube: KubeConfig, identity: String) {
@@ -125,16 +128,34 @@ public struct SidecarService: Service {
         }
       }
     }
+    let snapshotCaches: SnapshotCaches?
+    if config.snapshots {
+      let contents = Informer(client: kube, resource: .volumeSnapshotContents, logger: logger) { old, new in
+        if let content = new ?? old { Task { await queue.add(Reconciler.contentKey(content)) } }
+      }
+      let snapshotClasses = Informer(client: kube, resource: .volumeSnapshotClasses, logger: logger) { _, new in
+        guard let name = new?.name else { return }
+        Task {
+          for content in contents.list() where content[path: "spec", "volumeSnapshotClassName"]?.string == name {
+            await queue.add(Reconciler.contentKey(content))
+          }
+        }
+      }
+      snapshotCaches = SnapshotCaches(contents: contents, classes: snapshotClasses)
+    } else {
+      snapshotCaches = nil
+    }
     let reconciler = Reconciler(
       kube: kube, csi: csi, driver: config.driverName, scope: scope, backends: Set(config.backends),
       defaultFSType: config.defaultFSType,
-      csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, queue: queue,
-      events: events, metrics: metrics, logger: logger)
-    state.attach(queue: queue, informers: [claims, volumes, classes])
+      csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, snapshotCaches: snapshotCaches,
+      queue: queue, events: events, metrics: metrics, logger: logger)
+    let informers = [claims, volumes, classes] + (snapshotCaches.map { [$0.contents, $0.classes] } ?? [])
+    state.attach(queue: queue, informers: informers)
 
     try await withThrowingTaskGroup(of: Void.self) { group in
       group.addTask { await events.run() }
-      for informer in [claims, volumes, classes] { group.addTask { await informer.run() } }
+      for informer in informers { group.addTask { await informer.run() } }
       if let election {
         group.addTask {
           try await election.holdLease()
@@ -142,7 +163,7 @@ public struct SidecarService: Service {
         }
       }
       group.addTask {
-        while !(claims.hasSynced && volumes.hasSynced && classes.hasSynced) {
+        while !informers.allSatisfy(\.hasSynced) {
           try await Task.sleep(for: .milliseconds(20))
         }
         logger.notice("caches synced; starting workers", metadata: ["workers": "\(config.workers)"])
@@ -162,6 +183,7 @@ public struct SidecarService: Service {
               try await Task.sleep(for: config.resyncPeriod)
               for claim in claims.list() { await queue.add(Reconciler.claimKey(claim)) }
               for pv in volumes.list() { await queue.add(Reconciler.volumeKey(pv)) }
+              for content in snapshotCaches?.contents.list() ?? [] { await queue.add(Reconciler.contentKey(content)) }
             }
           }
           try await workers.next()

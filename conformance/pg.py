@@ -1,0 +1,86 @@
+"""A private PostgreSQL 15 (Debian's postgresql-15) for the end-to-end tests: initdb on a directory,
+a server on a unix socket only, psql and pgbench against it, all run as the `postgres` user."""
+import os
+import shutil
+import subprocess
+import time
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def available():
+    return os.path.exists(os.path.join(PG_BIN, "postgres")) and shutil.which("runuser") is not None
+
+
+def as_postgres(argv, **kw):
+    return subprocess.run(["runuser", "-u", "postgres", "--"] + argv, **kw)
+
+
+def open_path_for_postgres(path):
+    """Lets the postgres user traverse every directory above `path` (temp dirs are 0700)."""
+    parts = os.path.abspath(path).split("/")
+    for i in range(2, len(parts)):
+        d = "/".join(parts[:i])
+        if os.path.isdir(d):
+            os.chmod(d, os.stat(d).st_mode | 0o011)
+
+
+class Server:
+    def __init__(self, datadir, port):
+        self.datadir = datadir
+        self.port = port
+        self.sockdir = os.path.join(os.path.dirname(datadir), f"pgsock-{port}")
+        self.log = os.path.join(os.path.dirname(datadir), f"pg-{port}.log")
+
+    def initdb(self):
+        os.makedirs(self.datadir, exist_ok=True)
+        open_path_for_postgres(self.datadir)
+        shutil.chown(self.datadir, "postgres", "postgres")
+        os.chmod(self.datadir, 0o700)
+        as_postgres([f"{PG_BIN}/initdb", "-D", self.datadir, "-A", "trust", "-U", "postgres", "--no-sync"],
+                    check=True, capture_output=True)
+
+    def start(self):
+        open_path_for_postgres(self.datadir)
+        os.makedirs(self.sockdir, exist_ok=True)
+        shutil.chown(self.sockdir, "postgres", "postgres")
+        for path in (self.log,):
+            open(path, "a").close()
+            shutil.chown(path, "postgres", "postgres")
+        opts = f"-k {self.sockdir} -p {self.port} -c listen_addresses='' -c fsync=on -c synchronous_commit=on"
+        as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.datadir, "-l", self.log, "-o", opts, "-w", "-t", "120", "start"],
+                    check=True, capture_output=True)
+
+    def stop(self):
+        if os.path.exists(os.path.join(self.datadir, "postmaster.pid")):
+            as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.datadir, "-m", "fast", "-w", "stop"],
+                        check=False, capture_output=True, timeout=120)
+
+    def psql(self, sql):
+        out = as_postgres([f"{PG_BIN}/psql", "-h", self.sockdir, "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                           "-v", "ON_ERROR_STOP=1", "-At", "-c", sql], check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def pgbench(self, *args, **kw):
+        return as_postgres([f"{PG_BIN}/pgbench", "-h", self.sockdir, "-p", str(self.port), "-U", "postgres", *args,
+                            "postgres"], **kw)
+
+    def pgbench_background(self, *args):
+        return subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pgbench", "-h", self.sockdir, "-p",
+                                 str(self.port), "-U", "postgres", *args, "postgres"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def amcheck(self):
+        """pg_amcheck over every relation of every database; returns (exit code, output)."""
+        out = as_postgres([f"{PG_BIN}/pg_amcheck", "-h", self.sockdir, "-p", str(self.port), "-U", "postgres",
+                           "--install-missing", "--all", "--heapallindexed"], capture_output=True, text=True)
+        return out.returncode, out.stdout + out.stderr
+
+    def wait_ready(self, seconds=60):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            r = as_postgres([f"{PG_BIN}/pg_isready", "-h", self.sockdir, "-p", str(self.port)], capture_output=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"postgres on port {self.port} did not become ready:\n{open(self.log).read()[-3000:]}")

@@ -1,0 +1,198 @@
+"""The sidecar as the snapshotter, and the provisioner restoring from snapshots and cloning claims,
+against the test API server (which serves the external-snapshotter v8 CRDs) and the real plugin.
+The test plays the common snapshot-controller: it makes the VolumeSnapshotContent of a
+VolumeSnapshot, binds the VolumeSnapshot once the content is ready, and marks and deletes the
+content when the snapshot goes."""
+
+import hashlib
+import os
+import signal
+
+from conftest import DRIVER, NODE, TOPOLOGY_KEY, csiconf
+from test_sidecar import pv_for, reasons, wait_bound
+
+MiB = 1 << 20
+
+
+def write_and_hash(path, mib=4):
+    data = os.urandom(mib * MiB)
+    with open(os.path.join(path, "data"), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_of(path):
+    with open(os.path.join(path, "data"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def bound_volume(api, name, claim):
+    wait_bound(api, name)
+    return pv_for(api, claim)["spec"]["csi"]["volumeHandle"]
+
+
+def test_snapshot_restore_and_delete(cluster):
+    api = cluster.api
+    sidecar = cluster.sidecar("--snapshots")
+    api.create_class("swell")
+    api.create_snapshot_class("snapclass")
+    claim = api.create_claim("db", size="320Mi")
+    handle = bound_volume(api, "db", claim)
+    staging = cluster.stage(handle, "db")
+    try:
+        digest = write_and_hash(staging)
+        snap, content = api.create_snapshot("db-snap", "db", volume_handle=handle)
+        name = content["metadata"]["name"]
+        ready = api.wait_content_ready(name)
+        st = ready["status"]
+        assert st["snapshotHandle"] == f"snapshot-{snap['metadata']['uid']}", "named from the VolumeSnapshot's UID"
+        assert st["readyToUse"] is True and st["restoreSize"] == 320 * MiB
+        assert isinstance(st["creationTime"], int) and st["creationTime"] > 1_700_000_000 * 10**9, "nanoseconds"
+        assert "snapshot.storage.kubernetes.io/volumesnapshot-being-created" not in ready["metadata"].get("annotations", {})
+        assert list(cluster.snapshots()) == [st["snapshotHandle"]]
+        api.wait("SnapshotCreated", lambda: "SnapshotCreated" in reasons(api, name))
+    finally:
+        cluster.unstage(handle, staging)
+
+    api.bind_snapshot("db-snap", ready)
+    restored = api.create_restore_claim("db-restored", "VolumeSnapshot", "db-snap", "320Mi")
+    restored_handle = bound_volume(api, "db-restored", restored)
+    meta = open(os.path.join(cluster.plugin.data, "volumes", restored_handle, "meta")).read()
+    assert f"source=snapshot:{st['snapshotHandle']}" in meta
+    staging = cluster.stage(restored_handle, "db-restored")
+    try:
+        assert hash_of(staging) == digest
+    finally:
+        cluster.unstage(restored_handle, staging)
+
+    # The VolumeSnapshot goes (policy Delete): the snapshot is deleted, then the finalizer removed.
+    api.delete_content_as_controller(name)
+    api.wait("the content gone", lambda: api.content(name) is None)
+    assert cluster.snapshots() == {}
+    assert sidecar.proc.poll() is None
+
+
+def test_retain_keeps_the_snapshot_and_releases_the_content(cluster):
+    api = cluster.api
+    cluster.sidecar("--snapshots")
+    api.create_class("swell")
+    api.create_snapshot_class("keep", policy="Retain")
+    claim = api.create_claim("k", size="64Mi")
+    handle = bound_volume(api, "k", claim)
+    _, content = api.create_snapshot("k-snap", "k", snapshot_class="keep", volume_handle=handle, policy="Retain")
+    name = content["metadata"]["name"]
+    handle_snap = api.wait_content_ready(name)["status"]["snapshotHandle"]
+    api.delete_content_as_controller(name)
+    api.wait("the content gone", lambda: api.content(name) is None)
+    assert list(cluster.snapshots()) == [handle_snap], "Retain keeps the snapshot in the storage"
+
+
+def test_a_clone_of_a_claim_and_what_the_provisioner_refuses(cluster):
+    api = cluster.api
+    cluster.sidecar("--snapshots")
+    api.create_class("swell")
+    api.create_class("other")
+    claim = api.create_claim("orig", size="320Mi")
+    handle = bound_volume(api, "orig", claim)
+    staging = cluster.stage(handle, "orig")
+    digest = write_and_hash(staging)
+    cluster.unstage(handle, staging)
+    clone = api.create_restore_claim("copy", "PersistentVolumeClaim", "orig", "320Mi")
+    clone_handle = bound_volume(api, "copy", clone)
+    staging = cluster.stage(clone_handle, "copy")
+    try:
+        assert hash_of(staging) == digest
+    finally:
+        cluster.unstage(clone_handle, staging)
+    # What external-provisioner refuses, with an event: smaller than the source, another class,
+    # another namespace, an unknown kind, a snapshot that does not exist.
+    api.create_restore_claim("small", "PersistentVolumeClaim", "orig", "64Mi")
+    api.create_restore_claim("cross", "PersistentVolumeClaim", "orig", "320Mi", sc="other")
+    api.create_restore_claim("elsewhere", "VolumeSnapshot", "s", "320Mi", ref_namespace="prod")
+    api.create_restore_claim("nosnap", "VolumeSnapshot", "missing", "320Mi")
+    for name, words in [("small", "less than the size"), ("cross", "same class"), ("elsewhere", "ReferenceGrant"),
+                        ("nosnap", "does not exist")]:
+        ev = api.wait(f"{name} refused", lambda n=name: [e for e in api.events_for(n) if e["reason"] == "ProvisioningFailed"])
+        assert words in ev[0]["message"], ev[0]["message"]
+        assert api.get(api.pvc_path(name))["status"].get("phase") != "Bound"
+    assert sorted(cluster.volumes()) == sorted([handle, clone_handle]), "nothing empty was made for them"
+
+
+def test_the_sidecar_killed_during_create_snapshot_makes_one_snapshot(cluster):
+    api = cluster.api
+    # The plugin holds each CreateSnapshot for a second after the copy, to be caught in flight.
+    cluster.plugin.stop()
+    cluster.plugin.start(failpoints="snapshot-after-thaw:pause")
+    first = cluster.sidecar("--snapshots")
+    api.create_class("swell")
+    api.create_snapshot_class("snapclass")
+    claim = api.create_claim("kill", size="64Mi")
+    handle = bound_volume(api, "kill", claim)
+    _, content = api.create_snapshot("kill-snap", "kill", volume_handle=handle)
+    name = content["metadata"]["name"]
+    api.wait("CreateSnapshot in flight", lambda: "snapshot.storage.kubernetes.io/volumesnapshot-being-created"
+             in (api.content(name)["metadata"].get("annotations") or {}))
+    first.stop(signal.SIGKILL)
+    cluster.sidecar("--snapshots", name="second")
+    ready = api.wait_content_ready(name)
+    assert list(cluster.snapshots()) == [ready["status"]["snapshotHandle"]], "one snapshot, not two"
+    assert "snapshot.storage.kubernetes.io/volumesnapshot-being-created" not in ready["metadata"].get("annotations", {})
+
+
+def test_a_conflict_on_the_status_write_is_retried(cluster):
+    api = cluster.api
+    cluster.sidecar("--snapshots")
+    api.create_class("swell")
+    api.create_snapshot_class("snapclass")
+    claim = api.create_claim("c", size="64Mi")
+    handle = bound_volume(api, "c", claim)
+    api.hook("conflict?resource=volumesnapshotcontents&count=2")
+    _, content = api.create_snapshot("c-snap", "c", volume_handle=handle)
+    ready = api.wait_content_ready(content["metadata"]["name"])
+    assert ready["metadata"]["annotations"]["test.swell.dev/touched"], "a concurrent writer changed it meanwhile"
+    assert len(cluster.snapshots()) == 1
+
+
+def test_a_snapshot_of_a_pending_claim_waits_for_its_volume(cluster):
+    api = cluster.api
+    # The central sidecar learns the selected node's topology from its Node and CSINode.
+    api.ok("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": NODE, "labels": {TOPOLOGY_KEY: NODE}}})
+    api.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
+        "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": NODE},
+        "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
+    cluster.sidecar("--snapshots")
+    api.create_class("late", binding="WaitForFirstConsumer")
+    api.create_snapshot_class("snapclass")
+    claim = api.create_claim("p", sc="late", size="64Mi")
+    handle = f"pvc-{claim['metadata']['uid']}"
+    _, content = api.create_snapshot("p-snap", "p", volume_handle=handle)
+    name = content["metadata"]["name"]
+    failed = api.wait("the content's error", lambda: (api.content(name).get("status") or {}).get("error"))
+    assert "NotFound" in failed["message"], failed
+    assert "SnapshotCreationFailed" in reasons(api, name)
+    # The scheduler picks a node: the volume is made, and the retried snapshot succeeds.
+    api.update_claim("p", lambda c: c["metadata"]["annotations"].update({"volume.kubernetes.io/selected-node": NODE}))
+    wait_bound(api, "p")
+    ready = api.wait_content_ready(name, timeout=60)
+    assert "error" not in ready["status"]
+
+
+def test_a_pre_provisioned_content_is_read_from_the_plugin(cluster):
+    api = cluster.api
+    cluster.sidecar("--snapshots")
+    api.create_class("swell")
+    claim = api.create_claim("pre", size="64Mi")
+    handle = bound_volume(api, "pre", claim)
+    from csi_pb2 import CreateSnapshotRequest
+    made = cluster.plugin.controller.CreateSnapshot(CreateSnapshotRequest(name="made-by-hand", source_volume_id=handle))
+    api.ok("POST", f"{api.SNAP}/volumesnapshotcontents", {
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+        "metadata": {"name": "pre-content"},
+        "spec": {"deletionPolicy": "Retain", "driver": DRIVER, "source": {"snapshotHandle": "made-by-hand"},
+                 "volumeSnapshotRef": {"name": "pre-snap", "namespace": "default"}}})
+    st = api.wait_content_ready("pre-content")["status"]
+    assert st["snapshotHandle"] == "made-by-hand" and st["restoreSize"] == made.snapshot.size_bytes
+    assert csiconf.MiB * 64 == st["restoreSize"]
