@@ -8,7 +8,6 @@ import pytest
 from conftest import MiB, create_req, csi_pb2, free_port, mount_cap, host_mounts_under, loops_under
 import pg
 
-pytestmark = pytest.mark.skipif(not pg.available(), reason="postgresql-15 is not installed (scripts/setup.sh --tests)")
 
 APPEND = "INSERT INTO appendonly (payload) VALUES (repeat('x', 200));\n"
 
@@ -24,6 +23,8 @@ def staged_and_published(plugin, name, cap, volume):
 
 
 def test_a_snapshot_taken_under_pgbench_restores_a_consistent_database(plugin):
+    if not pg.available():
+        pytest.fail("postgresql-15 is not installed (scripts/setup.sh --tests installs it)")
     pg.open_path_for_postgres(plugin.root)
     cap = mount_cap("ext4")
     src = plugin.controller.CreateVolume(create_req("pgdata", required=1024 * MiB, cap=cap)).volume

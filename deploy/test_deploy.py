@@ -37,6 +37,36 @@ def test_examples_validate():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_snapshot_examples_match_the_plugin():
+    """The snapshot CRDs are not in kubernetes-validate's schemas: the examples are checked here
+    against the v1 API's required fields and against what the plugin accepts."""
+    d = os.path.join(HERE, "examples", "snapshots")
+    with open(os.path.join(d, "volumesnapshotclass.yaml")) as f:
+        classes = [c for c in yaml.safe_load_all(f) if c]
+    assert {c["deletionPolicy"] for c in classes} == {"Delete", "Retain"}
+    for c in classes:
+        assert c["apiVersion"] == "snapshot.storage.k8s.io/v1" and c["kind"] == "VolumeSnapshotClass"
+        assert c["driver"] == "swell.csi.dev"
+        # The plugin refuses snapshot parameters other than the snapshotter's csi.storage.k8s.io/* keys.
+        assert all(k.startswith("csi.storage.k8s.io/") for k in c.get("parameters", {}))
+    defaults = [c for c in classes if c["metadata"].get("annotations", {}).get(
+        "snapshot.storage.kubernetes.io/is-default-class") == "true"]
+    assert len(defaults) == 1
+    with open(os.path.join(d, "snapshot-and-restore.yaml")) as f:
+        snap, claim = [o for o in yaml.safe_load_all(f) if o]
+    assert snap["spec"]["volumeSnapshotClassName"] in {c["metadata"]["name"] for c in classes}
+    assert list(snap["spec"]["source"]) == ["persistentVolumeClaimName"]
+    assert claim["spec"]["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                           "name": snap["metadata"]["name"]}
+    r = subprocess.run(["kubernetes-validate", "-k", "1.33.0", "--strict", "--quiet", "-"], input=yaml.safe_dump(claim),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    objs = objects("overlays/production")
+    for kind, name in [("DaemonSet", "swell-node"), ("Deployment", "swell-controller")]:
+        sidecar = next(c for c in objs[(kind, name)]["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+        assert "--snapshots" in sidecar["args"], name
+
+
 def test_yamllint():
     r = subprocess.run(["yamllint", "-c", os.path.join(ROOT, ".yamllint"), HERE], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -18,6 +18,8 @@ if [ "${1:-}" = "--tests" ]; then
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
   done
   [ -e /usr/share/seabios/bios-256k.bin ] || need_apt+=(seabios)
+  # The real database of the end-to-end tests (postgres, pgbench, pg_amcheck); runuser is util-linux's.
+  [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
   # The deploy tests render the overlays with `kubectl kustomize`. This machine kind ships kubectl;
   # elsewhere Debian's kubernetes-client provides it.
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
@@ -25,7 +27,10 @@ fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   apt-get update -qq
+  # Installing postgresql-15 must not start the distribution's own cluster: the tests run their own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [ "${made_policy:-0}" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if [ "${1:-}" = "--tests" ]; then
   python3 - <<'PY' 2>/dev/null || { echo "setup: pip install grpcio grpcio-tools pytest kubernetes-validate yamllint pyyaml"; python3 -m pip install -q grpcio grpcio-tools pytest kubernetes-validate yamllint pyyaml; }

@@ -15,8 +15,8 @@ leftovers() {
   if grep -q " /tmp/swell-" /proc/self/mountinfo; then
     echo "leaked mounts:"; grep " /tmp/swell-" /proc/self/mountinfo; found=1
   fi
-  if pgrep -f "^tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null; then
-    echo "leaked processes:"; pgrep -af "^tgtd -f -C|qemu-system-x86"; found=1
+  if pgrep -f "^tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null || pgrep -f "postgres -D /tmp/swell-" >/dev/null; then
+    echo "leaked processes:"; pgrep -af "^tgtd -f -C|qemu-system-x86|postgres -D /tmp/swell-"; found=1
   fi
   return $found
 }
@@ -54,4 +54,4 @@ python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py
 
 echo "== leftovers"
 leftovers
-echo "no loop device, mount, tgtd or VM left behind"
+echo "no loop device, mount, tgtd, VM or PostgreSQL left behind"

@@ -35,3 +35,27 @@ import SwellStorage
     #expect(throws: SwellError.self) { try Names.validateMountFlags(["a\nb"]) }
   }
 }
+
+@Suite struct SnapshotMetadataTests {
+  @Test func volumeSourcesRoundTrip() {
+    for source in [VolumeSource.snapshot("snap-1"), .volume("pvc-a")] {
+      #expect(VolumeSource(encoded: source.encoded) == source)
+    }
+    #expect(VolumeSource(encoded: "disk:x") == nil)
+  }
+
+  @Test func volumeMetadataKeepsItsSourceAndOlderFilesHaveNone() throws {
+    let meta = VolumeMeta(access: .mount, fsType: "xfs", capacityBytes: 1 << 20, source: .snapshot("s"))
+    #expect(try VolumeMeta.decode(meta.encoded()) == meta)
+    let old = "version=1\naccess=block\nfs_type=\ncapacity_bytes=1048576\n"
+    #expect(try VolumeMeta.decode(old).source == nil)
+    #expect(throws: SwellError.self) { try VolumeMeta.decode(old + "source=bogus\n") }
+  }
+
+  @Test func snapshotMetadataRoundTripsAndRefusesWhatIsIncomplete() throws {
+    let meta = SnapshotMeta(sourceVolumeID: "v", sizeBytes: 4096, createdUnixNanos: 1_796_153_550_370_043_995, method: .reflink)
+    #expect(try SnapshotMeta.decode(meta.encoded()) == meta)
+    #expect(throws: SwellError.self) { try SnapshotMeta.decode("version=1\nsource_volume=v\n") }
+    #expect(throws: SwellError.self) { try SnapshotMeta.decode(meta.encoded().replacing("method=reflink", with: "method=dd")) }
+  }
+}

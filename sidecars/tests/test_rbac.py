@@ -1,5 +1,5 @@
 """Each sidecar's RBAC matches what its code calls: every request it makes is granted, and every
-granted verb is used. The per-node sidecar (loop volumes, auto-grow) and the controller's central,
+granted verb is used, snapshots included. The per-node sidecar (loop volumes, auto-grow) and the controller's central,
 leader-elected sidecar (iSCSI volumes, against a real tgtd) are checked separately."""
 
 import os
@@ -18,6 +18,28 @@ def granted(path, role, kind="ClusterRole"):
     return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
 
 
+def snapshot_restore_delete(api, claim_name, handle, sc="swell", size="600Mi", annotations=None):
+    """Everything the snapshotter calls: a class naming a secret, a content (whose first write meets a
+    conflict, so it is read again), a restore from the VolumeSnapshot, and the content's deletion."""
+    api.ok("POST", "/api/v1/namespaces/default/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "snap-secret", "namespace": "default"},
+        "data": {"token": "c2VjcmV0"}})
+    api.create_snapshot_class("snapclass", params={
+        "csi.storage.k8s.io/snapshotter-secret-name": "snap-secret",
+        "csi.storage.k8s.io/snapshotter-secret-namespace": "${volumesnapshot.namespace}"})
+    api.hook("conflict?resource=volumesnapshotcontents&count=1")
+    _, content = api.create_snapshot(f"{claim_name}-snap", claim_name, volume_handle=handle)
+    ready = api.wait_content_ready(content["metadata"]["name"])
+    api.bind_snapshot(f"{claim_name}-snap", ready)
+    restored = api.create_restore_claim(f"{claim_name}-restored", "VolumeSnapshot", f"{claim_name}-snap", size, sc=sc,
+                                        annotations=annotations)
+    wait_bound(api, f"{claim_name}-restored")
+    api.ok("DELETE", api.pvc_path(f"{claim_name}-restored"))
+    api.wait("the restored PV deleted", lambda: pv_for(api, restored) is None)
+    api.delete_content_as_controller(content["metadata"]["name"])
+    api.wait("the content gone", lambda: api.content(content["metadata"]["name"]) is None)
+
+
 def test_node_rbac_matches_the_calls(cluster):
     """Provision, auto-grow, resize and delete: everything the per-node sidecar does."""
     api = cluster.api
@@ -25,7 +47,7 @@ def test_node_rbac_matches_the_calls(cluster):
     cluster.plugin.stop()
     cluster.plugin.start(extra_args=("--metrics-address", f"127.0.0.1:{port}"))
     sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{port}",
-                              "--autogrow-max-interval", "0.5")
+                              "--autogrow-max-interval", "0.5", "--snapshots")
     api.create_class("swell", binding="WaitForFirstConsumer")
     claim = api.create_claim("r", size="400Mi", annotations={
         "volume.kubernetes.io/selected-node": NODE, "autogrow.swell.dev/enabled": "true",
@@ -38,6 +60,8 @@ def test_node_rbac_matches_the_calls(cluster):
         assert api.get(api.pvc_path("r"))["spec"]["resources"]["requests"]["storage"] == "600Mi"
     finally:
         cluster.unstage(pv["spec"]["csi"]["volumeHandle"], staging)
+    snapshot_restore_delete(api, "r", pv["spec"]["csi"]["volumeHandle"], annotations={
+        "volume.kubernetes.io/selected-node": NODE})
     api.ok("DELETE", api.pvc_path("r"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     api.wait("events", lambda: api.events_for("r"))
@@ -62,13 +86,15 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
         "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
     sidecar = cluster.sidecar("--backend", "iscsi", "--leader-election", "--leader-election-namespace", "swell-system",
                               "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
-                              "--leader-election-retry-period", "0.3")
+                              "--leader-election-retry-period", "0.3", "--snapshots")
     api.create_class("net", binding="WaitForFirstConsumer", params={"backend": "iscsi"})
     claim = api.create_claim("c", sc="net", size="64Mi", annotations={"volume.kubernetes.io/selected-node": "worker-1"})
     pv = wait_bound(api, "c") and pv_for(api, claim)
     assert "nodeAffinity" not in pv["spec"]
     api.update_claim("c", lambda c: c["spec"]["resources"]["requests"].update(storage="96Mi"))
     api.wait("the PV grown", lambda: pv_for(api, claim)["spec"]["capacity"]["storage"] == "96Mi")
+    snapshot_restore_delete(api, "c", pv["spec"]["csi"]["volumeHandle"], sc="net", size="96Mi",
+                            annotations={"volume.kubernetes.io/selected-node": "worker-1"})
     api.ok("DELETE", api.pvc_path("c"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     assert api.get("/apis/coordination.k8s.io/v1/namespaces/swell-system/leases/swell-csi-dev-sidecar")

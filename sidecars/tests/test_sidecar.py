@@ -319,5 +319,6 @@ def test_claim_with_a_data_source_gets_no_empty_volume(cluster):
     assert code == 201
     failed = api.wait("ProvisioningFailed", lambda: [e for e in api.events_for("clone")
                                                       if e["reason"] == "ProvisioningFailed"])
-    assert "dataSource" in failed[0]["message"] and failed[0]["type"] == "Warning"
+    # The source claim does not exist: refused, never provisioned empty.
+    assert "source claim default/data does not exist" in failed[0]["message"] and failed[0]["type"] == "Warning"
     assert pv_for(api, claim) is None and cluster.volumes() == {}
