@@ -55,11 +55,7 @@ struct OpenBackends: Sendable {
 
   /// Removes what crashed creates and deletes left behind. Call before serving.
   func sweepLeftovers() throws -> [String] {
-    var swept = try loop.sweepLeftovers()
-    for entry in controller.backends {
-      if let iscsi = entry.backend as? IscsiBackend { swept += try iscsi.sweepLeftovers() }
-    }
-    return swept
+    try controller.sweepLeftovers()
   }
 }
 

@@ -123,6 +123,9 @@ public protocol ControllerBackend: Sendable {
   func snapshot(_ id: String) async throws -> SnapshotRecord?
   /// Every snapshot, sorted by ID.
   func listSnapshots() async throws -> [SnapshotRecord]
+  /// Removes what interrupted calls left behind (thawing what a crashed snapshot left frozen) and
+  /// returns what it removed. Called at start, before serving.
+  func sweepLeftovers() throws -> [String]
 }
 
 /// The node side of a backend: makes the volume a block device on this node.

@@ -85,6 +85,10 @@ public struct ControllerBackends: ControllerBackend {
 
   public var isLocal: Bool { (try? backend(named: defaultName).isLocal) ?? true }
 
+  public func sweepLeftovers() throws -> [String] {
+    try backends.flatMap { try $0.backend.sweepLeftovers() }
+  }
+
   public func availableBytes(parameters: [String: String]) async throws -> Int64 {
     try await backend(named: parameters["backend"]).availableBytes(parameters: parameters)
   }

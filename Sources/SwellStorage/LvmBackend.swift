@@ -180,6 +180,9 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     return max(0, allowance(thinPool) - committed(to: pool, in: lvs))
   }
 
+  /// Nothing to sweep: one `lvcreate` makes a whole volume or snapshot, or nothing.
+  public func sweepLeftovers() throws -> [String] { [] }
+
   public func checkReady() async throws {
     let lvs = try await lvm.logicalVolumes(vg: vg)
     for pool in config.thinPools where !lvs.contains(where: { $0.name == pool && $0.segmentType == "thin-pool" }) {
