@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from conftest import (MiB, NODE_ID, TOPOLOGY_KEY, Plugin, block_cap, clean_host, code_of, create_req, csi_pb2,
-                      loops_under, host_mounts_under, mount_cap, require_root, sha256, write_random, HAS_SYS_RESOURCE)
-from test_node import stage, publish, unpublish, unstage, node_expand
+                      loops_under, host_mounts_under, mount_cap, require_root, sha256, write_random)
+from test_node import stage, publish, unpublish, unstage
 
 C = grpc.StatusCode
 

@@ -129,15 +129,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func listVolumes(
     request: Csi_V1_ListVolumesRequest, context: ServerContext
   ) async throws -> Csi_V1_ListVolumesResponse {
-    guard request.maxEntries >= 0 else { throw SwellError.invalid("max_entries must not be negative") }
-    var volumes = try await backend.list()
-    if !request.startingToken.isEmpty {
-      guard let after = ListToken.decode(request.startingToken) else {
-        throw SwellError(.aborted, "starting_token \(request.startingToken.debugDescription) is not one this plugin issued")
-      }
-      volumes = volumes.filter { $0.id >= after }
-    }
-    let page = request.maxEntries > 0 ? Array(volumes.prefix(Int(request.maxEntries))) : volumes
+    let (page, next) = try ListToken.page(
+      try await backend.list(), id: \.id, maxEntries: request.maxEntries, startingToken: request.startingToken)
     var entries: [Csi_V1_ListVolumesResponse.Entry] = []
     for record in page {
       let health = await backend.health(record.id)
@@ -148,7 +141,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     return .with {
       $0.entries = entries
-      if page.count < volumes.count { $0.nextToken = ListToken.encode(volumes[page.count].id) }
+      $0.nextToken = next
     }
   }
 
@@ -255,6 +248,24 @@ enum ListToken {
     guard token.hasPrefix(prefix) else { return nil }
     let id = String(token.dropFirst(prefix.count))
     return (try? Names.validateVolumeID(id)) == nil ? nil : id
+  }
+
+  /// One page of `items` (sorted by ID) from `startingToken`, and the token of the next page
+  /// (empty at the end). A negative `maxEntries` is INVALID_ARGUMENT, a token this plugin did not
+  /// issue ABORTED.
+  static func page<T>(
+    _ items: [T], id: (T) -> String, maxEntries: Int32, startingToken: String
+  ) throws -> (page: [T], next: String) {
+    guard maxEntries >= 0 else { throw SwellError.invalid("max_entries must not be negative") }
+    var rest = items
+    if !startingToken.isEmpty {
+      guard let after = decode(startingToken) else {
+        throw SwellError(.aborted, "starting_token \(startingToken.debugDescription) is not one this plugin issued")
+      }
+      rest = rest.filter { id($0) >= after }
+    }
+    let page = maxEntries > 0 ? Array(rest.prefix(Int(maxEntries))) : rest
+    return (page, page.count < rest.count ? encode(id(rest[page.count])) : "")
   }
 }
 

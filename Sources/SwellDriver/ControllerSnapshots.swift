@@ -35,7 +35,6 @@ extension ControllerService {
   public func listSnapshots(
     request: Csi_V1_ListSnapshotsRequest, context: ServerContext
   ) async throws -> Csi_V1_ListSnapshotsResponse {
-    guard request.maxEntries >= 0 else { throw SwellError.invalid("max_entries must not be negative") }
     var snapshots: [SnapshotRecord]
     if !request.snapshotID.isEmpty {
       // A snapshot ID this plugin could never have issued matches nothing.
@@ -47,16 +46,11 @@ extension ControllerService {
     if !request.sourceVolumeID.isEmpty {
       snapshots = snapshots.filter { $0.sourceVolumeID == request.sourceVolumeID }
     }
-    if !request.startingToken.isEmpty {
-      guard let after = ListToken.decode(request.startingToken) else {
-        throw SwellError(.aborted, "starting_token \(request.startingToken.debugDescription) is not one this plugin issued")
-      }
-      snapshots = snapshots.filter { $0.id >= after }
-    }
-    let page = request.maxEntries > 0 ? Array(snapshots.prefix(Int(request.maxEntries))) : snapshots
+    let (page, next) = try ListToken.page(
+      snapshots, id: \.id, maxEntries: request.maxEntries, startingToken: request.startingToken)
     return .with {
       $0.entries = page.map { record in .with { $0.snapshot = csiSnapshot(record) } }
-      if page.count < snapshots.count { $0.nextToken = ListToken.encode(snapshots[page.count].id) }
+      $0.nextToken = next
     }
   }
 

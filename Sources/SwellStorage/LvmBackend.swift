@@ -52,10 +52,16 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
 
   /// The LV name for a volume ID, or INVALID_ARGUMENT when LVM could not take it.
   public static func lvName(_ id: String) throws -> String {
-    let name = "sw-" + id
-    guard name.utf8.count <= 127 else { throw SwellError.invalid("volume name \(id.debugDescription) is too long for an LVM volume") }
+    try prefixedName("sw-", id, what: "volume")
+  }
+
+  /// `prefix + id`, or INVALID_ARGUMENT when LVM could not take it (too long, or holding a part
+  /// LVM reserves for its hidden LVs).
+  static func prefixedName(_ prefix: String, _ id: String, what: String) throws -> String {
+    let name = prefix + id
+    guard name.utf8.count <= 127 else { throw SwellError.invalid("\(what) name \(id.debugDescription) is too long for an LVM volume") }
     if let bad = reserved.first(where: { id.contains($0) }) {
-      throw SwellError.invalid("volume name \(id.debugDescription) contains \(bad), which LVM reserves")
+      throw SwellError.invalid("\(what) name \(id.debugDescription) contains \(bad), which LVM reserves")
     }
     return name
   }
@@ -194,12 +200,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
 
   /// The LV name for a snapshot ID (`sws-<id>`, never a volume's `sw-<id>`).
   public static func snapshotLVName(_ id: String) throws -> String {
-    let name = "sws-" + id
-    guard name.utf8.count <= 127 else { throw SwellError.invalid("snapshot name \(id.debugDescription) is too long for an LVM volume") }
-    if let bad = reserved.first(where: { id.contains($0) }) {
-      throw SwellError.invalid("snapshot name \(id.debugDescription) contains \(bad), which LVM reserves")
-    }
-    return name
+    try prefixedName("sws-", id, what: "snapshot")
   }
 
   /// A thin snapshot of the volume's LV, in its pool, tagged with its ID, source and creation time;

@@ -82,11 +82,7 @@ public struct SnapshotMeta: Sendable, Equatable {
   }
 
   public static func decode(_ text: String) throws -> SnapshotMeta {
-    var fields: [String: String] = [:]
-    for line in text.split(separator: "\n") {
-      guard let eq = line.firstIndex(of: "=") else { throw SwellError(.internal, "malformed snapshot metadata line \(line)") }
-      fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
-    }
+    let fields = try metadataFields(text)
     guard fields["version"] == String(version), let source = fields["source_volume"], !source.isEmpty,
       let size = fields["size_bytes"].flatMap(Int64.init), size > 0,
       let created = fields["created_unix_nanos"].flatMap(Int64.init),

@@ -26,11 +26,7 @@ public struct VolumeMeta: Sendable, Equatable {
 
   /// Parses ``encoded()``; throws on any missing, unknown or malformed field.
   public static func decode(_ text: String) throws -> VolumeMeta {
-    var fields: [String: String] = [:]
-    for line in text.split(separator: "\n") {
-      guard let eq = line.firstIndex(of: "=") else { throw SwellError(.internal, "malformed metadata line \(line)") }
-      fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
-    }
+    let fields = try metadataFields(text)
     guard fields["version"] == String(version) else {
       throw SwellError(.internal, "metadata version \(fields["version"] ?? "missing") is not \(version)")
     }
@@ -45,4 +41,15 @@ public struct VolumeMeta: Sendable, Equatable {
     }
     return VolumeMeta(access: access, fsType: fsType, capacityBytes: capacity, source: source)
   }
+}
+
+/// The fields of a metadata file (`key=value` lines, as volumes and snapshots keep them); a line
+/// without `=` is INTERNAL.
+func metadataFields(_ text: String) throws -> [String: String] {
+  var fields: [String: String] = [:]
+  for line in text.split(separator: "\n") {
+    guard let eq = line.firstIndex(of: "=") else { throw SwellError(.internal, "malformed metadata line \(line)") }
+    fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
+  }
+  return fields
 }

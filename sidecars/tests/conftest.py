@@ -171,6 +171,15 @@ class Api:
             return out
         raise AssertionError("update kept conflicting")
 
+    def create_node(self, name, labels=None):
+        """A Node labelled with this driver's topology, and its CSINode naming the plugin's node ID,
+        as kubelet and node-driver-registrar leave them."""
+        self.ok("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": name, "labels": {TOPOLOGY_KEY: NODE, **(labels or {})}}})
+        self.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
+            "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": name},
+            "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
+
     # --- snapshots: the test plays the common snapshot-controller, as in a cluster with the CRDs
 
     SNAP = "/apis/snapshot.storage.k8s.io/v1"

@@ -6,7 +6,7 @@ import os
 
 import yaml
 
-from conftest import DRIVER, NODE, ROOT, TOPOLOGY_KEY, csiconf
+from conftest import NODE, ROOT, csiconf
 from test_backends import iscsi, tgtd  # noqa: F401 (tgtd is a fixture)
 from test_sidecar import pv_for, wait_bound
 
@@ -79,11 +79,7 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     api = cluster.api
     cluster.plugin.stop()
     cluster.plugin.start(extra_args=tgtd.plugin_args(os.path.join(cluster.root, "iscsi")))
-    api.ok("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
-        "name": "worker-1", "labels": {TOPOLOGY_KEY: NODE}}})
-    api.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
-        "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": "worker-1"},
-        "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
+    api.create_node("worker-1")
     sidecar = cluster.sidecar("--backend", "iscsi", "--leader-election", "--leader-election-namespace", "swell-system",
                               "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
                               "--leader-election-retry-period", "0.3", "--snapshots")

@@ -106,11 +106,7 @@ def test_wait_for_first_consumer_per_node(cluster):
 def test_wait_for_first_consumer_central_reads_csinode(cluster):
     """Central mode: the selected node's topology comes from its CSINode keys and its labels."""
     api = cluster.api
-    api.ok("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
-        "name": "worker-1", "labels": {TOPOLOGY_KEY: NODE, "kubernetes.io/hostname": "worker-1"}}})
-    api.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
-        "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": "worker-1"},
-        "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
+    api.create_node("worker-1", labels={"kubernetes.io/hostname": "worker-1"})
     cluster.sidecar()
     api.create_class("swell", binding="WaitForFirstConsumer")
     claim = api.create_claim("db", annotations={"volume.kubernetes.io/selected-node": "worker-1"})

@@ -8,7 +8,7 @@ import hashlib
 import os
 import signal
 
-from conftest import DRIVER, NODE, TOPOLOGY_KEY, csiconf
+from conftest import DRIVER, NODE, csiconf
 from test_sidecar import pv_for, reasons, wait_bound
 
 MiB = 1 << 20
@@ -158,11 +158,7 @@ def test_a_conflict_on_the_status_write_is_retried(cluster):
 def test_a_snapshot_of_a_pending_claim_waits_for_its_volume(cluster):
     api = cluster.api
     # The central sidecar learns the selected node's topology from its Node and CSINode.
-    api.ok("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
-        "name": NODE, "labels": {TOPOLOGY_KEY: NODE}}})
-    api.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
-        "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": NODE},
-        "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE, "topologyKeys": [TOPOLOGY_KEY]}]}})
+    api.create_node(NODE)
     cluster.sidecar("--snapshots")
     api.create_class("late", binding="WaitForFirstConsumer")
     api.create_snapshot_class("snapclass")
