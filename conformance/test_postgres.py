@@ -79,3 +79,55 @@ def test_a_snapshot_taken_under_pgbench_restores_a_consistent_database(plugin):
         plugin.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id=name, target_path=target))
         plugin.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id=name, staging_target_path=staging))
     assert loops_under(plugin.root) == [] and host_mounts_under(plugin.root) == []
+
+
+def test_pgbench_keeps_committing_while_its_volume_grows_online_twice(plugin):
+    """pgbench writes for 20 s while the volume grows 512 MiB → 768 MiB → 1 GiB through
+    ControllerExpandVolume and NodeExpandVolume on the mounted filesystem (xfs: ext4 cannot grow
+    online on a machine without CAP_SYS_RESOURCE). No transaction may fail, pg_amcheck must find
+    nothing, and the filesystem must show each new size."""
+    if not pg.available():
+        pytest.fail("postgresql-15 is not installed (scripts/setup.sh --tests installs it)")
+    import time
+    pg.open_path_for_postgres(plugin.root)
+    cap = mount_cap("xfs")
+    vol = plugin.controller.CreateVolume(create_req("pggrow", required=512 * MiB, cap=cap)).volume
+    staging, target = staged_and_published(plugin, "pggrow", cap, vol)
+    server = pg.Server(os.path.join(target, "pgdata"), free_port())
+    sizes = []
+    try:
+        server.initdb()
+        server.start()
+        server.pgbench("-i", "-s", "10", "-q", check=True, capture_output=True)
+        st = os.statvfs(target)
+        sizes.append(st.f_blocks * st.f_frsize)
+        load = server.pgbench_background("-c", "4", "-j", "2", "-T", "20")
+        previous = 512 * MiB
+        for size in (768 * MiB, 1024 * MiB):
+            time.sleep(5)
+            assert load.poll() is None, "pgbench ended before the grow"
+            grown = plugin.controller.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+                volume_id="pggrow", capacity_range=csi_pb2.CapacityRange(required_bytes=size), volume_capability=cap))
+            assert grown.capacity_bytes == size and grown.node_expansion_required
+            plugin.node.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(
+                volume_id="pggrow", volume_path=target, staging_target_path=staging,
+                capacity_range=csi_pb2.CapacityRange(required_bytes=size), volume_capability=cap))
+            st = os.statvfs(target)
+            sizes.append(st.f_blocks * st.f_frsize)
+            # The filesystem gained the device's new bytes (xfs keeps its log and headers aside).
+            assert sizes[-1] - sizes[-2] >= (size - previous) * 0.95, (size, sizes)
+            previous = size
+        out, _ = load.communicate(timeout=120)
+        assert load.returncode == 0, out
+        assert "number of failed transactions: 0" in out, out
+        tps = float(out.split("tps = ")[1].split()[0])
+        assert tps > 0, out
+        code, report = server.amcheck()
+        assert code == 0, report
+        assert server.psql("SELECT count(*) FROM pgbench_accounts") == "1000000"
+        assert "No space left on device" not in open(server.log).read()
+    finally:
+        server.stop()
+    plugin.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="pggrow", target_path=target))
+    plugin.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id="pggrow", staging_target_path=staging))
+    assert loops_under(plugin.root) == [] and host_mounts_under(plugin.root) == []

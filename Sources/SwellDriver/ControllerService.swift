@@ -45,7 +45,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let spec = VolumeSpec(
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
       limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
-      pool: request.parameters["pool"], source: source)
+      pool: request.parameters["pool"], source: source, thick: try Validation.thick(request.parameters))
     var record = try await locks.withLock(request.name) {
       // The source is held too, so that it is neither deleted nor grown while it is copied.
       guard let source else { return try await backend.create(spec) }

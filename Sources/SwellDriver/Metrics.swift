@@ -39,6 +39,8 @@ public struct VolumeFigures: Sendable {
   public var attached: [(id: String, capacity: Int64, used: Int64?)] = []
   /// For each attached volume with a filesystem mounted: one of its mount points (staging or publish).
   public var mountPoints: [(id: String, path: String)] = []
+  /// Attached loop devices by mode: `on` (direct I/O to the backing file) and `off` (buffered).
+  public var loopDirectIO: [String: Int] = [:]
 
   /// `/volumes`: one line per volume staged on this node, `ID<TAB>PATH`, for the per-node sidecar's
   /// auto-grow, which asks NodeGetVolumeStats about that path.
@@ -55,6 +57,11 @@ public struct VolumeFigures: Sendable {
     out += "# HELP swell_volume_used_bytes Bytes used by the filesystem of each volume staged on this node\n"
     out += "# TYPE swell_volume_used_bytes gauge\n"
     for v in attached { if let used = v.used { out += "swell_volume_used_bytes{volume=\"\(v.id)\"} \(used)\n" } }
+    if !loopDirectIO.isEmpty {
+      out += "# HELP swell_loop_devices Loop devices of volumes attached on this node, by direct I/O (off: buffered, because the backing filesystem refused it)\n"
+      out += "# TYPE swell_loop_devices gauge\n"
+      for mode in loopDirectIO.keys.sorted() { out += "swell_loop_devices{direct_io=\"\(mode)\"} \(loopDirectIO[mode]!)\n" }
+    }
     return out
   }
 
@@ -77,12 +84,15 @@ public struct VolumeFigures: Sendable {
       for id in ids.sorted() {
         guard let device = try? await backends.node.attachedDevice(id) else { continue }
         count += 1
+        if let dio = device.directIO { figures.loopDirectIO[dio ? "on" : "off", default: 0] += 1 }
         let mount = table.first { $0.major == device.major && $0.minor == device.minor }
         let used = mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes }
         figures.attached.append((id, device.sizeBytes, used))
         if let mount { figures.mountPoints.append((id, mount.mountPoint)) }
       }
       figures.byState["attached"] = count
+      // Both series always exist on a node, so that an alert on `off` > 0 has something to watch.
+      for mode in ["on", "off"] where figures.loopDirectIO[mode] == nil { figures.loopDirectIO[mode] = 0 }
     }
     return figures
   }

@@ -3,6 +3,7 @@
 #endif
 import CSIProto
 import GRPCCore
+import Logging
 import SwellHost
 import SwellStorage
 
@@ -14,12 +15,16 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   let config: DriverConfig
   let backend: any NodeBackend
   let mounter: Mounter
+  let logger: Logger
   let locks = VolumeLocks()
 
-  public init(config: DriverConfig, backend: any NodeBackend, mounter: Mounter) {
+  public init(
+    config: DriverConfig, backend: any NodeBackend, mounter: Mounter, logger: Logger = Logger(label: "swell.node")
+  ) {
     self.config = config
     self.backend = backend
     self.mounter = mounter
+    self.logger = logger
   }
 
   public func nodeStageVolume(
@@ -37,6 +42,11 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       let device = try await backend.attach(
         id, context: AttachContext(volumeContext: request.volumeContext, secrets: request.secrets))
       Failpoints.hit("stage-after-attach")
+      if device.directIO == false {
+        logger.warning(
+          "loop device is buffered: its backing filesystem refused direct I/O, so the volume's data is cached twice and O_DIRECT in the volume is not direct",
+          metadata: ["volume": "\(id)", "device": "\(device.path)"])
+      }
       guard access.kind == .mount else { return }
       do {
         try await stageFilesystem(
@@ -84,6 +94,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     // clone carries its source's: `nouuid` lets both be mounted on one node.
     var options = access.mountFlags
     if fsType == FileSystemType.xfs.rawValue, !options.contains("nouuid") { options.append("nouuid") }
+    // A database gains nothing from access times, and each one is a metadata write: `noatime`
+    // unless the capability's mount flags choose an atime mode themselves.
+    let atimeModes: Set<String> = ["atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime"]
+    if !options.contains(where: atimeModes.contains) { options.append("noatime") }
     try await mounter.mount(device.path, at: staging, type: fsType, options: options)
     guard existing, growToDevice else { return }
     do {

@@ -77,7 +77,7 @@ public struct Plugin {
 
   /// Builds the services for the configured mode.
   static func services(
-    config: DriverConfig, backends: OpenBackends, exec: any Executor
+    config: DriverConfig, backends: OpenBackends, exec: any Executor, logger: Logger = Logger(label: "swell")
   ) -> [any RegistrableRPCService] {
     var services: [any RegistrableRPCService] = []
     let mode = config.mode
@@ -85,7 +85,7 @@ public struct Plugin {
       IdentityService(config: config) { try await checkReady(mode: mode, backends: backends, exec: exec) })
     if mode.servesController { services.append(ControllerService(config: config, backends: backends.controller)) }
     if mode.servesNode {
-      services.append(NodeService(config: config, backend: backends.node, mounter: Mounter(exec: exec)))
+      services.append(NodeService(config: config, backend: backends.node, mounter: Mounter(exec: exec), logger: logger))
     }
     return services
   }
@@ -129,7 +129,7 @@ public struct Plugin {
     let server = GRPCServer(
       transport: .http2NIOPosix(
         listeningSocketDescriptor: Int(listener.descriptor), transportSecurity: .plaintext, config: transportConfig),
-      services: Self.services(config: options.config, backends: backends, exec: exec),
+      services: Self.services(config: options.config, backends: backends, exec: exec, logger: logger),
       interceptors: [RPCInterceptor(logger: logger, metrics: metrics)])
     logger.notice(
       "serving",

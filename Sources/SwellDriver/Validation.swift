@@ -64,10 +64,10 @@ enum Validation {
   }
 
   /// The StorageClass parameters this driver knows: `backend` (one this controller has), `pool`
-  /// (a thin pool, with the lvm backend), `mkfsOptions`. Keys under `csi.storage.k8s.io/` are the
+  /// (a thin pool, with the lvm backend), `mkfsOptions`, `provisioning` (thin or thick). Keys under `csi.storage.k8s.io/` are the
   /// provisioner's own and are accepted and ignored.
   static func parameters(_ parameters: [String: String], backends: [String]) throws {
-    let known = ["backend", "pool", "mkfsOptions"]
+    let known = ["backend", "pool", "mkfsOptions", "provisioning"]
     for key in parameters.keys.sorted() where !key.hasPrefix("csi.storage.k8s.io/") {
       guard known.contains(key) else {
         throw SwellError.invalid("unknown parameter \(key.debugDescription); known: \(known.joined(separator: ", "))")
@@ -83,6 +83,18 @@ enum Validation {
       try Names.validateVolumeID(pool, field: "parameter pool")
     }
     if let options = parameters["mkfsOptions"] { _ = try mkfsOptions(options) }
+    if try thick(parameters), backend == "lvm" {
+      throw SwellError.invalid("parameter provisioning=thick is for file-backed volumes (backend loop or iscsi), not lvm thin")
+    }
+  }
+
+  /// `provisioning`: `thin` (the default, sparse files) or `thick` (preallocated with fallocate).
+  static func thick(_ parameters: [String: String]) throws -> Bool {
+    switch parameters["provisioning"] {
+    case nil, "thin": return false
+    case "thick": return true
+    case let other?: throw SwellError.invalid("parameter provisioning=\(other.debugDescription) is neither thin nor thick")
+    }
   }
 
   /// mkfs flags a class may pass: tuning only (block and inode sizes, features, reserved space,

@@ -40,15 +40,43 @@ public struct LoopDevices: Sendable {
     return LoopDevice(name: name, major: major, minor: minor)
   }
 
-  /// Attaches `file`, or returns the device it is already attached to.
+  /// The sector size every volume's loop device has, whatever the backing disk's, so that a
+  /// filesystem made on one attach mounts on the next.
+  public static let sectorSize = 512
+
+  /// Attaches `file` with direct I/O, or returns the device it is already attached to.
+  ///
+  /// With direct I/O the loop device reads and writes its backing file with O_DIRECT: only the
+  /// volume's own filesystem caches, and an O_DIRECT read in the volume reaches the disk. A device
+  /// found attached in buffered mode (by an older plugin, or before a restart) is switched to direct
+  /// I/O in place. Where the backing filesystem cannot do direct I/O at 512-byte sectors, the kernel
+  /// leaves the device buffered; ``directIO(_:)`` tells which mode it is in.
   public func attach(_ file: String) async throws -> LoopDevice {
-    if let existing = try attached(to: file).first { return existing }
-    let out = try await exec.run(["losetup", "--find", "--show", "--nooverlap", file])
+    if let existing = try attached(to: file).first {
+      if directIO(existing) == false {
+        // Best effort: a device that cannot switch stays buffered and is reported as such.
+        _ = try? await exec.output(["losetup", "--direct-io=on", existing.path])
+      }
+      return existing
+    }
+    let out = try await exec.run([
+      "losetup", "--find", "--show", "--nooverlap", "--direct-io=on", "--sector-size", String(Self.sectorSize), file,
+    ])
     let path = out.stdout.trimmingWhitespace()
     guard path.hasPrefix("/dev/loop") else {
       throw SwellError(.internal, "losetup printed \(path.debugDescription) for \(file)")
     }
     return try device(named: String(path.dropFirst("/dev/".count)))
+  }
+
+  /// True when the device does direct I/O to its backing file (`loop/dio`), false when it is
+  /// buffered, nil when sysfs does not say.
+  public func directIO(_ device: LoopDevice) -> Bool? {
+    switch (try? readSmallFile("\(sysBlock)/\(device.name)/loop/dio"))?.trimmingWhitespace() {
+    case "1": return true
+    case "0": return false
+    default: return nil
+    }
   }
 
   /// Detaches a device; a device already detached is fine.

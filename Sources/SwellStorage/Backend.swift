@@ -22,10 +22,13 @@ public struct VolumeSpec: Sendable, Equatable {
   public var pool: String?
   /// The snapshot or volume whose bytes the new volume starts with; nil for an empty volume.
   public var source: VolumeSource?
+  /// True for a preallocated volume (`provisioning: thick`): every byte is reserved on disk at
+  /// creation and at each grow, so that writes inside it never meet a full disk.
+  public var thick: Bool
 
   public init(
     id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String,
-    backend: String = LoopBackend.name, pool: String? = nil, source: VolumeSource? = nil
+    backend: String = LoopBackend.name, pool: String? = nil, source: VolumeSource? = nil, thick: Bool = false
   ) {
     self.id = id
     self.capacityBytes = capacityBytes
@@ -36,6 +39,7 @@ public struct VolumeSpec: Sendable, Equatable {
     self.backend = backend
     self.pool = pool
     self.source = source
+    self.thick = thick
   }
 }
 
@@ -52,6 +56,8 @@ public struct VolumeRecord: Sendable, Equatable {
   public var isLocal: Bool = true
   /// The snapshot or volume it was made from, if any.
   public var source: VolumeSource? = nil
+  /// True for a preallocated volume (``VolumeSpec/thick``).
+  public var thick: Bool = false
 }
 
 /// What NodeStageVolume passes to a backend's attach.
@@ -77,6 +83,9 @@ public struct AttachedDevice: Sendable, Equatable {
   public var major: Int
   public var minor: Int
   public var sizeBytes: Int64
+  /// For a loop device: whether it does direct I/O to its backing file (false: buffered, through
+  /// the page cache). Nil for devices that are not loop devices.
+  public var directIO: Bool? = nil
 }
 
 /// The controller side of a backend: makes, grows, lists and removes volumes.

@@ -28,6 +28,8 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   /// The longest a filesystem stays frozen for a snapshot or clone of a mounted volume.
   public let freezeLimit: Duration
   let loops: LoopDevices
+  /// Group commit of renames in `volumes/`.
+  let volumesSync: DirectorySync
 
   /// Opens (and creates, when missing) the data directory. `root` is made canonical, because
   /// the kernel reports a loop device's backing file by its canonical path.
@@ -40,6 +42,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     self.maximumBytes = maximumBytes
     self.freezeLimit = freezeLimit
     self.loops = LoopDevices(exec: exec)
+    self.volumesSync = DirectorySync(path: root + "/volumes")
   }
 
   var volumesDir: String { root + "/volumes" }
@@ -56,13 +59,26 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
 
   /// Makes the volume; `sourceInUseElsewhere` says a source volume is attached on another host
   /// (an iSCSI session), so that only an atomic reflink may copy it.
+  ///
+  /// The file work runs on the blocking pool; the data directory's fsync is shared with every
+  /// create and delete that renamed meanwhile (group commit). A volume found already made is also
+  /// answered only after such an fsync, so that a retry after a crash between the rename and the
+  /// fsync does not acknowledge a volume that a power loss could still take away.
   func create(_ spec: VolumeSpec, sourceInUseElsewhere: Bool) async throws -> VolumeRecord {
+    let record = try await BlockingIO.run { try self.makeVolume(spec, sourceInUseElsewhere: sourceInUseElsewhere) }
+    try await volumesSync.commit()
+    return record
+  }
+
+  /// Makes the volume's directory under a temporary name and renames it into place; returns the
+  /// volume, made now or before. The caller makes the rename durable.
+  private func makeVolume(_ spec: VolumeSpec, sourceInUseElsewhere: Bool) throws -> VolumeRecord {
     if let existing = try load(spec.id) {
       try checkCompatible(existing, with: spec)
       return existing
     }
     if spec.source == nil {
-      let available = try await availableBytes()
+      let available = try FileSystemUsage.of(volumesDir).availableBytes
       guard spec.capacityBytes <= available else {
         throw SwellError(
           .resourceExhausted,
@@ -81,9 +97,11 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
         try makeSparseFile(staging + "/disk.img", size: spec.capacityBytes)
         Failpoints.hit("create-after-sparse-file")
       }
+      if spec.thick { try preallocate(staging + "/disk.img", from: 0, to: spec.capacityBytes, volume: spec.id) }
       // Durability costs two fsyncs: the metadata's (which commits the filesystem's journal, and with
       // it the sparse file's size), then the data directory's after the rename.
-      let meta = VolumeMeta(access: spec.access, fsType: spec.fsType, capacityBytes: spec.capacityBytes, source: spec.source)
+      let meta = VolumeMeta(
+        access: spec.access, fsType: spec.fsType, capacityBytes: spec.capacityBytes, source: spec.source, thick: spec.thick)
       try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
       guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
     } catch {
@@ -91,16 +109,19 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
       try? removeTree(staging)
       throw error
     }
-    try fsyncDirectory(volumesDir)
     return VolumeRecord(
       id: spec.id, capacityBytes: spec.capacityBytes, access: spec.access, fsType: spec.fsType, backend: Self.name,
-      source: spec.source)
+      source: spec.source, thick: spec.thick)
   }
 
+  /// Renames the volume's directory away, makes that durable (group commit, as for create), then
+  /// removes it. A crash after the rename leaves a `.deleting` directory that the retry or the
+  /// next start removes.
   public func delete(_ id: String) async throws {
     let dir = volumeDir(id)
     let trash = "\(volumesDir)/.\(id).deleting"
-    if try FileInfo.of(dir, followLinks: false) != nil {
+    let renamed = try await BlockingIO.run {
+      guard try FileInfo.of(dir, followLinks: false) != nil else { return false }
       let users = try loops.attached(to: diskPath(id))
       if !users.isEmpty {
         throw SwellError.precondition(
@@ -108,14 +129,23 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
       }
       try removeTree(trash)
       guard rename(dir, trash) == 0 else { throw SystemCallError("rename", dir) }
-      try fsyncDirectory(volumesDir)
+      return true
+    }
+    if renamed {
+      try await volumesSync.commit()
       Failpoints.hit("delete-after-rename")
     }
-    try removeTree(trash)
-    try removeTree("\(volumesDir)/.\(id).creating")
+    try await BlockingIO.run {
+      try removeTree(trash)
+      try removeTree("\(volumesDir)/.\(id).creating")
+    }
   }
 
   public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
+    try await BlockingIO.run { try self.grow(id, to: bytes) }
+  }
+
+  private func grow(_ id: String, to bytes: Int64) throws -> VolumeRecord {
     guard var record = try load(id) else { throw SwellError.notFound("volume \(id) does not exist") }
     if bytes <= record.capacityBytes {
       // A crash between growing the file and recording it leaves the record behind; mend it.
@@ -124,13 +154,14 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
       }
       return record
     }
-    let available = try await availableBytes()
+    let available = try FileSystemUsage.of(volumesDir).availableBytes
     guard bytes - record.capacityBytes <= available else {
       throw SwellError(
         .resourceExhausted,
         "growing \(id) by \(bytes - record.capacityBytes) bytes needs more than the \(available) bytes free")
     }
     let path = diskPath(id)
+    if record.thick { try preallocate(path, from: record.capacityBytes, to: bytes, volume: id) }
     let fd = open(path, O_WRONLY | O_CLOEXEC)
     guard fd >= 0 else { throw SystemCallError("open", path) }
     defer { close(fd) }
@@ -143,14 +174,20 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   }
 
   public func volume(_ id: String) async throws -> VolumeRecord? {
-    try load(id)
+    try await BlockingIO.run { try self.load(id) }
   }
 
   public func list() async throws -> [VolumeRecord] {
-    try listDirectory(volumesDir).filter { !$0.hasPrefix(".") }.sorted().compactMap { try? load($0) }
+    try await BlockingIO.run {
+      try listDirectory(volumesDir).filter { !$0.hasPrefix(".") }.sorted().compactMap { try? self.load($0) }
+    }
   }
 
   public func health(_ id: String) async -> VolumeHealth {
+    (try? await BlockingIO.run { self.healthNow(id) }) ?? .abnormal("the health of \(id) could not be read")
+  }
+
+  private func healthNow(_ id: String) -> VolumeHealth {
     guard let disk = try? FileInfo.of(diskPath(id), followLinks: false) else {
       return .abnormal("backing file \(diskPath(id)) is missing")
     }
@@ -171,7 +208,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   }
 
   public func availableBytes() async throws -> Int64 {
-    try FileSystemUsage.of(volumesDir).availableBytes
+    try await BlockingIO.run { try FileSystemUsage.of(volumesDir).availableBytes }
   }
 
   public func availableBytes(parameters: [String: String]) async throws -> Int64 {
@@ -202,7 +239,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   // MARK: Node
 
   public func exists(_ id: String) async throws -> Bool {
-    try FileInfo.of(diskPath(id)) != nil
+    try await BlockingIO.run { try FileInfo.of(diskPath(id)) != nil }
   }
 
   public func attach(_ id: String, context: AttachContext = .init()) async throws -> AttachedDevice {
@@ -211,7 +248,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   }
 
   public func attachedDevice(_ id: String) async throws -> AttachedDevice? {
-    try loops.attached(to: diskPath(id)).first.map(describe)
+    try await BlockingIO.run { try loops.attached(to: diskPath(id)).first.map(describe) }
   }
 
   public func detach(_ id: String) async throws {
@@ -231,7 +268,9 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   // MARK: Helpers
 
   private func describe(_ device: LoopDevice) throws -> AttachedDevice {
-    AttachedDevice(path: device.path, major: device.major, minor: device.minor, sizeBytes: try loops.sizeBytes(device))
+    AttachedDevice(
+      path: device.path, major: device.major, minor: device.minor, sizeBytes: try loops.sizeBytes(device),
+      directIO: loops.directIO(device))
   }
 
   /// The stored volume, or nil when `volumes/<id>` does not exist.
@@ -246,12 +285,13 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     let size = try FileInfo.of(diskPath(id))?.size ?? meta.capacityBytes
     return VolumeRecord(
       id: id, capacityBytes: max(size, meta.capacityBytes), access: meta.access, fsType: meta.fsType,
-      backend: Self.name, source: meta.source)
+      backend: Self.name, source: meta.source, thick: meta.thick)
   }
 
   private func writeMeta(_ record: VolumeRecord) throws {
     let meta = VolumeMeta(
-      access: record.access, fsType: record.fsType, capacityBytes: record.capacityBytes, source: record.source)
+      access: record.access, fsType: record.fsType, capacityBytes: record.capacityBytes, source: record.source,
+      thick: record.thick)
     try writeFileAtomically(metaPath(record.id), Array(meta.encoded().utf8))
   }
 
@@ -263,6 +303,11 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     if !existing.fsType.isEmpty, !spec.fsType.isEmpty, existing.fsType != spec.fsType {
       throw SwellError(.alreadyExists, "volume \(spec.id) exists with fs_type \(existing.fsType), not \(spec.fsType)")
     }
+    if existing.thick != spec.thick {
+      throw SwellError(
+        .alreadyExists,
+        "volume \(spec.id) exists \(existing.thick ? "thick" : "thin")-provisioned, not \(spec.thick ? "thick" : "thin")")
+    }
     if existing.source != spec.source {
       throw SwellError(
         .alreadyExists,
@@ -273,6 +318,31 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
         .alreadyExists,
         "volume \(spec.id) exists with \(existing.capacityBytes) bytes, outside [\(spec.requiredBytes), \(spec.limitBytes)]")
     }
+  }
+
+  /// Reserves the disk blocks of bytes `[from, to)` of a backing file (fallocate, which keeps any
+  /// data already there). A disk without the room is RESOURCE_EXHAUSTED, and the file keeps its
+  /// size: what was reserved past the old end is given back.
+  private func preallocate(_ path: String, from: Int64, to: Int64, volume: String) throws {
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw SystemCallError("open", path) }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw SystemCallError("fstat", path) }
+    // glibc's posix_fallocate is the fallocate system call on ext4 and xfs; it returns the error.
+    let rc = posix_fallocate(fd, off_t(from), off_t(to - from))
+    if rc == 0 { return }
+    let error = SystemCallError("fallocate", path, errno: rc)
+    _ = ftruncate(fd, st.st_size)
+    if error.errno == ENOSPC || error.errno == EDQUOT {
+      throw SwellError(
+        .resourceExhausted,
+        "preallocating \(to - from) bytes for thick volume \(volume) failed: no space left under \(root)")
+    }
+    if error.errno == EOPNOTSUPP {
+      throw SwellError.precondition("the filesystem under \(root) cannot preallocate (fallocate): thick volumes are not possible there")
+    }
+    throw SwellError(.internal, "preallocating thick volume \(volume)", cause: error)
   }
 
   private func makeSparseFile(_ path: String, size: Int64) throws {

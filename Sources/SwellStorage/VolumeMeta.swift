@@ -11,17 +11,20 @@ public struct VolumeMeta: Sendable, Equatable {
   public var capacityBytes: Int64
   /// The snapshot or volume it was made from; absent for an empty volume.
   public var source: VolumeSource?
+  /// Preallocated (`provisioning=thick`); absent means thin, as every volume before it was.
+  public var thick: Bool
 
-  public init(access: AccessKind, fsType: String, capacityBytes: Int64, source: VolumeSource? = nil) {
+  public init(access: AccessKind, fsType: String, capacityBytes: Int64, source: VolumeSource? = nil, thick: Bool = false) {
     self.access = access
     self.fsType = fsType
     self.capacityBytes = capacityBytes
     self.source = source
+    self.thick = thick
   }
 
   public func encoded() -> String {
     "version=\(Self.version)\naccess=\(access.rawValue)\nfs_type=\(fsType)\ncapacity_bytes=\(capacityBytes)\n"
-      + (source.map { "source=\($0.encoded)\n" } ?? "")
+      + (source.map { "source=\($0.encoded)\n" } ?? "") + (thick ? "provisioning=thick\n" : "")
   }
 
   /// Parses ``encoded()``; throws on any missing, unknown or malformed field.
@@ -39,7 +42,13 @@ public struct VolumeMeta: Sendable, Equatable {
       guard let parsed = VolumeSource(encoded: text) else { throw SwellError(.internal, "metadata source \(text) is malformed") }
       source = parsed
     }
-    return VolumeMeta(access: access, fsType: fsType, capacityBytes: capacity, source: source)
+    let thick: Bool
+    switch fields["provisioning"] {
+    case nil, "thin": thick = false
+    case "thick": thick = true
+    case let other?: throw SwellError(.internal, "metadata provisioning \(other) is neither thin nor thick")
+    }
+    return VolumeMeta(access: access, fsType: fsType, capacityBytes: capacity, source: source, thick: thick)
   }
 }
 
