@@ -3,7 +3,10 @@
 
 Starts the given `swell` binary (use a release build) on a temp socket and measures, through a
 Python grpcio client (whose own overhead is included in every latency):
-  - CreateVolume+DeleteVolume pairs per second, with p50/p99 of each call, at concurrency 1 and 8;
+  - CreateVolume+DeleteVolume pairs per second, with p50/p99 of each call, at concurrency 1 and 8,
+    against csi-driver-host-path's figures on this machine, and the p50 of each step inside the
+    plugin (the `spans=` of its log lines: validate, queue for the I/O pool, lookup, statvfs,
+    files, fsync, rename, dir-fsync);
   - ControllerExpandVolume + NodeExpandVolume of a mounted 1 GiB volume to 2 GiB;
   - NodeGetVolumeStats p50;
   - idle RSS, PSS and USS of the plugin, and the time from exec to the first answered Probe.
@@ -84,6 +87,27 @@ def server_side(plugin, method, since=0):
         f.seek(since)
         text = f.read()
     return [float(m) / 1000 for m in re.findall(rf"method={method} ms=([0-9.]+)", text)]
+
+
+def spans(plugin, method, since=0):
+    """{step: [milliseconds per call]} from the `spans=` field of the plugin's log lines."""
+    with open(plugin.log_path) as f:
+        f.seek(since)
+        text = f.read()
+    steps = {}
+    for field in re.findall(rf"method={method} ms=[0-9.]+ spans=(\S+)", text):
+        for part in field.split(","):
+            name, value = part.rsplit(":", 1)
+            steps.setdefault(name, []).append(float(value))
+    return steps
+
+
+def span_line(steps):
+    return ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in steps.items())
+
+
+# csi-driver-host-path v1.18 on this machine, through the same grpcio client (issue 15's figures).
+HOSTPATH_PAIRS_PER_S = {1: 641, 8: 1280}
 
 
 def log_size(plugin):
@@ -192,6 +216,10 @@ def main():
                   f"p99 {ms(pct(creates, 99))}; DeleteVolume p50 {ms(pct(deletes, 50))} p99 {ms(pct(deletes, 99))}")
             print(f"  server-side (plugin's own log): CreateVolume p50 {ms(pct(sc, 50))} p99 {ms(pct(sc, 99))}; "
                   f"DeleteVolume p50 {ms(pct(sd, 50))} p99 {ms(pct(sd, 99))}")
+            print(f"  against csi-driver-host-path's {HOSTPATH_PAIRS_PER_S[conc]} pairs/s measured here: "
+                  f"{rate / HOSTPATH_PAIRS_PER_S[conc]:.2f}x")
+            print(f"  CreateVolume steps, p50 ms: {span_line(spans(plugin, 'CreateVolume', mark))}")
+            print(f"  DeleteVolume steps, p50 ms: {span_line(spans(plugin, 'DeleteVolume', mark))}")
         totals, controller, node, stats = grow(plugin, args.fs, 5)
         print(f"online grow 1 -> 2 GiB, {args.fs}, mounted, 5 runs: total p50 {ms(statistics.median(totals))} "
               f"(max {ms(max(totals))}); ControllerExpandVolume p50 {ms(statistics.median(controller))}; "

@@ -20,6 +20,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   public func createVolume(
     request: Csi_V1_CreateVolumeRequest, context: ServerContext
   ) async throws -> Csi_V1_CreateVolumeResponse {
+    let validating = ContinuousClock.now
     try Names.validateVolumeID(request.name, field: "name")
     let access = try Validation.access(request.volumeCapabilities)
     try Validation.parameters(request.parameters, backends: backend.names)
@@ -46,6 +47,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
       limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
       pool: request.parameters["pool"], source: source, thick: try Validation.thick(request.parameters))
+    Spans.recorder?.record("validate", ContinuousClock.now - validating)
     var record = try await locks.withLock(request.name) {
       // The source is held too, so that it is neither deleted nor grown while it is copied.
       guard let source else { return try await backend.create(spec) }

@@ -5,7 +5,8 @@ import SwellHost
 import Synchronization
 
 /// Maps every error a handler throws to its gRPC code (through ``ErrorMapping``), counts the call
-/// in the metrics, and logs one line per RPC: the method, the volume, the duration and the code.
+/// in the metrics, and logs one line per RPC: the method, the volume, the duration, the code, and
+/// where the time went (``Spans``).
 /// Only the volume ID is taken from a request, so secrets in requests never reach a log.
 public struct RPCInterceptor: ServerInterceptor {
   let logger: Logger
@@ -30,8 +31,9 @@ public struct RPCInterceptor: ServerInterceptor {
         return message
       }))
     let response: StreamingServerResponse<Output>
+    let spans = SpanRecorder()
     do {
-      response = try await next(observed, context)
+      response = try await Spans.$recorder.withValue(spans) { try await next(observed, context) }
     } catch {
       response = StreamingServerResponse(error: ErrorMapping.rpcError(error))
     }
@@ -39,6 +41,8 @@ public struct RPCInterceptor: ServerInterceptor {
     let method = context.descriptor.method
     var metadata: Logger.Metadata = ["method": "\(method)", "ms": "\((elapsed.milliseconds * 1000).rounded() / 1000)"]
     if let id = volume.withLock({ $0 }), !id.isEmpty { metadata["volume"] = "\(id)" }
+    let steps = spans.summary
+    if !steps.isEmpty { metadata["spans"] = "\(steps)" }
     switch response.accepted {
     case .success:
       metadata["code"] = "OK"

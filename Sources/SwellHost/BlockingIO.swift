@@ -17,9 +17,15 @@ public enum BlockingIO {
     return pool
   }()
 
-  /// Runs `body` on the blocking pool and returns its result.
+  /// Runs `body` on the blocking pool and returns its result. The wait for a free thread is the
+  /// call's `queue` span.
   public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await pool.runIfActive(body)
+    guard let recorder = Spans.recorder else { return try await pool.runIfActive(body) }
+    let asked = ContinuousClock.now
+    return try await pool.runIfActive {
+      recorder.record("queue", ContinuousClock.now - asked)
+      return try body()
+    }
   }
 }
 

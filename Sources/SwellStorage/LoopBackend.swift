@@ -65,20 +65,23 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   /// answered only after such an fsync, so that a retry after a crash between the rename and the
   /// fsync does not acknowledge a volume that a power loss could still take away.
   func create(_ spec: VolumeSpec, sourceInUseElsewhere: Bool) async throws -> VolumeRecord {
-    let record = try await BlockingIO.run { try self.makeVolume(spec, sourceInUseElsewhere: sourceInUseElsewhere) }
-    try await volumesSync.commit()
+    let spans = Spans.recorder
+    let record = try await BlockingIO.run {
+      try self.makeVolume(spec, sourceInUseElsewhere: sourceInUseElsewhere, spans: spans)
+    }
+    try await Spans.measure("dir-fsync") { try await volumesSync.commit() }
     return record
   }
 
   /// Makes the volume's directory under a temporary name and renames it into place; returns the
   /// volume, made now or before. The caller makes the rename durable.
-  private func makeVolume(_ spec: VolumeSpec, sourceInUseElsewhere: Bool) throws -> VolumeRecord {
-    if let existing = try load(spec.id) {
+  private func makeVolume(_ spec: VolumeSpec, sourceInUseElsewhere: Bool, spans: SpanRecorder?) throws -> VolumeRecord {
+    if let existing = try Spans.measure("lookup", in: spans, { try load(spec.id) }) {
       try checkCompatible(existing, with: spec)
       return existing
     }
     if spec.source == nil {
-      let available = try FileSystemUsage.of(volumesDir).availableBytes
+      let available = try Spans.measure("statvfs", in: spans) { try FileSystemUsage.of(volumesDir).availableBytes }
       guard spec.capacityBytes <= available else {
         throw SwellError(
           .resourceExhausted,
@@ -86,24 +89,30 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
       }
     }
     let staging = "\(volumesDir)/.\(spec.id).creating"
-    try thawLeftover(staging)
-    try removeTree(staging)
-    guard mkdir(staging, 0o750) == 0 else { throw SystemCallError("mkdir", staging) }
     do {
-      if let source = spec.source {
-        try populate(staging, from: source, size: spec.capacityBytes, inUseElsewhere: sourceInUseElsewhere)
-        Failpoints.hit("create-after-clone")
-      } else {
-        try makeSparseFile(staging + "/disk.img", size: spec.capacityBytes)
-        Failpoints.hit("create-after-sparse-file")
+      try Spans.measure("files", in: spans) {
+        try thawLeftover(staging)
+        try removeTree(staging)
+        guard mkdir(staging, 0o750) == 0 else { throw SystemCallError("mkdir", staging) }
+        if let source = spec.source {
+          try populate(staging, from: source, size: spec.capacityBytes, inUseElsewhere: sourceInUseElsewhere)
+          Failpoints.hit("create-after-clone")
+        } else {
+          try makeSparseFile(staging + "/disk.img", size: spec.capacityBytes)
+          Failpoints.hit("create-after-sparse-file")
+        }
+        if spec.thick { try preallocate(staging + "/disk.img", from: 0, to: spec.capacityBytes, volume: spec.id) }
       }
-      if spec.thick { try preallocate(staging + "/disk.img", from: 0, to: spec.capacityBytes, volume: spec.id) }
       // Durability costs two fsyncs: the metadata's (which commits the filesystem's journal, and with
-      // it the sparse file's size), then the data directory's after the rename.
+      // it the sparse file's size), then the data directory's after the rename (group-committed).
       let meta = VolumeMeta(
         access: spec.access, fsType: spec.fsType, capacityBytes: spec.capacityBytes, source: spec.source, thick: spec.thick)
-      try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
-      guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
+      try Spans.measure("fsync", in: spans) {
+        try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
+      }
+      try Spans.measure("rename", in: spans) {
+        guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
+      }
     } catch {
       try? thawLeftover(staging)
       try? removeTree(staging)
@@ -120,24 +129,32 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   public func delete(_ id: String) async throws {
     let dir = volumeDir(id)
     let trash = "\(volumesDir)/.\(id).deleting"
+    let spans = Spans.recorder
     let renamed = try await BlockingIO.run {
-      guard try FileInfo.of(dir, followLinks: false) != nil else { return false }
-      let users = try loops.attached(to: diskPath(id))
+      let users = try Spans.measure("lookup", in: spans) { () throws -> [LoopDevice]? in
+        guard try FileInfo.of(dir, followLinks: false) != nil else { return nil }
+        return try loops.attached(to: diskPath(id))
+      }
+      guard let users else { return false }
       if !users.isEmpty {
         throw SwellError.precondition(
           "volume \(id) is still attached as \(users.map(\.path).joined(separator: ", ")); unstage it first")
       }
-      try removeTree(trash)
-      guard rename(dir, trash) == 0 else { throw SystemCallError("rename", dir) }
+      try Spans.measure("rename", in: spans) {
+        try removeTree(trash)
+        guard rename(dir, trash) == 0 else { throw SystemCallError("rename", dir) }
+      }
       return true
     }
     if renamed {
-      try await volumesSync.commit()
+      try await Spans.measure("dir-fsync") { try await volumesSync.commit() }
       Failpoints.hit("delete-after-rename")
     }
     try await BlockingIO.run {
-      try removeTree(trash)
-      try removeTree("\(volumesDir)/.\(id).creating")
+      try Spans.measure("files", in: spans) {
+        try removeTree(trash)
+        try removeTree("\(volumesDir)/.\(id).creating")
+      }
     }
   }
 
