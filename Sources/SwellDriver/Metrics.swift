@@ -77,12 +77,17 @@ public struct VolumeFigures: Sendable {
       }
     }
     if mode.servesNode {
-      let table = (try? MountInfo.current()) ?? []
-      var ids = ((try? await backends.loop.list().map(\.id)) ?? []) + ((try? backends.iscsiNode.stagedIDs()) ?? [])
+      // One mountinfo read and one sysfs pass for all loop volumes; iSCSI and LVM volumes are
+      // looked up one by one (their backends read their own tables).
+      let table = (try? await BlockingIO.run { try MountInfo.current() }) ?? []
+      let loopDevices = (try? await backends.loop.attachedDevices()) ?? [:]
+      var ids = Array(loopDevices.keys) + ((try? backends.iscsiNode.stagedIDs()) ?? [])
       if let lvm = backends.lvm { ids += (try? await lvm.list().map(\.id)) ?? [] }
       var count = 0
-      for id in ids.sorted() {
-        guard let device = try? await backends.node.attachedDevice(id) else { continue }
+      for id in Set(ids).sorted() {
+        let found: AttachedDevice?
+        if let device = loopDevices[id] { found = device } else { found = try? await backends.node.attachedDevice(id) }
+        guard let device = found else { continue }
         count += 1
         if let dio = device.directIO { figures.loopDirectIO[dio ? "on" : "off", default: 0] += 1 }
         let mount = table.first { $0.major == device.major && $0.minor == device.minor }

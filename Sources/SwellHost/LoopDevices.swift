@@ -31,6 +31,20 @@ public struct LoopDevices: Sendable {
     }
   }
 
+  /// Every attached loop device by its backing file (canonical path, a deleted file's ` (deleted)`
+  /// suffix removed), in one pass over sysfs. A file attached twice keeps its first device.
+  public func byBackingFile() throws -> [String: LoopDevice] {
+    var out: [String: LoopDevice] = [:]
+    for name in try listDirectory(sysBlock).filter({ $0.hasPrefix("loop") }).sorted() {
+      guard let backing = try? readSmallFile("\(sysBlock)/\(name)/loop/backing_file").trimmingWhitespace(),
+        !backing.isEmpty
+      else { continue }
+      let file = backing.hasSuffix(" (deleted)") ? String(backing.dropLast(" (deleted)".count)) : backing
+      if out[file] == nil, let device = try? device(named: name) { out[file] = device }
+    }
+    return out
+  }
+
   /// The device for a kernel name, with its numbers from sysfs.
   public func device(named name: String) throws -> LoopDevice {
     let numbers = try readSmallFile("\(sysBlock)/\(name)/dev").trimmingWhitespace().split(separator: ":")

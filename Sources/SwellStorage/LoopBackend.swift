@@ -268,6 +268,21 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     try await BlockingIO.run { try loops.attached(to: diskPath(id)).first.map(describe) }
   }
 
+  /// Every volume of this backend attached on this node, with its device, from one pass over sysfs
+  /// (for a scrape: the cost grows with the number of loop devices, once, not once per volume).
+  public func attachedDevices() async throws -> [String: AttachedDevice] {
+    try await BlockingIO.run {
+      var out: [String: AttachedDevice] = [:]
+      let prefix = volumesDir + "/"
+      for (file, device) in try loops.byBackingFile() where file.hasPrefix(prefix) && file.hasSuffix("/disk.img") {
+        let id = String(file.dropFirst(prefix.count).dropLast("/disk.img".count))
+        guard !id.contains("/"), !id.hasPrefix(".") else { continue }
+        out[id] = try describe(device)
+      }
+      return out
+    }
+  }
+
   public func detach(_ id: String) async throws {
     for device in try loops.attached(to: diskPath(id)) {
       try await loops.detach(device)
