@@ -7,14 +7,15 @@ For each place, the same jobs with the same settings:
   - fio `randread` and `randwrite`: 4 KiB, O_DIRECT, libaio, queue depth 16 after a warm-up ramp
     (and randread at queue depth 1);
   - PostgreSQL 15 under pgbench (tpcb-like, scale 10, 4 clients, 2 threads), fsync on.
-The Swell places: an xfs volume as the plugin stages it (direct-I/O loop device, sparse file),
-the same provisioned thick, and the same with its loop device switched to buffered I/O (what
-Swell did before direct I/O), to show what each choice is worth. The host directory is measured
-first and again last, and the ratios use the mean of the two. Last, pgbench runs again on the
+The Swell places: xfs and ext4 volumes as the plugin stages them (direct-I/O loop device, sparse
+file), xfs provisioned thick, and xfs with its loop device switched to buffered I/O (what Swell
+did before direct I/O), to show what each choice is worth. Every place is measured once per
+round (in reverse order on even rounds, against drift), and the ratios are the median over rounds
+of each place against the host directory of the same round. Last, pgbench runs again on the
 default volume while it is grown online twice, and each grow's time is reported.
 
 Needs root, fio, and postgresql-15 (`scripts/setup.sh --tests` installs both).
-Usage: bench/bench_db.py [path/to/swell] [--seconds 20] [--pgbench-seconds 30]
+Usage: bench/bench_db.py [path/to/swell] [--seconds 10] [--pgbench-seconds 20] [--rounds 2]
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
+import statistics
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -95,9 +96,9 @@ def pgbench_tps(directory, seconds, during=None):
 
 
 class Volume:
-    def __init__(self, plugin, name, params=None, size=2 * GiB):
+    def __init__(self, plugin, name, params=None, size=2 * GiB, fs="xfs"):
         self.plugin, self.name = plugin, name
-        self.cap = mount_cap("xfs")
+        self.cap = mount_cap(fs)
         self.staging = os.path.join(plugin.root, "staging", name)
         self.target = os.path.join(plugin.root, "target", name)
         self.size = size
@@ -148,15 +149,23 @@ def row(label, f, tps, lat):
             f"(QD1 {f['read_qd1_iops']:.0f}/s) | {f['randwrite_iops']:.0f}/s | {tps:.0f} tps, {lat:.2f} ms |")
 
 
-def mean(a, b):
-    return {k: (a[k] + b[k]) / 2 for k in a}
+PLACES = [  # label, class parameters (None: the host directory), filesystem, direct I/O
+    ("host directory", None, None, None),
+    ("Swell xfs, direct I/O (default)", {}, "xfs", True),
+    ("Swell ext4, direct I/O (default)", {}, "ext4", True),
+    ("Swell xfs, direct I/O, thick", {"provisioning": "thick"}, "xfs", True),
+    ("Swell xfs, buffered loop (before)", {}, "xfs", False),
+]
+HOST = PLACES[0][0]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("swell", nargs="?", default=".build/release/swell")
-    ap.add_argument("--seconds", type=int, default=20, help="each fio job's run time")
-    ap.add_argument("--pgbench-seconds", type=int, default=30)
+    ap.add_argument("--seconds", type=int, default=10, help="each fio job's run time")
+    ap.add_argument("--pgbench-seconds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="every place is measured once per round, in reverse order on even rounds")
     args = ap.parse_args()
     if shutil.which("fio") is None or not pg.available():
         sys.exit("needs fio and postgresql-15: run scripts/setup.sh --tests")
@@ -166,33 +175,37 @@ def main():
     root = tempfile.mkdtemp(prefix="swell-benchdb-")
     pg.open_path_for_postgres(root)
     plugin = Plugin(root)
-    results = {}
+    rounds = []
     try:
         plugin.start()
         host = os.path.join(root, "hostdir")
         os.makedirs(host)
         os.chmod(host, 0o755)
         fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", host], capture_output=True, text=True).stdout.strip()
-        print(f"host directory: {host} ({fs}); Swell volumes: xfs on loop devices backed by files in the same filesystem")
-        places = [("host directory", None, None), ("Swell, direct I/O (default)", {}, True),
-                  ("Swell, direct I/O, thick", {"provisioning": "thick"}, True),
-                  ("Swell, buffered loop (before)", {}, False), ("host directory, again", None, None)]
-        for i, (label, params, dio) in enumerate(places):
-            vol = None
-            if params is None:
-                directory = host
-            else:
-                vol = Volume(plugin, f"db{i}", params)
-                if not dio:
-                    subprocess.run(["losetup", "--direct-io=off", f"/dev/{vol.loop()}"], check=True)
-                assert vol.direct_io() == dio, label
-                directory = vol.target
-            f = fio_suite(directory, args.seconds)
-            tps, lat, _ = pgbench_tps(directory, args.pgbench_seconds)
-            results[label] = (f, tps, lat)
-            print(row(label, f, tps, lat), flush=True)
-            if vol:
-                vol.remove()
+        print(f"host directory: {host} ({fs}); Swell volumes: loop devices backed by files in the same filesystem")
+        print("| Round | Where | fio commit (8k write + fdatasync) | fio 4k random read, O_DIRECT, QD16 (QD1) | "
+              "fio 4k random write, O_DIRECT, QD16 | pgbench (scale 10, 4 clients) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for r in range(args.rounds):
+            results = {}
+            order = PLACES if r % 2 == 0 else list(reversed(PLACES))
+            for i, (label, params, fstype, dio) in enumerate(order):
+                vol = None
+                if params is None:
+                    directory = host
+                else:
+                    vol = Volume(plugin, f"db{r}-{i}", params, fs=fstype)
+                    if not dio:
+                        subprocess.run(["losetup", "--direct-io=off", f"/dev/{vol.loop()}"], check=True)
+                    assert vol.direct_io() == dio, label
+                    directory = vol.target
+                f = fio_suite(directory, args.seconds)
+                tps, lat, _ = pgbench_tps(directory, args.pgbench_seconds)
+                results[label] = (f, tps, lat)
+                print(f"| {r + 1} " + row(label, f, tps, lat), flush=True)
+                if vol:
+                    vol.remove()
+            rounds.append(results)
 
         # pgbench while the default volume grows online twice.
         vol = Volume(plugin, "dbgrow", {}, size=1 * GiB)
@@ -209,20 +222,13 @@ def main():
         clean_host(root)
 
     print()
-    print("| Where | fio commit (8k write + fdatasync) | fio 4k random read, O_DIRECT, QD16 (QD1) | fio 4k random write, O_DIRECT, QD16 | pgbench (scale 10, 4 clients) |")
-    print("| --- | --- | --- | --- | --- |")
-    for label, (f, t, l) in results.items():
-        print(row(label, f, t, l))
-    # The host is measured first and last; the ratios use the mean of the two.
-    (f1, t1, _), (f2, t2, _) = results["host directory"], results["host directory, again"]
-    hf, ht = mean(f1, f2), (t1 + t2) / 2
-    print()
-    for label, (f, t, _) in results.items():
-        if label.startswith("host directory"):
-            continue
-        print(f"{label}: commits {f['commit_iops'] / hf['commit_iops']:.2f}x the host's, reads "
-              f"{f['read_iops'] / hf['read_iops']:.2f}x (QD1 {f['read_qd1_iops'] / hf['read_qd1_iops']:.2f}x), "
-              f"writes {f['randwrite_iops'] / hf['randwrite_iops']:.2f}x, pgbench {t / ht:.2f}x")
+    print(f"Ratios to the host directory of the same round, median of {args.rounds} rounds:")
+    for label, _, _, _ in PLACES[1:]:
+        def ratio(key):
+            return statistics.median(rd[label][0][key] / rd[HOST][0][key] for rd in rounds)
+        tps_ratio = statistics.median(rd[label][1] / rd[HOST][1] for rd in rounds)
+        print(f"{label}: commits {ratio('commit_iops'):.2f}x, reads {ratio('read_iops'):.2f}x "
+              f"(QD1 {ratio('read_qd1_iops'):.2f}x), writes {ratio('randwrite_iops'):.2f}x, pgbench {tps_ratio:.2f}x")
     print(f"pgbench during two online grows (1 -> 1.5 -> 2 GiB, xfs): {tps:.0f} tps, {lat:.2f} ms; each grow: " +
           "; ".join(f"ControllerExpandVolume {c * 1000:.1f} ms + NodeExpandVolume {n * 1000:.1f} ms" for c, n in grows))
 
