@@ -8,7 +8,8 @@ For each place, the same jobs with the same settings:
     (and randread at queue depth 1);
   - PostgreSQL 15 under pgbench (tpcb-like, scale 10, 4 clients, 2 threads), fsync on.
 The Swell places: xfs and ext4 volumes as the plugin stages them (direct-I/O loop device, sparse
-file), xfs provisioned thick, and xfs with its loop device switched to buffered I/O (what Swell
+file), xfs provisioned thick, xfs made with a 128 MiB log (the class's `mkfsOptions`), and xfs
+with its loop device switched to buffered I/O (what Swell
 did before direct I/O), to show what each choice is worth. Every place is measured once per
 round (in reverse order on even rounds, against drift), and the ratios are the median over rounds
 of each place against the host directory of the same round. Last, pgbench runs again on the
@@ -102,9 +103,10 @@ class Volume:
         self.staging = os.path.join(plugin.root, "staging", name)
         self.target = os.path.join(plugin.root, "target", name)
         self.size = size
-        plugin.controller.CreateVolume(create_req(name, required=size, cap=self.cap, params=params))
+        made = plugin.controller.CreateVolume(create_req(name, required=size, cap=self.cap, params=params)).volume
         plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-            volume_id=name, staging_target_path=self.staging, volume_capability=self.cap))
+            volume_id=name, staging_target_path=self.staging, volume_capability=self.cap,
+            volume_context=made.volume_context))
         plugin.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
             volume_id=name, staging_target_path=self.staging, target_path=self.target, volume_capability=self.cap))
         os.chmod(self.target, 0o755)
@@ -154,6 +156,7 @@ PLACES = [  # label, class parameters (None: the host directory), filesystem, di
     ("Swell xfs, direct I/O (default)", {}, "xfs", True),
     ("Swell ext4, direct I/O (default)", {}, "ext4", True),
     ("Swell xfs, direct I/O, thick", {"provisioning": "thick"}, "xfs", True),
+    ("Swell xfs, direct I/O, 128 MiB log (mkfsOptions)", {"mkfsOptions": "-l size=128m"}, "xfs", True),
     ("Swell xfs, buffered loop (before)", {}, "xfs", False),
 ]
 HOST = PLACES[0][0]

@@ -20,7 +20,7 @@ if [ "${1:-}" = "--tests" ]; then
   [ -e /usr/share/seabios/bios-256k.bin ] || need_apt+=(seabios)
   # The real database of the end-to-end tests (postgres, pgbench, pg_amcheck); runuser is util-linux's.
   [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
-  # bench/bench_db.py's fio jobs (not needed by the tests themselves).
+  # fio: the VM tier's database test copies it into the guest; bench/bench_db.py runs it here.
   command -v fio >/dev/null 2>&1 || need_apt+=(fio)
   # The deploy tests render the overlays with `kubectl kustomize`. This machine kind ships kubectl;
   # elsewhere Debian's kubernetes-client provides it.
