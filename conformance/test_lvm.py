@@ -68,6 +68,9 @@ EOT
   result dev_bytes_after_$id "$(blockdev --getsize64 "$(findmnt -n -o SOURCE /tmp/csi/stage/$id)")"
   result sha_after_$id "$(sha256sum /tmp/csi/pub/$id/data | cut -d' ' -f1)"
 done
+# The loop volume's file is on the guest's tmpfs, which this kernel (6.1) cannot do O_DIRECT on: it
+# refuses a direct-I/O attach, and the plugin attaches the device buffered.
+result loop_dio_on_tmpfs "$(cat /sys/block/$(basename $(findmnt -n -o SOURCE /tmp/csi/stage/pvc-lp))/loop/dio)"
 result lv_path_e4 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-e4)"
 
 # The pool (600 MiB, overcommit 1.0) holds 128 + 400 MiB now: more is RESOURCE_EXHAUSTED.
@@ -182,6 +185,8 @@ def test_vm_lvm_thin_lifecycle():
             assert int(r[f"dev_bytes_after_{vid}"]) == after * MiB, vid
             fs_before, fs_after = int(r[f"fs_bytes_before_{vid}"]), int(r[f"fs_bytes_after_{vid}"])
             assert fs_after > fs_before + (after - before) * MiB * 0.9, (vid, fs_before, fs_after)
+        assert r["loop_dio_on_tmpfs"] == "0", "the loop device on the guest's tmpfs is buffered"
+        assert "refused direct I/O" in log, "and each stage of it logged why"
         assert r["lv_path_e4"] in ("/dev/vg0/sw-pvc-e4", "/dev/mapper/vg0-sw--pvc--e4")
         # 600 MiB pool, overcommit 1.0, 528 MiB given out: GetCapacity says what is left.
         assert r["capacity"].startswith(f"available: {72 * MiB} bytes"), r["capacity"]

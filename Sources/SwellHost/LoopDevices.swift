@@ -63,8 +63,9 @@ public struct LoopDevices: Sendable {
   /// With direct I/O the loop device reads and writes its backing file with O_DIRECT: only the
   /// volume's own filesystem caches, and an O_DIRECT read in the volume reaches the disk. A device
   /// found attached in buffered mode (by an older plugin, or before a restart) is switched to direct
-  /// I/O in place. Where the backing filesystem cannot do direct I/O at 512-byte sectors, the kernel
-  /// leaves the device buffered; ``directIO(_:)`` tells which mode it is in.
+  /// I/O in place. Where the backing filesystem cannot do direct I/O at 512-byte sectors, the device
+  /// is buffered: newer kernels leave it so themselves, and when an older one refuses the attach
+  /// it is attached again without direct I/O. ``directIO(_:)`` tells which mode it is in.
   public func attach(_ file: String) async throws -> LoopDevice {
     if let existing = try attached(to: file).first {
       if directIO(existing) == false {
@@ -73,9 +74,19 @@ public struct LoopDevices: Sendable {
       }
       return existing
     }
-    let out = try await exec.run([
-      "losetup", "--find", "--show", "--nooverlap", "--direct-io=on", "--sector-size", String(Self.sectorSize), file,
-    ])
+    let base = ["losetup", "--find", "--show", "--nooverlap", "--sector-size", String(Self.sectorSize)]
+    var out = try await exec.output(base + ["--direct-io=on", file])
+    if out.exitCode != 0 {
+      // Older kernels refuse the whole attach (EINVAL) when the backing file cannot do O_DIRECT,
+      // where newer ones attach it buffered: attach buffered then, and let the caller see the mode.
+      if let existing = try attached(to: file).first { return existing }
+      let buffered = try await exec.output(base + [file])
+      guard buffered.exitCode == 0 else {
+        throw CommandError(
+          argv: base + ["--direct-io=on", file], exitCode: out.exitCode, stderr: out.stderr, reason: "failed")
+      }
+      out = buffered
+    }
     let path = out.stdout.trimmingWhitespace()
     guard path.hasPrefix("/dev/loop") else {
       throw SwellError(.internal, "losetup printed \(path.debugDescription) for \(file)")
