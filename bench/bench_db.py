@@ -30,7 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
-from conftest import Plugin, clean_host, csi_pb2, create_req, mount_cap, free_port, MiB, GiB  # noqa: E402
+from conftest import Plugin, clean_host, csi_pb2, create_req, mount_cap, free_port, GiB  # noqa: E402
 import pg  # noqa: E402
 
 FILE_SIZE = "512m"

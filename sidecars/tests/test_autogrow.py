@@ -7,7 +7,6 @@ import os
 import threading
 import time
 
-import pytest
 
 from conftest import NODE, csiconf
 from test_sidecar import pv_for, wait_bound
@@ -56,7 +55,10 @@ class Kubelet(threading.Thread):
             time.sleep(0.05)
 
 
-def test_autogrow_keeps_a_filling_volume_from_enospc(cluster):
+def staged_autogrow_claim(cluster, name, policy):
+    """The plugin with /metrics, a per-node sidecar that auto-grows, a class with `policy` (its
+    annotations), a 320Mi claim `name` provisioned and bound, and its volume staged; returns the
+    volume handle and the staging path."""
     api = cluster.api
     metrics_port = csiconf.free_port()
     cluster.plugin.stop()
@@ -64,17 +66,21 @@ def test_autogrow_keeps_a_filling_volume_from_enospc(cluster):
     cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{metrics_port}",
                     "--autogrow-max-interval", "1")
     sc = api.create_class("swell", binding="WaitForFirstConsumer", params={"csi.storage.k8s.io/fstype": FS})
-    sc["metadata"]["annotations"] = {
-        "autogrow.swell.dev/enabled": "true", "autogrow.swell.dev/threshold": "30%",
-        "autogrow.swell.dev/increase": "50%", "autogrow.swell.dev/min-step": "64Mi",
-        "autogrow.swell.dev/max": "640Mi", "autogrow.swell.dev/cooldown": "1s"}
+    sc["metadata"]["annotations"] = {"autogrow.swell.dev/enabled": "true", **policy}
     api.ok("PUT", "/apis/storage.k8s.io/v1/storageclasses/swell", sc)
-    claim = api.create_claim("db", size="320Mi", annotations={"volume.kubernetes.io/selected-node": NODE})
+    claim = api.create_claim(name, size="320Mi", annotations={"volume.kubernetes.io/selected-node": NODE})
     pv = api.wait("the PV", lambda: pv_for(api, claim))
-    wait_bound(api, "db")
+    wait_bound(api, name)
     handle = pv["spec"]["csi"]["volumeHandle"]
+    return handle, cluster.stage(handle, name, FS)
 
-    staging = cluster.stage(handle, "db", FS)
+
+def test_autogrow_keeps_a_filling_volume_from_enospc(cluster):
+    api = cluster.api
+    handle, staging = staged_autogrow_claim(cluster, "db", {
+        "autogrow.swell.dev/threshold": "30%", "autogrow.swell.dev/increase": "50%",
+        "autogrow.swell.dev/min-step": "64Mi", "autogrow.swell.dev/max": "640Mi",
+        "autogrow.swell.dev/cooldown": "1s"})
     kubelet = Kubelet(api, cluster.plugin, "db", handle, staging)
     kubelet.start()
     try:

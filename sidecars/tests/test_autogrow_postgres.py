@@ -4,19 +4,16 @@ test_autogrow) before PostgreSQL ever sees "No space left on device"."""
 
 import os
 import sys
-import time
 
 import pytest
 
-from conftest import NODE, ROOT, csiconf
-from test_autogrow import Kubelet
-from test_sidecar import pv_for, wait_bound
+from conftest import ROOT, csiconf
+from test_autogrow import Kubelet, staged_autogrow_claim
 
 sys.path.insert(0, os.path.join(ROOT, "conformance"))
 import pg  # noqa: E402
 
 MiB = 1 << 20
-FS = "ext4" if csiconf.HAS_SYS_RESOURCE else "xfs"  # ext4 grows online only with CAP_SYS_RESOURCE
 
 # About 1 MiB of heap per transaction; at 20 transactions a second pgbench writes ~20 MiB/s.
 FILL = "INSERT INTO filler (payload) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 1000) g;\n"
@@ -26,22 +23,10 @@ def test_autogrow_grows_a_postgres_volume_before_it_is_full(cluster):
     if not pg.available():
         pytest.fail("postgresql-15 is not installed (scripts/setup.sh --tests installs it)")
     api = cluster.api
-    metrics_port = csiconf.free_port()
-    cluster.plugin.stop()
-    cluster.plugin.start(extra_args=("--metrics-address", f"127.0.0.1:{metrics_port}"))
-    cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{metrics_port}",
-                    "--autogrow-max-interval", "1")
-    sc = api.create_class("swell", binding="WaitForFirstConsumer", params={"csi.storage.k8s.io/fstype": FS})
-    sc["metadata"]["annotations"] = {
-        "autogrow.swell.dev/enabled": "true", "autogrow.swell.dev/threshold": "30%",
-        "autogrow.swell.dev/increase": "50%", "autogrow.swell.dev/min-step": "128Mi",
-        "autogrow.swell.dev/max": "2Gi", "autogrow.swell.dev/cooldown": "1s"}
-    api.ok("PUT", "/apis/storage.k8s.io/v1/storageclasses/swell", sc)
-    claim = api.create_claim("pg", size="320Mi", annotations={"volume.kubernetes.io/selected-node": NODE})
-    pv = api.wait("the PV", lambda: pv_for(api, claim))
-    wait_bound(api, "pg")
-    handle = pv["spec"]["csi"]["volumeHandle"]
-    staging = cluster.stage(handle, "pg", FS)
+    handle, staging = staged_autogrow_claim(cluster, "pg", {
+        "autogrow.swell.dev/threshold": "30%", "autogrow.swell.dev/increase": "50%",
+        "autogrow.swell.dev/min-step": "128Mi", "autogrow.swell.dev/max": "2Gi",
+        "autogrow.swell.dev/cooldown": "1s"})
     pg.open_path_for_postgres(staging)
     kubelet = Kubelet(api, cluster.plugin, "pg", handle, staging)
     kubelet.start()
