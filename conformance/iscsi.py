@@ -135,6 +135,34 @@ def stage_binary(binary, dest_dir):
             shutil.copy2(os.path.realpath(parts[2]), os.path.join(dest_dir, "lib", parts[0]))
 
 
+def run_guest(root, script, disk_sizes, timeout, memory_mib=1024, binaries=(), stage=None):
+    """Boots the VM tier with raw disks of `disk_sizes` bytes (vda, vdb, …), the given binaries
+    (and their libraries) in share/swell, and whatever `stage(share)` adds; runs `script` as
+    guest.sh and waits up to `timeout` s for it. Returns the VM (the caller closes it), guest.sh's
+    exit status, its results and the guest plugin's log (share/guest-plugin.log)."""
+    disks = []
+    for i, size in enumerate(disk_sizes):
+        disks.append(os.path.join(root, f"vd{chr(ord('a') + i)}.img"))
+        with open(disks[-1], "wb") as f:
+            f.truncate(size)
+    vm = VM(root, vm_artifacts(), memory_mib=memory_mib, disks=disks)
+    try:
+        for binary in binaries:
+            stage_binary(binary, os.path.join(vm.share, "swell"))
+        if stage is not None:
+            stage(vm.share)
+        vm.boot(script)
+        status = vm.finish(timeout)
+    except BaseException:
+        vm.close()
+        raise
+    try:
+        log = open(os.path.join(vm.share, "guest-plugin.log")).read()
+    except OSError:
+        log = ""
+    return vm, status, vm.results(), log
+
+
 class VM:
     """One boot of the test kernel under TCG, with a 9p share at /share in the guest.
 

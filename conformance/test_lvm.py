@@ -5,7 +5,6 @@ and xfs, grows them online, refuses what would overcommit the pool, converges af
 middle of CreateVolume, and deletes them. Thin snapshots are taken of a mounted volume (with a
 crash right after their lvcreate), restored larger and cloned. A loop volume goes through the same steps in the same run,
 for comparison (bench/bench_lvm.py reads the timings)."""
-import os
 import shutil
 import tempfile
 
@@ -150,23 +149,7 @@ kill $plugin_pid
 def run_lvm_vm(swell, root):
     """Boots the guest with a 1 GiB virtio disk and runs GUEST_SCRIPT; returns the VM (the caller
     closes it), guest.sh's exit status, its results and the guest plugin's log."""
-    artifacts = iscsi.vm_artifacts()
-    disk = os.path.join(root, "vda.img")
-    with open(disk, "wb") as f:
-        f.truncate(1 << 30)
-    vm = iscsi.VM(root, artifacts, disks=[disk])
-    try:
-        iscsi.stage_binary(swell, os.path.join(vm.share, "swell"))
-        vm.boot(GUEST_SCRIPT)
-        status = vm.finish(540)
-    except BaseException:
-        vm.close()
-        raise
-    try:
-        log = open(os.path.join(vm.share, "guest-plugin.log")).read()
-    except OSError:
-        log = ""
-    return vm, status, vm.results(), log
+    return iscsi.run_guest(root, GUEST_SCRIPT, [1 << 30], 540, binaries=[swell])
 
 
 def test_vm_lvm_thin_lifecycle():

@@ -148,27 +148,8 @@ def run_db_vm(swell, root):
     and returns the VM (the caller closes it), guest.sh's exit status, its results and log."""
     if shutil.which("fio") is None or not pg.available():
         pytest.fail("fio and postgresql-15 are needed (scripts/setup.sh --tests installs them)")
-    artifacts = iscsi.vm_artifacts()
-    disks = []
-    for name, size in (("vda.img", 1536 * MiB), ("vdb.img", 1024 * MiB)):
-        disks.append(os.path.join(root, name))
-        with open(disks[-1], "wb") as f:
-            f.truncate(size)
-    vm = iscsi.VM(root, artifacts, memory_mib=1536, disks=disks)
-    try:
-        iscsi.stage_binary(swell, os.path.join(vm.share, "swell"))
-        iscsi.stage_binary(shutil.which("fio"), os.path.join(vm.share, "swell"))
-        stage_postgres(vm.share)
-        vm.boot(GUEST_SCRIPT)
-        status = vm.finish(900)
-    except BaseException:
-        vm.close()
-        raise
-    try:
-        log = open(os.path.join(vm.share, "guest-plugin.log")).read()
-    except OSError:
-        log = ""
-    return vm, status, vm.results(), log
+    return iscsi.run_guest(root, GUEST_SCRIPT, [1536 * MiB, 1024 * MiB], 900, memory_mib=1536,
+                           binaries=[swell, shutil.which("fio")], stage=stage_postgres)
 
 
 def share_text(vm, name):
