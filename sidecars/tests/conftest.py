@@ -215,6 +215,16 @@ class Api:
         return self.wait(f"content {name} ready", lambda: (lambda c: c if c and c.get("status", {}).get("readyToUse")
                                                            else None)(self.content(name)), timeout=timeout)
 
+    def wait_content_finished(self, name, timeout=30):
+        """Ready, and the being-created marker gone. Like external-snapshotter, the sidecar writes the
+        ready status first and drops the marker in a second write, so a reader can see ready with the
+        marker still on for a moment; a marker that never goes makes this time out."""
+        marker = "snapshot.storage.kubernetes.io/volumesnapshot-being-created"
+        return self.wait(f"content {name} ready and {marker} removed",
+                         lambda: (lambda c: c if c and c.get("status", {}).get("readyToUse")
+                                  and marker not in (c["metadata"].get("annotations") or {}) else None)(self.content(name)),
+                         timeout=timeout)
+
     def bind_snapshot(self, name, content, ns="default"):
         """The common controller's half: the VolumeSnapshot's status from its ready content."""
         path = f"{self.SNAP}/namespaces/{ns}/volumesnapshots/{name}"
