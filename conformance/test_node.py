@@ -217,6 +217,42 @@ def test_unstage_refuses_while_published(plugin):
     plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="u"))
 
 
+def test_attaches_and_unmounts_made_outside_the_plugin_are_seen_at_once(plugin):
+    """The plugin keeps an index of loop devices and a cached mount table; the kernel stays the
+    truth. A device attached by hand must block DeleteVolume on the next call, and a staging mount
+    removed by hand must make NodeStageVolume mount again rather than answer from a stale table."""
+    cap = mount_cap()
+    plugin.controller.CreateVolume(create_req("out", cap=cap))
+    plugin.controller.CreateVolume(create_req("warm", cap=cap))
+    plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="warm"))  # one lookup: the index is built
+    disk = os.path.join(plugin.data, "volumes", "out", "disk.img")
+    device = subprocess.run(["losetup", "--find", "--show", disk], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    try:
+        err = None
+        try:
+            plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="out"))
+        except grpc.RpcError as e:
+            err = e
+        assert err is not None and err.code() == C.FAILED_PRECONDITION and device in err.details(), err
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+    assert os.path.exists(disk)
+
+    staging, _ = paths(plugin, "out")
+    stage(plugin, "out", staging, cap)
+    with open(os.path.join(staging, "kept"), "w") as f:
+        f.write("data")
+    subprocess.run(["umount", staging], check=True)
+    assert staging not in host_mounts_under(plugin.root)
+    stage(plugin, "out", staging, cap)
+    assert staging in host_mounts_under(plugin.root), "staged again after the mount went away"
+    assert open(os.path.join(staging, "kept")).read() == "data"
+    unstage(plugin, "out", staging)
+    plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="out"))
+    assert loops_under(plugin.root) == [] and not os.path.exists(disk)
+
+
 def test_unpublish_never_deletes_what_it_did_not_make(plugin):
     precious = os.path.join(plugin.root, "precious.txt")
     with open(precious, "w") as f:

@@ -26,6 +26,11 @@ public func readSmallFile(_ path: String) throws -> String {
   let fd = open(path, O_RDONLY | O_CLOEXEC)
   guard fd >= 0 else { throw SystemCallError("open", path) }
   defer { close(fd) }
+  return try readToEnd(fd, path: path)
+}
+
+/// Reads an open file from its current offset to its end, as UTF-8 text.
+func readToEnd(_ fd: Int32, path: String) throws -> String {
   var bytes: [UInt8] = []
   var buffer = [UInt8](repeating: 0, count: 65536)
   while true {

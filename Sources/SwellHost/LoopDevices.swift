@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A loop device node and its numbers.
 public struct LoopDevice: Sendable, Equatable, CustomStringConvertible {
   /// The kernel name, such as `loop3`.
@@ -11,38 +13,57 @@ public struct LoopDevice: Sendable, Equatable, CustomStringConvertible {
 /// Loop devices, read from sysfs and changed with `losetup`.
 ///
 /// Sysfs is the truth: a device is attached to a file when `/sys/block/loopN/loop/backing_file`
-/// names it, so lookups need no state of our own and survive a restart of the plugin.
+/// names it. Lookups go through a ``LoopIndex`` of one full pass, which is used again only while
+/// the kernel's uevent counter says no device has changed since, so the index needs no state of
+/// its own that could outlive a restart.
 public struct LoopDevices: Sendable {
   private let exec: any Executor
   private let sysBlock: String
+  let index: LoopIndex
 
-  public init(exec: any Executor, sysBlock: String = "/sys/block") {
+  /// `ueventCounter` is the kernel's count of device events (attach and detach each make one);
+  /// nil, or a file that cannot be read, makes every lookup a full pass.
+  public init(exec: any Executor, sysBlock: String = "/sys/block", ueventCounter: String? = KernelCaches.enabled ? "/sys/kernel/uevent_seqnum" : nil) {
     self.exec = exec
     self.sysBlock = sysBlock
+    self.index = LoopIndex(counter: ueventCounter)
   }
 
   /// Every loop device whose backing file is `file` (a canonical path), including one whose file was deleted.
+  ///
+  /// From the index; each device it names is checked against its `backing_file` (one read), and
+  /// any mismatch makes a fresh pass.
   public func attached(to file: String) throws -> [LoopDevice] {
-    try listDirectory(sysBlock).filter { $0.hasPrefix("loop") }.sorted().compactMap { name in
-      guard let backing = try? readSmallFile("\(sysBlock)/\(name)/loop/backing_file") else { return nil }
-      let value = backing.trimmingWhitespace()
-      guard value == file || value == file + " (deleted)" else { return nil }
-      return try device(named: name)
-    }
+    let devices = try table()[file] ?? []
+    if devices.allSatisfy({ backingFile(of: $0.name) == file }) { return devices }
+    index.invalidate()
+    return try table()[file] ?? []
   }
 
   /// Every attached loop device by its backing file (canonical path, a deleted file's ` (deleted)`
-  /// suffix removed), in one pass over sysfs. A file attached twice keeps its first device.
+  /// suffix removed). A file attached twice keeps its first device.
   public func byBackingFile() throws -> [String: LoopDevice] {
-    var out: [String: LoopDevice] = [:]
-    for name in try listDirectory(sysBlock).filter({ $0.hasPrefix("loop") }).sorted() {
-      guard let backing = try? readSmallFile("\(sysBlock)/\(name)/loop/backing_file").trimmingWhitespace(),
-        !backing.isEmpty
-      else { continue }
-      let file = backing.hasSuffix(" (deleted)") ? String(backing.dropLast(" (deleted)".count)) : backing
-      if out[file] == nil, let device = try? device(named: name) { out[file] = device }
+    try table().compactMapValues(\.first)
+  }
+
+  /// A device's backing file, without a deleted file's ` (deleted)` suffix; nil when it has none.
+  private func backingFile(of name: String) -> String? {
+    guard let backing = try? readSmallFile("\(sysBlock)/\(name)/loop/backing_file").trimmingWhitespace(),
+      !backing.isEmpty
+    else { return nil }
+    return backing.hasSuffix(" (deleted)") ? String(backing.dropLast(" (deleted)".count)) : backing
+  }
+
+  /// The index, refreshed by one pass over sysfs when the uevent counter has moved.
+  private func table() throws -> [String: [LoopDevice]] {
+    try index.current {
+      var out: [String: [LoopDevice]] = [:]
+      for name in try listDirectory(sysBlock).filter({ $0.hasPrefix("loop") }).sorted() {
+        guard let file = backingFile(of: name), let device = try? device(named: name) else { continue }
+        out[file, default: []].append(device)
+      }
+      return out
     }
-    return out
   }
 
   /// The device for a kernel name, with its numbers from sysfs.
@@ -67,6 +88,7 @@ public struct LoopDevices: Sendable {
   /// is buffered: newer kernels leave it so themselves, and when an older one refuses the attach
   /// it is attached again without direct I/O. ``directIO(_:)`` tells which mode it is in.
   public func attach(_ file: String) async throws -> LoopDevice {
+    defer { index.invalidate() }
     if let existing = try attached(to: file).first {
       if directIO(existing) == false {
         // Best effort: a device that cannot switch stays buffered and is reported as such.
@@ -79,6 +101,7 @@ public struct LoopDevices: Sendable {
     if out.exitCode != 0 {
       // Older kernels refuse the whole attach (EINVAL) when the backing file cannot do O_DIRECT,
       // where newer ones attach it buffered: attach buffered then, and let the caller see the mode.
+      index.invalidate()
       if let existing = try attached(to: file).first { return existing }
       let buffered = try await exec.output(base + [file])
       guard buffered.exitCode == 0 else {
@@ -106,6 +129,7 @@ public struct LoopDevices: Sendable {
 
   /// Detaches a device; a device already detached is fine.
   public func detach(_ device: LoopDevice) async throws {
+    defer { index.invalidate() }
     let out = try await exec.output(["losetup", "--detach", device.path])
     if out.exitCode != 0, (try? readSmallFile("\(sysBlock)/\(device.name)/loop/backing_file")) != nil {
       throw CommandError(
@@ -131,5 +155,39 @@ public struct LoopDevices: Sendable {
   /// True when the kernel can make loop devices here.
   public var isUsable: Bool {
     (try? FileInfo.of("/dev/loop-control")) != nil
+  }
+}
+
+/// Backing file → loop devices, from one pass over sysfs, with the kernel's uevent counter read just
+/// before that pass.
+///
+/// Attaching and detaching a loop device each send a uevent, so while the counter reads the same
+/// the pass still holds; when it moves (for any device), the next lookup makes a new pass. The
+/// counter is read first, so a change during a pass moves it past the value stored with the pass.
+/// The plugin's own attaches and detaches also drop the index, for a kernel that would not count
+/// them.
+final class LoopIndex: Sendable {
+  private let counter: String?
+  private struct Pass {
+    var counter: UInt64
+    var table: [String: [LoopDevice]]
+  }
+  private let pass = Mutex<Pass?>(nil)
+
+  init(counter: String?) { self.counter = counter }
+
+  func invalidate() { pass.withLock { $0 = nil } }
+
+  /// The stored pass when the counter has not moved since; otherwise `scan`'s, stored.
+  func current(scan: () throws -> [String: [LoopDevice]]) throws -> [String: [LoopDevice]] {
+    guard let path = counter, let now = (try? readSmallFile(path)).flatMap({ UInt64($0.trimmingWhitespace()) }) else {
+      return try scan()
+    }
+    if let stored = pass.withLock({ $0 }), stored.counter == now { return stored.table }
+    let table = try scan()
+    pass.withLock { stored in
+      if (stored?.counter ?? 0) <= now { stored = Pass(counter: now, table: table) }
+    }
+    return table
   }
 }

@@ -1,3 +1,10 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+import Synchronization
+
 /// One line of `/proc/self/mountinfo`.
 public struct MountEntry: Sendable, Equatable {
   public var mountID: Int
@@ -62,13 +69,68 @@ public enum MountInfo {
     return String(decoding: bytes, as: UTF8.self)
   }
 
-  /// Reads the current mount table.
+  /// The current mount table, read again only when the kernel says it changed (``MountTable``).
   public static func current() throws -> [MountEntry] {
-    parse(try readSmallFile("/proc/self/mountinfo"))
+    KernelCaches.enabled ? try MountTable.shared.current() : parse(try readSmallFile("/proc/self/mountinfo"))
   }
 
   /// The topmost mount whose mount point is exactly `path`, if any.
   public static func mount(at path: String, in table: [MountEntry]) -> MountEntry? {
     table.last { $0.mountPoint == path }
+  }
+}
+
+/// Whether the plugin keeps its loop index and mount table between calls (the default), or reads
+/// sysfs and mountinfo afresh on every call: `SWELL_KERNEL_CACHES=off`, for benchmarks that compare
+/// the two in one run, and as a way out should a kernel not report its changes.
+public enum KernelCaches {
+  public static let enabled: Bool = getenv("SWELL_KERNEL_CACHES").map { String(cString: $0) } != "off"
+}
+
+/// The mount table, parsed once and kept while the kernel reports no change.
+///
+/// The kernel marks an open `mountinfo` file when any mount or unmount happens in its namespace,
+/// and `poll` reports the mark (POLLPRI) and clears it. The table is read again only after a mark:
+/// the poll comes before the read, so a change during the read leaves a mark for the next call.
+public final class MountTable: Sendable {
+  public static let shared = MountTable(path: "/proc/self/mountinfo")
+  public let path: String
+  private struct State {
+    var fd: Int32 = -1
+    var entries: [MountEntry]?
+  }
+  private let state = Mutex(State())
+  /// How many times the table was read and parsed, for tests and spans.
+  public var reads: Int { readCount.withLock { $0 } }
+  private let readCount = Mutex(0)
+
+  public init(path: String) { self.path = path }
+
+  public func current() throws -> [MountEntry] {
+    try state.withLock { (s: inout State) throws -> [MountEntry] in
+      if s.fd < 0 {
+        s.fd = open(path, O_RDONLY | O_CLOEXEC)
+        s.entries = nil
+        guard s.fd >= 0 else { throw SystemCallError("open", path) }
+      }
+      var watch = pollfd(fd: s.fd, events: Int16(POLLPRI), revents: 0)
+      let ready = poll(&watch, 1, 0)
+      if ready == 0, let entries = s.entries { return entries }
+      guard lseek(s.fd, 0, SEEK_SET) == 0 else {
+        close(s.fd)
+        s.fd = -1
+        throw SystemCallError("lseek", path)
+      }
+      do {
+        let entries = MountInfo.parse(try readToEnd(s.fd, path: path))
+        s.entries = entries
+        readCount.withLock { $0 += 1 }
+        return entries
+      } catch {
+        close(s.fd)
+        s.fd = -1
+        throw error
+      }
+    }
   }
 }
