@@ -42,9 +42,9 @@ struct KubeConfigTests {
           client-certificate-data: Q0VSVA==
           client-key-data: S0VZ
       """
-    // The first cluster uses a flow map, which this reader refuses; the file is then invalid.
+    // The first cluster uses a flow map, which kubectl itself writes (`preferences: {}`) and YAML allows.
     try writeFileAtomically(dir + "/config", Array(text.utf8))
-    #expect(throws: MiniYAML.ParseError.self) { try KubeConfig.load(path: dir + "/config") }
+    #expect(try KubeConfig.load(path: dir + "/config", context: "ctx-b").server == "https://b:6443")
     try writeFileAtomically(
       dir + "/config", Array(text.replacing("cluster: {server: https://a}", with: "cluster:\n    server: https://a").utf8))
     let config = try KubeConfig.load(path: dir + "/config")
@@ -54,5 +54,7 @@ struct KubeConfigTests {
     #expect(config.clientKeyPEM == Array("KEY".utf8))
     #expect(try KubeConfig.load(path: dir + "/config", context: "ctx-b").server == "https://b:6443")
     #expect(throws: SwellError.self) { try KubeConfig.load(path: dir + "/config", context: "nope") }
+    try writeFileAtomically(dir + "/config", Array("clusters: [\n".utf8))
+    #expect(throws: SwellError.self) { try KubeConfig.load(path: dir + "/config") }
   }
 }

@@ -79,9 +79,10 @@ public final class KubeClient: Sendable {
     let body: [UInt8]
   }
 
-  private func makeRequest(_ method: HTTPMethod, _ path: String, query: [(String, String)], body: JSON?) throws
-    -> HTTPClientRequest
-  {
+  private func makeRequest(
+    _ method: HTTPMethod, _ path: String, query: [(String, String)], body: JSON?,
+    contentType: String = "application/json"
+  ) throws -> HTTPClientRequest {
     var url = server + path
     if !query.isEmpty {
       url += "?" + query.map { "\($0.0)=\(percentEncode($0.1))" }.joined(separator: "&")
@@ -92,19 +93,20 @@ public final class KubeClient: Sendable {
     request.headers.add(name: "User-Agent", value: "swell-sidecar")
     if let token = try tokens.token() { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
     if let body {
-      request.headers.add(name: "Content-Type", value: "application/json")
+      request.headers.add(name: "Content-Type", value: contentType)
       request.body = .bytes(ByteBuffer(bytes: body.serialized()))
     }
     return request
   }
 
-  func send(_ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: JSON? = nil) async throws
-    -> Response
-  {
+  func send(
+    _ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: JSON? = nil,
+    contentType: String = "application/json"
+  ) async throws -> Response {
     var attempt = 0
     while true {
       attempt += 1
-      let request = try makeRequest(method, path, query: query, body: body)
+      let request = try makeRequest(method, path, query: query, body: body, contentType: contentType)
       let response = try await http.execute(request, deadline: .now() + requestTimeout)
       let bytes = try await response.body.collect(upTo: 64 << 20)
       let status = Int(response.status.code)
@@ -117,10 +119,11 @@ public final class KubeClient: Sendable {
   }
 
   /// Sends a request and returns the answer's JSON, or throws the server's Status as a KubeError.
-  func call(_ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: JSON? = nil) async throws
-    -> JSON
-  {
-    let response = try await send(method, path, query: query, body: body)
+  func call(
+    _ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: JSON? = nil,
+    contentType: String = "application/json"
+  ) async throws -> JSON {
+    let response = try await send(method, path, query: query, body: body, contentType: contentType)
     guard (200..<300).contains(response.status) else { throw KubeError(status: response.status, body: response.body) }
     return try JSON.parse(response.body)
   }
@@ -234,6 +237,17 @@ public final class KubeClient: Sendable {
   public func updateStatus(_ resource: KubeResource, _ object: JSON) async throws -> JSON {
     let path = resource.path(namespace: object.namespace, name: object.name, subresource: "status")
     return withKind(try await call(.PUT, path, body: withKind(object, resource)), resource)
+  }
+
+  /// A JSON merge patch (RFC 7386): the fields in `patch` replace the object's, a null removes one.
+  /// It carries no resourceVersion, so it applies to whatever the object is now.
+  @discardableResult
+  public func patch(_ resource: KubeResource, namespace: String? = nil, name: String, _ patch: JSON) async throws
+    -> JSON
+  {
+    let path = resource.path(namespace: namespace, name: name)
+    return withKind(
+      try await call(.PATCH, path, body: patch, contentType: "application/merge-patch+json"), resource)
   }
 
   /// Deletes an object; with `uid`, only that incarnation of it. A missing object is not an error.

@@ -44,7 +44,10 @@ public struct KubeConfig: Sendable {
   /// Reads a kubeconfig file and picks its current context (or `context`).
   public static func load(path: String, context wanted: String? = nil) throws -> KubeConfig {
     let text = try readSmallFile(path)
-    let doc = try MiniYAML.parse(text)
+    let doc: JSON
+    do { doc = try YAMLDocument.parse(text) } catch {
+      throw SwellError.invalid("kubeconfig \(path) is not valid YAML: \(error)")
+    }
     let baseDirectory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
     guard let contextName = wanted ?? doc["current-context"]?.string, !contextName.isEmpty else {
       throw SwellError.invalid("kubeconfig \(path) has no current-context")
