@@ -8,7 +8,7 @@ import yaml
 
 from conftest import NODE, ROOT, csiconf
 from test_backends import iscsi, tgtd  # noqa: F401 (tgtd is a fixture)
-from test_sidecar import pv_for, wait_bound
+from test_sidecar import pv_for, repeated_failure, wait_bound
 
 
 def granted(path, role, kind="ClusterRole"):
@@ -65,6 +65,7 @@ def test_node_rbac_matches_the_calls(cluster):
     api.ok("DELETE", api.pvc_path("r"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     api.wait("events", lambda: api.events_for("r"))
+    repeated_failure(api, sc="swell", annotations={"volume.kubernetes.io/selected-node": NODE}, count=2)
 
     used = {tuple(x) for x in api.hook("audit")}
     rules = granted(os.path.join(ROOT, "deploy", "base", "rbac-node.yaml"), "swell-sidecar-node")
@@ -93,6 +94,7 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
                             annotations={"volume.kubernetes.io/selected-node": "worker-1"})
     api.ok("DELETE", api.pvc_path("c"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
+    repeated_failure(api, sc="net", annotations={"volume.kubernetes.io/selected-node": "worker-1"}, count=2)
     assert api.get("/apis/coordination.k8s.io/v1/namespaces/swell-system/leases/swell-csi-dev-sidecar")
     api.wait("a lease renewal", lambda: ["coordination.k8s.io", "leases", "update"] in api.hook("audit"))
 

@@ -318,3 +318,36 @@ def test_claim_with_a_data_source_gets_no_empty_volume(cluster):
     # The source claim does not exist: refused, never provisioned empty.
     assert "source claim default/data does not exist" in failed[0]["message"] and failed[0]["type"] == "Warning"
     assert pv_for(api, claim) is None and cluster.volumes() == {}
+
+
+def repeated_failure(api, name="orphan-clone", sc="swell", annotations=None, count=3):
+    """A claim whose provisioning fails on every retry (its source claim does not exist); returns its
+    ProvisioningFailed Events once one of them counts `count` attempts."""
+    code, claim = api.request("POST", "/api/v1/namespaces/default/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "annotations": annotations or {}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}},
+                 "storageClassName": sc, "dataSource": {"kind": "PersistentVolumeClaim", "name": "absent"}}})
+    assert code == 201, claim
+    failed = lambda: [e for e in api.events_for(name) if e["reason"] == "ProvisioningFailed"]  # noqa: E731
+    api.wait(f"ProvisioningFailed counted {count} times", lambda: any(e.get("count", 1) >= count for e in failed()))
+    return claim, failed()
+
+
+def test_repeated_events_are_aggregated_into_one_with_a_count(cluster):
+    """As client-go's correlator does: the same reason and message on the same object within the
+    window raise one Event's count and lastTimestamp instead of posting a new Event each retry."""
+    api = cluster.api
+    cluster.sidecar()
+    api.create_class("swell")
+    claim, failed = repeated_failure(api)
+    assert len(failed) == 1, [e["metadata"]["name"] for e in failed]
+    event = failed[0]
+    assert event["type"] == "Warning" and "source claim default/absent does not exist" in event["message"]
+    assert event["lastTimestamp"] >= event["firstTimestamp"]
+    assert event["involvedObject"]["uid"] == claim["metadata"]["uid"]
+    # A different object gets its own Event, counted from one.
+    api.ok("DELETE", api.pvc_path("orphan-clone"))
+    _, again = repeated_failure(api, name="orphan-2", count=2)
+    assert len(again) == 1 and again[0]["metadata"]["name"] != event["metadata"]["name"]
+    assert api.get(f"/api/v1/namespaces/default/events/{event['metadata']['name']}")["count"] >= 3

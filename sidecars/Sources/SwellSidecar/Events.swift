@@ -7,6 +7,11 @@ import Glibc
 
 /// Posts core/v1 Events about PVCs and PVs, so that `kubectl describe` tells the story. Events are sent
 /// in order by one task, and never hold up a reconcile; a failed post is logged and dropped.
+///
+/// Repeats are aggregated as client-go's event correlator does: the same type, reason and message
+/// about the same object within ``EventRecorder/window`` of the first becomes a patch of the Event
+/// already posted (`count` + 1, a new `lastTimestamp`), not a new Event. A retry loop that fails
+/// every few seconds for an hour leaves one Event with a count, not a thousand.
 public final class EventRecorder: Sendable {
   public enum Kind: String, Sendable { case normal = "Normal", warning = "Warning" }
 
@@ -25,13 +30,62 @@ public final class EventRecorder: Sendable {
     (stream, continuation) = AsyncStream.makeStream(of: JSON.self, bufferingPolicy: .bufferingNewest(1000))
   }
 
+  /// How long after an Event was first posted a repeat still counts on it (client-go: 10 minutes).
+  public static let window: Duration = .seconds(600)
+  /// How many distinct Events are remembered for aggregation (client-go's LRU holds 4096).
+  static let remembered = 4096
+
+  /// An Event already posted: where it is, and its count so far.
+  struct Posted {
+    var name: String
+    var namespace: String
+    var count: Int64
+    var first: ContinuousClock.Instant
+    var used: UInt64
+  }
+
+  /// The correlator's key: the object, the kind of Event, and its words.
+  static func key(_ event: JSON) -> String {
+    let o = event["involvedObject"] ?? .null
+    return [
+      o["kind"]?.string, o["namespace"]?.string, o["name"]?.string, o["uid"]?.string, o["apiVersion"]?.string,
+      event["type"]?.string, event["reason"]?.string, event["message"]?.string,
+    ].map { $0 ?? "" }.joined(separator: "\u{1F}")
+  }
+
   /// Sends queued events until the task is cancelled.
   public func run() async {
+    var posted: [String: Posted] = [:]
+    var tick: UInt64 = 0
     for await event in stream {
+      tick += 1
+      let key = Self.key(event)
+      let reason = event["reason"]?.string ?? ""
+      if var seen = posted[key], ContinuousClock.now - seen.first < Self.window {
+        do {
+          seen.count += 1
+          let patch: JSON = ["count": .int(seen.count), "lastTimestamp": event["lastTimestamp"] ?? .null]
+          try await client.patch(.events, namespace: seen.namespace, name: seen.name, patch)
+          seen.used = tick
+          posted[key] = seen
+          continue
+        } catch let error as KubeError where error.isNotFound {
+          // Expired (the API server keeps Events for an hour by default): post it anew.
+          posted[key] = nil
+        } catch {
+          logger.warning("event not recorded", metadata: ["reason": "\(reason)", "error": "\(error)"])
+          continue
+        }
+      }
       do {
-        try await client.create(.events, namespace: event.namespace, event)
+        let made = try await client.create(.events, namespace: event.namespace, event)
+        posted[key] = Posted(
+          name: made.name, namespace: made.namespace ?? event.namespace ?? "default", count: 1, first: .now, used: tick)
+        if posted.count > Self.remembered, let oldest = posted.min(by: { $0.value.used < $1.value.used })?.key {
+          posted[oldest] = nil
+        }
       } catch {
-        logger.warning("event not recorded", metadata: ["reason": "\(event["reason"]?.string ?? "")", "error": "\(error)"])
+        logger.warning("event not recorded", metadata: ["reason": "\(reason)", "error": "\(error)"])
       }
     }
   }
