@@ -75,6 +75,9 @@ struct SidecarCommand: AsyncParsableCommand {
   @Flag(help: "Be the snapshotter too: take VolumeSnapshotContents of this driver to the plugin, and restore claims from VolumeSnapshots. Needs the snapshot CRDs and the common snapshot-controller.")
   var snapshots = false
 
+  @Option(help: "Seconds between looks at every volume's health (ListVolumes; NodeGetVolumeStats for staged volumes with --autogrow-plugin-address); an abnormal condition becomes a Warning Event on the claim. 0 turns it off.")
+  var healthInterval = 60.0
+
   @Option(help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel: Logger.Level = .info
 
@@ -88,6 +91,7 @@ struct SidecarCommand: AsyncParsableCommand {
     if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
     if autogrowPluginAddress != nil && !perNode { throw ValidationError("--autogrow-plugin-address needs --per-node") }
     guard autogrowMaxInterval >= 0.1 else { throw ValidationError("--autogrow-max-interval must be at least 0.1") }
+    guard healthInterval == 0 || healthInterval >= 0.1 else { throw ValidationError("--health-interval must be 0 or at least 0.1") }
     guard autogrowHorizon >= 0 else { throw ValidationError("--autogrow-horizon must not be negative") }
     guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64") }
     guard leaderElectionRetryPeriod > 0, leaderElectionRetryPeriod < leaderElectionRenewDeadline,
@@ -124,6 +128,7 @@ struct SidecarCommand: AsyncParsableCommand {
       config.autoGrowMaxInterval = .milliseconds(Int64(autogrowMaxInterval * 1000))
       config.autoGrowHorizon = .seconds(autogrowHorizon)
       config.snapshots = snapshots
+      config.healthInterval = healthInterval > 0 ? .milliseconds(Int64(healthInterval * 1000)) : nil
       let metrics = SidecarMetrics()
       let state = SidecarState()
       var services: [any Service] = [SidecarService(config: config, metrics: metrics, state: state, logger: logger)]

@@ -17,6 +17,9 @@ final class AutoGrower: Sendable {
   let minInterval: Duration = .milliseconds(100)
   let horizon: Duration
   let logger: Logger
+  /// Where the conditions that NodeGetVolumeStats reports go, and under which node's name.
+  let health: HealthMonitor?
+  let node: String
 
   struct VolumeState {
     var lastUsed: Int64
@@ -25,10 +28,16 @@ final class AutoGrower: Sendable {
     var lastBump: ContinuousClock.Instant?
     var reportedProblems = ""
     var cappedAt: Int64?
+    var lastHealthLook: ContinuousClock.Instant?
   }
 
-  init(reconciler: Reconciler, pluginAddress: String, maxInterval: Duration, horizon: Duration, logger: Logger) {
+  init(
+    reconciler: Reconciler, pluginAddress: String, maxInterval: Duration, horizon: Duration,
+    health: HealthMonitor? = nil, node: String = "", logger: Logger
+  ) {
     self.reconciler = reconciler
+    self.health = health
+    self.node = node
     self.horizon = horizon
     self.pluginAddress = pluginAddress
     self.maxInterval = maxInterval
@@ -80,10 +89,7 @@ final class AutoGrower: Sendable {
   /// Looks at one staged volume; returns how soon it should be looked at again, if sooner than usual.
   func check(volumeID: String, path: String, pv: JSON, states: inout [String: VolumeState]) async throws -> Duration? {
     let r = reconciler
-    guard r.owns(pv), let ns = pv[path: "spec", "claimRef", "namespace"]?.string,
-      let name = pv[path: "spec", "claimRef", "name"]?.string, let claim = r.claims.get("\(ns)/\(name)"),
-      claim.uid == pv[path: "spec", "claimRef", "uid"]?.string, let storageClass = r.storageClass(of: claim)
-    else { return nil }
+    guard let claim = r.claim(boundTo: pv), let storageClass = r.storageClass(of: claim) else { return nil }
     let (policy, problems) = AutoGrowPolicy.resolve(
       classAnnotations: storageClass.annotations, claimAnnotations: claim.annotations)
     var state = states[claim.uid] ?? VolumeState(lastUsed: 0, lastSeen: .now)
@@ -95,7 +101,10 @@ final class AutoGrower: Sendable {
         r.events.record(claim, .warning, reason: "AutoGrowInvalidPolicy", message: "auto-grow ignored: \(problemText)")
       }
     }
-    guard let policy, storageClass["allowVolumeExpansion"]?.bool == true else { return nil }
+    let growing = policy != nil && storageClass["allowVolumeExpansion"]?.bool == true
+    // A volume that may not grow is still looked at for its health, once per health interval.
+    let healthDue = health.map { h in state.lastHealthLook.map { ContinuousClock.now - $0 >= h.interval } ?? true } ?? false
+    guard growing || healthDue else { return nil }
 
     var options = CallOptions.defaults
     options.timeout = .seconds(10)
@@ -104,6 +113,12 @@ final class AutoGrower: Sendable {
         $0.volumeID = volumeID
         $0.volumePath = path
       }, options: options)
+    if let health, stats.hasVolumeCondition {
+      state.lastHealthLook = .now
+      health.report(
+        pv: pv, observer: node, abnormal: stats.volumeCondition.abnormal, message: stats.volumeCondition.message)
+    }
+    guard growing, let policy else { return nil }
     guard let bytes = stats.usage.first(where: { $0.unit == .bytes }) else { return nil }
     let inodes = stats.usage.first { $0.unit == .inodes }
     let usage = AutoGrowPolicy.Usage(

@@ -39,6 +39,9 @@ public struct SidecarConfig: Sendable {
   /// Serve VolumeSnapshotContents (the snapshot CRDs and the common snapshot-controller must be
   /// installed) and restores from VolumeSnapshots.
   public var snapshots = false
+  /// How often the volumes' health is looked at (ListVolumes, and NodeGetVolumeStats for staged
+  /// volumes when auto-grow has the plugin's address); nil turns health reporting off.
+  public var healthInterval: Duration? = .seconds(60)
   public var identity: String
 
   public init(csiSocket: String, driverName: String, kube: KubeConfig, identity: String) {
@@ -171,10 +174,12 @@ public struct SidecarService: Service {
           for _ in 0..<max(1, config.workers) {
             workers.addTask { await Self.work(queue: queue, reconciler: reconciler, logger: logger) }
           }
-          if case .node = scope, let address = config.autoGrowPluginAddress {
+          let health = config.healthInterval.map { HealthMonitor(reconciler: reconciler, interval: $0, logger: logger) }
+          if let health { workers.addTask { try await health.run() } }
+          if case .node(let node, _) = scope, let address = config.autoGrowPluginAddress {
             let grower = AutoGrower(
               reconciler: reconciler, pluginAddress: address, maxInterval: config.autoGrowMaxInterval,
-              horizon: config.autoGrowHorizon, logger: logger)
+              horizon: config.autoGrowHorizon, health: health, node: node, logger: logger)
             workers.addTask { try await grower.run() }
           }
           workers.addTask {
