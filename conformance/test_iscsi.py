@@ -60,9 +60,9 @@ class Controller:
 
 @pytest.fixture
 def ctl():
-    c = Controller().start()
+    c = Controller()
     try:
-        yield c
+        yield c.start()  # a start that fails half-way still stops the tgtd it began
     finally:
         c.close()
 
@@ -226,9 +226,10 @@ def test_vm_stage_write_grow_online_verify_unstage():
     mounted, NodeExpandVolume in the guest, check the checksums and the new sizes, unstage, and
     leave no session or node record behind."""
     artifacts = iscsi.vm_artifacts()
-    ctl = Controller(portal_host=iscsi.GUEST_PORTAL_HOST).start()
+    ctl = Controller(portal_host=iscsi.GUEST_PORTAL_HOST)
     vm = None
     try:
+        ctl.start()
         sizes = {"pvc-e4": (64 * MiB, 160 * MiB, "ext4"), "pvc-xf": (320 * MiB, 512 * MiB, "xfs"),
                  "pvc-bk": (32 * MiB, 48 * MiB, "block")}
         volumes = {}
