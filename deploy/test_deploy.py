@@ -26,8 +26,8 @@ def test_renders_and_validates(target, tmp_path):
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.read_text()) if d)
     classes = 3 if target == "overlays/lvm" else 2
     assert kinds == ["CSIDriver", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                     "DaemonSet", "Deployment", "Namespace", "PriorityClass", "Role", "RoleBinding",
-                     "ServiceAccount", "ServiceAccount"] + ["StorageClass"] * classes
+                     "DaemonSet", "Deployment", "Namespace", "PriorityClass", "Role", "Role", "Role", "RoleBinding",
+                     "RoleBinding", "RoleBinding", "ServiceAccount", "ServiceAccount"] + ["StorageClass"] * classes
 
 
 def test_examples_validate():
@@ -146,6 +146,25 @@ def test_only_the_sidecar_holds_an_api_token(workload, account, role, mode_args)
     sidecar = next(c for c in pod["containers"] if c["name"] == "sidecar")
     assert all(a in sidecar["args"] for a in mode_args)
     binding = objs[("ClusterRoleBinding", role)]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "swell-system"}]
+
+
+@pytest.mark.parametrize("workload,account,role", [
+    (("DaemonSet", "swell-node"), "swell-node", "swell-sidecar-capacity-node"),
+    (("Deployment", "swell-controller"), "swell-controller", "swell-sidecar-capacity-controller"),
+])
+def test_capacity_is_published_by_both_sidecars_with_the_pods_identity(workload, account, role):
+    """storageCapacity: true makes the scheduler read CSIStorageCapacity; each sidecar publishes it,
+    knowing its own pod from the downward API, under a Role in the driver's namespace."""
+    objs = objects("overlays/production")
+    assert objs[("CSIDriver", "swell.csi.dev")]["spec"]["storageCapacity"] is True
+    sidecar = next(c for c in objs[workload]["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+    assert "--enable-capacity" in sidecar["args"]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in sidecar["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    role_obj, binding = objs[("Role", role)], objs[("RoleBinding", role)]
+    assert role_obj["metadata"]["namespace"] == binding["metadata"]["namespace"] == "swell-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "swell-system"}]
 
 

@@ -78,6 +78,18 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: "Seconds between looks at every volume's health (ListVolumes; NodeGetVolumeStats for staged volumes with --autogrow-plugin-address); an abnormal condition becomes a Warning Event on the claim. 0 turns it off.")
   var healthInterval = 60.0
 
+  @Flag(help: "Publish CSIStorageCapacity objects for the scheduler (per-node: this node's local classes; central: the network classes). Needs --pod-name and --pod-namespace.")
+  var enableCapacity = false
+
+  @Option(help: "Seconds between full refreshes of the published capacity (it is also refreshed after every create, delete, grow and snapshot).")
+  var capacityPollInterval = 60.0
+
+  @Option(help: "This sidecar's pod (default: $POD_NAME, from the downward API); its DaemonSet or Deployment owns the capacity objects.")
+  var podName: String?
+
+  @Option(help: "This sidecar's namespace (default: $POD_NAMESPACE); the capacity objects live there.")
+  var podNamespace: String?
+
   @Option(help: "trace, debug, info, notice, warning, error or critical.")
   var logLevel: Logger.Level = .info
 
@@ -91,6 +103,7 @@ struct SidecarCommand: AsyncParsableCommand {
     if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
     if autogrowPluginAddress != nil && !perNode { throw ValidationError("--autogrow-plugin-address needs --per-node") }
     guard autogrowMaxInterval >= 0.1 else { throw ValidationError("--autogrow-max-interval must be at least 0.1") }
+    guard capacityPollInterval >= 0.1 else { throw ValidationError("--capacity-poll-interval must be at least 0.1") }
     guard healthInterval == 0 || healthInterval >= 0.1 else { throw ValidationError("--health-interval must be 0 or at least 0.1") }
     guard autogrowHorizon >= 0 else { throw ValidationError("--autogrow-horizon must not be negative") }
     guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64") }
@@ -128,6 +141,14 @@ struct SidecarCommand: AsyncParsableCommand {
       config.autoGrowMaxInterval = .milliseconds(Int64(autogrowMaxInterval * 1000))
       config.autoGrowHorizon = .seconds(autogrowHorizon)
       config.snapshots = snapshots
+      if enableCapacity {
+        let env = environment()
+        guard let pod = podName ?? env["POD_NAME"], let ns = podNamespace ?? env["POD_NAMESPACE"], !pod.isEmpty, !ns.isEmpty
+        else { throw ValidationError("--enable-capacity needs --pod-name and --pod-namespace (or POD_NAME and POD_NAMESPACE)") }
+        var capacity = CapacityConfig(podName: pod, podNamespace: ns)
+        capacity.pollInterval = .milliseconds(Int64(capacityPollInterval * 1000))
+        config.capacity = capacity
+      }
       config.healthInterval = healthInterval > 0 ? .milliseconds(Int64(healthInterval * 1000)) : nil
       let metrics = SidecarMetrics()
       let state = SidecarState()

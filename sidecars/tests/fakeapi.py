@@ -47,6 +47,12 @@ RESOURCES = {
     ("storage.k8s.io", "v1", "csinodes"): ("CSINode", False, False),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
     ("", "v1", "secrets"): ("Secret", True, False),
+    ("", "v1", "pods"): ("Pod", True, True),
+    ("apps", "v1", "replicasets"): ("ReplicaSet", True, True),
+    ("apps", "v1", "deployments"): ("Deployment", True, True),
+    ("apps", "v1", "daemonsets"): ("DaemonSet", True, True),
+    # Shapes in ../shared/k8s-samples/08*: generateName csisc-, the provisioner's labels, an ownerReference.
+    ("storage.k8s.io", "v1", "csistoragecapacities"): ("CSIStorageCapacity", True, False),
     # The snapshot CRDs of external-snapshotter v8 (shapes in ../shared/k8s-samples/07*).
     ("snapshot.storage.k8s.io", "v1", "volumesnapshots"): ("VolumeSnapshot", True, True),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents"): ("VolumeSnapshotContent", False, True),
@@ -140,6 +146,9 @@ class Store:
             name = meta.get("name")
             if not name:
                 raise ApiError(422, "Invalid", f"{kind} is invalid: metadata.name: Required value")
+            if kind == "CSIStorageCapacity" and not obj.get("storageClassName"):
+                raise ApiError(422, "Invalid", f'CSIStorageCapacity.storage.k8s.io "{name}" is invalid: '
+                               "storageClassName: Required value")
             if (res, ns, name) in self.objects:
                 raise ApiError(409, "AlreadyExists", f'{res[2]} "{name}" already exists',
                                {"name": name, "kind": res[2]})
@@ -236,6 +245,39 @@ class Store:
             gone["metadata"]["resourceVersion"] = self._bump()
             self._emit(res, ns, "DELETED", gone)
             return gone
+
+
+def parse_selector(text):
+    """A label selector's equality and existence terms: `k=v`, `k==v`, `k!=v`, `k`, `!k`."""
+    terms = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            terms.append((k.strip(), "!=", v.strip()))
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            terms.append((k.strip(), "=", v.strip()))
+        elif term.startswith("!"):
+            terms.append((term[1:].strip(), "absent", None))
+        else:
+            terms.append((term, "exists", None))
+    for k, _, _ in terms:
+        if not k:
+            raise ApiError(400, "BadRequest", f'unable to parse requirement: invalid label key "{text}"')
+    return terms
+
+
+def selects(terms, labels):
+    for k, op, v in terms:
+        if op == "=" and labels.get(k) != v:
+            return False
+        if op == "!=" and labels.get(k) == v:
+            return False
+        if op == "exists" and k not in labels:
+            return False
+        if op == "absent" and k in labels:
+            return False
+    return True
 
 
 def merge_patch(target, patch):
@@ -424,6 +466,9 @@ class Handler(BaseHTTPRequestHandler):
     def list(self, res, ns, query):
         store = self.server.store
         items, rv = store.list(res, ns)
+        if query.get("labelSelector"):
+            wanted = parse_selector(query["labelSelector"])
+            items = [o for o in items if selects(wanted, o["metadata"].get("labels") or {})]
         start = 0
         if query.get("continue"):
             token = json.loads(bytes.fromhex(query["continue"]))

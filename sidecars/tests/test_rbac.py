@@ -6,8 +6,9 @@ import os
 
 import yaml
 
-from conftest import NODE, ROOT, csiconf
+from conftest import NODE, ROOT, TOPOLOGY_KEY, csiconf
 from test_backends import iscsi, tgtd  # noqa: F401 (tgtd is a fixture)
+from test_capacity import NS, capacities, owned_pod, stale_pair
 from test_sidecar import pv_for, repeated_failure, wait_bound
 
 
@@ -46,9 +47,13 @@ def test_node_rbac_matches_the_calls(cluster):
     port = csiconf.free_port()
     cluster.plugin.stop()
     cluster.plugin.start(extra_args=("--metrics-address", f"127.0.0.1:{port}"))
-    sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{port}",
-                              "--autogrow-max-interval", "0.5", "--snapshots")
+    pod, _ = owned_pod(api)
     api.create_class("swell", binding="WaitForFirstConsumer")
+    stale_pair(api, "swell", f"external-provisioner-{NODE}", {TOPOLOGY_KEY: NODE})
+    api.create_class("fresh", binding="WaitForFirstConsumer")  # no object yet: one is created
+    sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{port}",
+                              "--autogrow-max-interval", "0.5", "--snapshots", "--enable-capacity",
+                              "--pod-name", pod, "--pod-namespace", NS)
     claim = api.create_claim("r", size="400Mi", annotations={
         "volume.kubernetes.io/selected-node": NODE, "autogrow.swell.dev/enabled": "true",
         "autogrow.swell.dev/threshold": "99%", "autogrow.swell.dev/max": "600Mi"})
@@ -67,8 +72,10 @@ def test_node_rbac_matches_the_calls(cluster):
     api.wait("events", lambda: api.events_for("r"))
     repeated_failure(api, sc="swell", annotations={"volume.kubernetes.io/selected-node": NODE}, count=2)
 
+    api.wait("capacity published", lambda: len(capacities(api)) == 2 or None)
     used = {tuple(x) for x in api.hook("audit")}
-    rules = granted(os.path.join(ROOT, "deploy", "base", "rbac-node.yaml"), "swell-sidecar-node")
+    path = os.path.join(ROOT, "deploy", "base", "rbac-node.yaml")
+    rules = granted(path, "swell-sidecar-node") | granted(path, "swell-sidecar-capacity-node", kind="Role")
     assert used - rules == set(), "calls the role does not grant"
     assert rules - used == set(), "granted but never called"
     assert sidecar.proc.poll() is None
@@ -81,10 +88,14 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     cluster.plugin.stop()
     cluster.plugin.start(extra_args=tgtd.plugin_args(os.path.join(cluster.root, "iscsi")))
     api.create_node("worker-1")
+    pod, _ = owned_pod(api, central=True)
+    api.create_class("net", binding="WaitForFirstConsumer", params={"backend": "iscsi"})
+    stale_pair(api, "net", "external-provisioner", None)
+    api.create_class("net-fresh", params={"backend": "iscsi"})  # no object yet: one is created
     sidecar = cluster.sidecar("--backend", "iscsi", "--leader-election", "--leader-election-namespace", "swell-system",
                               "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
-                              "--leader-election-retry-period", "0.3", "--snapshots")
-    api.create_class("net", binding="WaitForFirstConsumer", params={"backend": "iscsi"})
+                              "--leader-election-retry-period", "0.3", "--snapshots", "--enable-capacity",
+                              "--pod-name", pod, "--pod-namespace", NS)
     claim = api.create_claim("c", sc="net", size="64Mi", annotations={"volume.kubernetes.io/selected-node": "worker-1"})
     pv = wait_bound(api, "c") and pv_for(api, claim)
     assert "nodeAffinity" not in pv["spec"]
@@ -98,9 +109,11 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     assert api.get("/apis/coordination.k8s.io/v1/namespaces/swell-system/leases/swell-csi-dev-sidecar")
     api.wait("a lease renewal", lambda: ["coordination.k8s.io", "leases", "update"] in api.hook("audit"))
 
-    used = {tuple(x) for x in api.hook("audit")}
     path = os.path.join(ROOT, "deploy", "base", "rbac-controller.yaml")
-    rules = granted(path, "swell-sidecar-controller") | granted(path, "swell-sidecar-leader", kind="Role")
+    api.wait("capacity published", lambda: len(capacities(api)) == 2 or None)
+    used = {tuple(x) for x in api.hook("audit")}
+    rules = (granted(path, "swell-sidecar-controller") | granted(path, "swell-sidecar-leader", kind="Role")
+             | granted(path, "swell-sidecar-capacity-controller", kind="Role"))
     assert used - rules == set(), "calls the roles do not grant"
     assert rules - used == set(), "granted but never called"
     assert sidecar.proc.poll() is None

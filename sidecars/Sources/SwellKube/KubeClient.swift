@@ -140,9 +140,9 @@ public final class KubeClient: Sendable {
   }
 
   /// Lists every object of a type, in pages; restarts the list when a continue token expires.
-  public func list(_ resource: KubeResource, namespace: String? = nil, pageSize: Int = 500) async throws
-    -> (items: [JSON], resourceVersion: String)
-  {
+  public func list(
+    _ resource: KubeResource, namespace: String? = nil, labelSelector: String? = nil, pageSize: Int = 500
+  ) async throws -> (items: [JSON], resourceVersion: String) {
     var restarts = 0
     while true {
       var items: [JSON] = []
@@ -150,6 +150,7 @@ public final class KubeClient: Sendable {
       do {
         repeat {
           var query = [("limit", "\(pageSize)")]
+          if let labelSelector { query.append(("labelSelector", labelSelector)) }
           if let continueToken { query.append(("continue", continueToken)) }
           let page = try await call(.GET, resource.path(namespace: namespace), query: query)
           items += (page["items"]?.array ?? []).map { withKind($0, resource) }

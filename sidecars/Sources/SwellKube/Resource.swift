@@ -22,6 +22,15 @@ public struct KubeResource: Sendable, Hashable, CustomStringConvertible {
   public static let csiNodes = KubeResource(
     group: "storage.k8s.io", version: "v1", plural: "csinodes", kind: "CSINode", namespaced: false)
 
+  /// What a node's storage can still hold, for the scheduler (storage.k8s.io/v1).
+  public static let csiStorageCapacities = KubeResource(
+    group: "storage.k8s.io", version: "v1", plural: "csistoragecapacities", kind: "CSIStorageCapacity",
+    namespaced: true)
+  /// The sidecar's own pod, and the ReplicaSet between a Deployment and its pods: how the sidecar
+  /// finds the object that owns what it publishes.
+  public static let pods = KubeResource(group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true)
+  public static let replicaSets = KubeResource(
+    group: "apps", version: "v1", plural: "replicasets", kind: "ReplicaSet", namespaced: true)
   public static let secrets = KubeResource(group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true)
   /// The snapshot CRDs of kubernetes-csi/external-snapshotter (v8, `snapshot.storage.k8s.io/v1`).
   public static let volumeSnapshots = KubeResource(

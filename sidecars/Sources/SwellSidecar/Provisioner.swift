@@ -76,6 +76,7 @@ extension Reconciler {
     }
     inFlight.withLock { $0[key] = nil }
     metrics.record(operation: "provision", success: true, duration: ContinuousClock.now - started)
+    capacityChanged.nudge()
     events.record(
       claim, .normal, reason: "ProvisioningSucceeded", message: "Successfully provisioned volume \(pv.name)")
   }
@@ -155,6 +156,7 @@ extension Reconciler {
       try await removeFinalizer(current)
     }
     metrics.record(operation: "delete", success: true, duration: ContinuousClock.now - started)
+    capacityChanged.nudge()
     logger.info("deleted volume", metadata: ["pv": "\(pv.name)", "volume": "\(handle)"])
   }
 

@@ -33,6 +33,8 @@ public final class Reconciler: Sendable {
   let queue: WorkQueue
   let events: EventRecorder
   let metrics: SidecarMetrics
+  /// Nudged after every change of free space this sidecar makes (create, delete, grow, snapshot).
+  let capacityChanged: Nudge
   let logger: Logger
   /// CreateVolume requests that may still be running in the plugin, by claim key: if the claim goes
   /// away, the same request is repeated and the volume deleted, so nothing leaks.
@@ -45,8 +47,9 @@ public final class Reconciler: Sendable {
   init(
     kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, backends: Set<String> = [], defaultFSType: String,
     csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: SnapshotCaches? = nil,
-    queue: WorkQueue, events: EventRecorder, metrics: SidecarMetrics, logger: Logger
+    queue: WorkQueue, events: EventRecorder, metrics: SidecarMetrics, capacityChanged: Nudge = Nudge(), logger: Logger
   ) {
+    self.capacityChanged = capacityChanged
     self.kube = kube
     self.csi = csi
     self.driver = driver

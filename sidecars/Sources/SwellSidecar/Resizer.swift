@@ -164,5 +164,6 @@ extension Reconciler {
       events.record(fresh, .normal, reason: "VolumeResizeSuccessful", message: "Resize volume succeeded")
     }
     metrics.record(operation: "resize", success: true, duration: ContinuousClock.now - started)
+    capacityChanged.nudge()
   }
 }

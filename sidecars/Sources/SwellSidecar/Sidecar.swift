@@ -42,6 +42,9 @@ public struct SidecarConfig: Sendable {
   /// How often the volumes' health is looked at (ListVolumes, and NodeGetVolumeStats for staged
   /// volumes when auto-grow has the plugin's address); nil turns health reporting off.
   public var healthInterval: Duration? = .seconds(60)
+  /// CSIStorageCapacity publishing: the sidecar's own pod (from the downward API), whose owner
+  /// owns the objects, and how often every figure is read again; nil turns it off.
+  public var capacity: CapacityConfig?
   public var identity: String
 
   public init(csiSocket: String, driverName: String, kube: KubeConfig, identity: String) {
@@ -123,7 +126,9 @@ public struct SidecarService: Service {
         }
       }
     }
+    let capacityChanged = Nudge()
     let classes = Informer(client: kube, resource: .storageClasses, logger: logger) { _, new in
+      capacityChanged.nudge()
       guard let name = new?.name else { return }
       Task {
         for claim in claims.list() where claim[path: "spec", "storageClassName"]?.string == name {
@@ -152,7 +157,18 @@ public struct SidecarService: Service {
       kube: kube, csi: csi, driver: config.driverName, scope: scope, backends: Set(config.backends),
       defaultFSType: config.defaultFSType,
       csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, snapshotCaches: snapshotCaches,
-      queue: queue, events: events, metrics: metrics, logger: logger)
+      queue: queue, events: events, metrics: metrics, capacityChanged: capacityChanged, logger: logger)
+    let publisher: CapacityPublisher?
+    if let capacity = config.capacity {
+      let owner = try await CapacityPublisher.owner(
+        kube: kube, podNamespace: capacity.podNamespace, podName: capacity.podName)
+      logger.notice("publishing capacity", metadata: ["owner": "\(owner["kind"]?.string ?? "")/\(owner["name"]?.string ?? "")"])
+      publisher = CapacityPublisher(
+        reconciler: reconciler, namespace: capacity.podNamespace, owner: owner, interval: capacity.pollInterval,
+        nudge: capacityChanged, logger: logger)
+    } else {
+      publisher = nil
+    }
     let informers = [claims, volumes, classes] + (snapshotCaches.map { [$0.contents, $0.classes] } ?? [])
     state.attach(queue: queue, informers: informers)
 
@@ -176,6 +192,7 @@ public struct SidecarService: Service {
           }
           let health = config.healthInterval.map { HealthMonitor(reconciler: reconciler, interval: $0, logger: logger) }
           if let health { workers.addTask { try await health.run() } }
+          if let publisher { workers.addTask { try await publisher.run() } }
           if case .node(let node, _) = scope, let address = config.autoGrowPluginAddress {
             let grower = AutoGrower(
               reconciler: reconciler, pluginAddress: address, maxInterval: config.autoGrowMaxInterval,
@@ -251,13 +268,25 @@ public struct SidecarService: Service {
   }
 }
 
+public struct CapacityConfig: Sendable {
+  public var podName: String
+  public var podNamespace: String
+  public var pollInterval: Duration = .seconds(60)
+  public init(podName: String, podNamespace: String) {
+    self.podName = podName
+    self.podNamespace = podNamespace
+  }
+}
+
 public enum SidecarError: Error, Equatable, CustomStringConvertible {
   case pluginNotReady
   case wrongDriver(String, String)
   case lostLeadership
+  case noOwner(String)
 
   public var description: String {
     switch self {
+    case .noOwner(let why): "cannot publish capacity: \(why)"
     case .pluginNotReady: "the plugin is not ready"
     case .wrongDriver(let got, let want): "the plugin is driver \(got.debugDescription), not \(want.debugDescription)"
     case .lostLeadership: "lost the leader lease"

@@ -52,6 +52,7 @@ extension Reconciler {
           }, options: $1)
         }
         metrics.record(operation: "delete-snapshot", success: true, duration: ContinuousClock.now - started)
+        capacityChanged.nudge()
       } catch {
         metrics.record(operation: "delete-snapshot", success: false, duration: ContinuousClock.now - started)
         events.record(content, .warning, reason: "SnapshotDeleteError", message: "Failed to delete snapshot: \(CSICodes.describe(error))")
@@ -120,6 +121,7 @@ extension Reconciler {
         c[path: "metadata", "annotations", SnapshotNames.beingCreated] = nil
       }
       metrics.record(operation: "snapshot", success: true, duration: ContinuousClock.now - started)
+      capacityChanged.nudge()
       events.record(
         content, .normal, reason: "SnapshotCreated",
         message: "Snapshot \(snapshot.snapshotID) of volume \(volumeHandle) is ready, \(snapshot.sizeBytes) bytes")
