@@ -105,9 +105,12 @@ class Tgtd:
                 "--iscsi-tgt-control-port", str(self.control), "--iscsi-allowed-initiator", "127.0.0.1"]
 
 
-def readcapacity(port, iqn, lun=1):
-    """The LUN's size as an independent initiator (libiscsi) reads it, or None if it cannot log in."""
-    out = subprocess.run(["iscsi-readcapacity16", f"iscsi://127.0.0.1:{port}/{iqn}/{lun}"],
+def readcapacity(port, iqn, lun=1, chap=None, mutual=None):
+    """The LUN's size as an independent initiator (libiscsi) reads it, or None if it cannot log in.
+    `chap` is (user, password) for CHAP; `mutual` the (user, password) the target must answer with."""
+    auth = f"{chap[0]}%{chap[1]}@" if chap else ""
+    query = f"?target_user={mutual[0]}&target_password={mutual[1]}" if mutual else ""
+    out = subprocess.run(["iscsi-readcapacity16", f"iscsi://{auth}127.0.0.1:{port}/{iqn}/{lun}{query}"],
                          capture_output=True, text=True, timeout=30)
     m = re.search(r"Total size:(\d+)", out.stdout)
     return int(m.group(1)) if out.returncode == 0 and m else None
@@ -289,6 +292,19 @@ for spec in $VOLUMES; do
   eval ctx=\$CTX_$(echo "$id" | tr - _)
   args=""; for kv in $ctx; do args="$args --context $kv"; done
   if [ "$kind" = block ]; then cap="--block"; else cap="--fs-type $kind"; fi
+  if [ -e /share/secrets-$id ]; then
+    # A CHAP volume: the kernel initiator without credentials, then with a wrong password, is refused.
+    for try in none wrong; do
+      extra=""; [ "$try" = wrong ] && extra="--secrets-file /share/badsecrets-$id"
+      if csi stage $cap $args $extra "$id" /tmp/csi/stage/$id > /tmp/stage-err 2>&1; then
+        result chap_${try}_$id accepted
+      else
+        result chap_${try}_$id "$(grep -o 'PERMISSION_DENIED' /tmp/stage-err | head -n 1)"
+      fi
+    done
+    result chap_sessions_refused_$id "$(ls /sys/class/iscsi_session | wc -l)"
+    args="$args --secrets-file /share/secrets-$id"
+  fi
   t0=$(ms)
   csi stage $cap $args "$id" /tmp/csi/stage/$id
   t1=$(ms)
@@ -341,7 +357,7 @@ def shell_words(mapping):
 
 
 def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, before_grow=None, after_grow=None,
-                    crash_first_stage=False, timeout=240):
+                    crash_first_stage=False, timeout=240, secrets=None):
     """Boots the guest, stages `volumes` ({id: (kind, volume_context)}) there, lets the host grow
     them through `grow(id) -> new size` once all are written (calling `before_grow()` first and
     `after_grow(vm)` once the guest may go on), and checks nothing itself. With `crash_first_stage`,
@@ -351,6 +367,11 @@ def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, be
     """
     vm = VM(root, artifacts)
     stage_binary(swell_binary, os.path.join(vm.share, "swell"))
+    # Node-stage secrets ({id: (right, wrong)}), as files: kubelet passes them in the request, never argv.
+    for vid, (right, wrong) in (secrets or {}).items():
+        for name, values in ((f"secrets-{vid}", right), (f"badsecrets-{vid}", wrong)):
+            with open(os.path.join(vm.share, name), "w") as f:
+                f.write("".join(f"{k}={v}\n" for k, v in values.items()))
     with open(os.path.join(vm.share, "params"), "w") as f:
         f.write(f"VOLUMES='{' '.join(f'{i}:{kind}' for i, (kind, _) in volumes.items())}'\n")
         f.write(f"CRASH_FIRST_STAGE={1 if crash_first_stage else 0}\n")

@@ -6,6 +6,7 @@ plugin stages, publishes, grows and unstages volumes exported by the host's cont
 """
 import os
 import shutil
+import subprocess
 import tempfile
 
 import grpc
@@ -37,8 +38,10 @@ class Controller:
         self.plugin.start(failpoints=failpoints, extra_args=self.tgtd.plugin_args(self.storage, self.portal_host))
         return self
 
-    def create(self, name, size=64 * MiB, cap=None):
-        return self.plugin.controller.CreateVolume(create_req(name, size, cap=cap, params={"backend": "iscsi"})).volume
+    def create(self, name, size=64 * MiB, cap=None, secrets=None):
+        req = create_req(name, size, cap=cap, params={"backend": "iscsi"})
+        req.secrets.update(secrets or {})
+        return self.plugin.controller.CreateVolume(req).volume
 
     def expand(self, name, size):
         return self.plugin.controller.ControllerExpandVolume(
@@ -235,7 +238,8 @@ def test_vm_stage_write_grow_online_verify_unstage():
         volumes = {}
         for vid, (before, _, kind) in sizes.items():
             cap = block_cap() if kind == "block" else mount_cap(kind)
-            vol = ctl.create(vid, before, cap=cap)
+            # pvc-xf needs mutual CHAP: the guest's kernel initiator logs in with the node-stage secrets.
+            vol = ctl.create(vid, before, cap=cap, secrets=MUTUAL if vid == "pvc-xf" else None)
             volumes[vid] = (kind, dict(vol.volume_context))
 
         def refuse_delete_while_logged_in():
@@ -246,8 +250,16 @@ def test_vm_stage_write_grow_online_verify_unstage():
         vm, status, results, timings = iscsi.run_vm_scenario(
             ctl.root, artifacts, SWELL, ctl, volumes,
             grow=lambda vid: ctl.expand(vid, sizes[vid][1]).capacity_bytes,
-            before_grow=refuse_delete_while_logged_in, crash_first_stage=True)
+            before_grow=refuse_delete_while_logged_in, crash_first_stage=True,
+            secrets={"pvc-xf": (MUTUAL, {**MUTUAL, "password": "wrong-secret-000"})})
         assert status == 0, f"the guest failed:\n{vm.console()}\n{_guest_plugin_log(vm)}"
+        assert results["chap_none_pvc-xf"] == "PERMISSION_DENIED", "no credentials: refused"
+        assert results["chap_wrong_pvc-xf"] == "PERMISSION_DENIED", "a wrong password: refused"
+        assert results["chap_sessions_refused_pvc-xf"] == "1", "only pvc-e4's session; none for the refused logins"
+        guest_log = open(os.path.join(vm.share, "guest-plugin.log")).read()
+        assert "NodeStageVolume" in guest_log
+        for secret in (MUTUAL["password"], MUTUAL["password_in"], "wrong-secret-000"):
+            assert secret not in guest_log
         assert results["sessions_after_crash"] == "1", "the crashed stage had logged in"
         assert results["sessions_staged"] == "3", "the retried stage reused that session"
         for vid, (before, after, kind) in sizes.items():
@@ -277,3 +289,106 @@ def _guest_plugin_log(vm):
             return f.read()[-4000:]
     except OSError:
         return ""
+
+
+# ---- CHAP ----------------------------------------------------------------------------------
+
+ALICE = {"username": "alice", "password": "alice-secret-123"}
+MUTUAL = {**ALICE, "username_in": "target-swell", "password_in": "target-secret-456"}
+
+
+def chap_files(root):
+    """Every file under `root` that holds one of the test's passwords, with its mode."""
+    found = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            path = os.path.join(dirpath, n)
+            try:
+                data = open(path, "rb").read()
+            except OSError:
+                continue
+            if any(p.encode() in data for p in (ALICE["password"], MUTUAL["password_in"], "rotated-secret-789")):
+                found[path] = os.stat(path).st_mode & 0o777
+    return found
+
+
+def test_a_chap_volume_refuses_initiators_without_the_right_credentials(ctl):
+    ctl.create("pvc-chap1", secrets=ALICE)
+    iqn = f"{IQN}:pvc-chap1"
+    port = ctl.tgtd.port
+    assert iscsi.readcapacity(port, iqn) is None, "no credentials"
+    assert iscsi.readcapacity(port, iqn, chap=("alice", "wrong-secret-000")) is None, "a wrong password"
+    assert iscsi.readcapacity(port, iqn, chap=("mallory", ALICE["password"])) is None, "a wrong user"
+    assert iscsi.readcapacity(port, iqn, chap=("alice", ALICE["password"])) == 64 * MiB
+    # A volume without CHAP is still open to the allowed initiators, as before.
+    ctl.create("pvc-open")
+    assert iscsi.readcapacity(port, f"{IQN}:pvc-open") == 64 * MiB
+
+
+def test_mutual_chap_makes_the_target_prove_itself(ctl):
+    ctl.create("pvc-mutual", secrets=MUTUAL)
+    iqn, port = f"{IQN}:pvc-mutual", ctl.tgtd.port
+    login = ("alice", ALICE["password"])
+    assert iscsi.readcapacity(port, iqn, chap=login, mutual=("target-swell", MUTUAL["password_in"])) == 64 * MiB
+    assert iscsi.readcapacity(port, iqn, chap=login, mutual=("target-swell", "not-the-target-1")) is None
+    assert iscsi.readcapacity(port, iqn) is None
+
+
+def test_chap_secrets_never_reach_a_log_an_error_or_a_file_others_can_read(ctl):
+    ctl.create("pvc-chap2", secrets=MUTUAL)
+    # Malformed secrets are refused by key, never echoing a value.
+    for bad, key in (({"username": "alice"}, "password"), ({"username": "alice", "password": "short-pw"}, "password"),
+                     ({**ALICE, "username_in": "t"}, "username_in"),
+                     ({"username": "bad user", "password": "leaky-secret-999"}, "username")):
+        req = create_req("pvc-bad", params={"backend": "iscsi"})
+        req.secrets.update(bad)
+        try:
+            ctl.plugin.controller.CreateVolume(req)
+            raise AssertionError(f"accepted {sorted(bad)}")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and key in e.details(), e.details()
+            for value in bad.values():
+                if len(value) > 6:
+                    assert value not in e.details()
+    ctl.plugin.stop()
+    ctl.plugin.start(extra_args=ctl.tgtd.plugin_args(ctl.storage, ctl.portal_host) + ["--log-level", "trace"])
+    ctl.create("pvc-chap3", secrets=MUTUAL)  # every command logged at trace level
+    log = open(ctl.plugin.log_path).read()
+    assert "tgtadm" in log, "the commands are in the log at trace level, so the check below means something"
+    for secret in (ALICE["password"], MUTUAL["password_in"]):
+        assert secret not in log
+        assert secret not in open(ctl.tgtd.log_path).read()
+    files = chap_files(ctl.root)
+    assert files and all(mode == 0o600 for mode in files.values()), files
+    for path in files:
+        parent = os.path.dirname(path)
+        assert os.stat(parent).st_mode & 0o077 == 0, f"{parent} is open to others"
+
+
+def test_chap_survives_restarts_and_a_new_password_applies_to_every_volume_of_the_user(ctl):
+    ctl.create("pvc-r1", secrets=ALICE)
+    ctl.create("pvc-r2", secrets=ALICE)
+    port = ctl.tgtd.port
+    old = ("alice", ALICE["password"])
+    # tgtd loses every target and account; the plugin's readiness check rebuilds them.
+    ctl.tgtd.kill()
+    ctl.tgtd.start()
+    ctl.plugin.stop()
+    ctl.start()
+    ctl.plugin.identity.Probe(csi_pb2.ProbeRequest())
+    for v in ("pvc-r1", "pvc-r2"):
+        assert iscsi.readcapacity(port, f"{IQN}:{v}") is None
+        assert iscsi.readcapacity(port, f"{IQN}:{v}", chap=old) == 64 * MiB
+    # The class's secret changed: a CreateVolume retry (or a new volume) carries the new password.
+    ctl.create("pvc-r1", secrets={"username": "alice", "password": "rotated-secret-789"})
+    for v in ("pvc-r1", "pvc-r2"):
+        assert iscsi.readcapacity(port, f"{IQN}:{v}", chap=old) is None, v
+        assert iscsi.readcapacity(port, f"{IQN}:{v}", chap=("alice", "rotated-secret-789")) == 64 * MiB, v
+    # The account goes with its last volume.
+    ctl.delete("pvc-r1")
+    accounts = lambda: subprocess.run(ctl.tgtd.tgtadm("--mode", "account", "--op", "show"),  # noqa: E731
+                                      capture_output=True, text=True, check=True).stdout.split()
+    assert "alice" in accounts()
+    ctl.delete("pvc-r2")
+    assert "alice" not in accounts()
+    assert chap_files(ctl.root) == {}

@@ -31,10 +31,11 @@ def test_renders_and_validates(target, tmp_path):
 
 
 def test_examples_validate():
-    path = os.path.join(HERE, "examples", "postgres", "postgres.yaml")
-    r = subprocess.run(["kubernetes-validate", "-k", "1.33.0", "--strict", "--quiet", path],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    for path in (os.path.join(HERE, "examples", "postgres", "postgres.yaml"),
+                 os.path.join(HERE, "examples", "iscsi-chap", "secret.yaml")):
+        r = subprocess.run(["kubernetes-validate", "-k", "1.33.0", "--strict", "--quiet", path],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_snapshot_examples_match_the_plugin():
@@ -85,8 +86,14 @@ def test_driver_and_class_match_the_plugin():
     assert net["volumeBindingMode"] == "Immediate" and net["parameters"]["backend"] == "iscsi"
     for sc in (local, net):
         assert sc["provisioner"] == "swell.csi.dev" and sc["allowVolumeExpansion"] is True
-        # Every class parameter is one the plugin accepts (it rejects unknown keys).
-        assert set(sc["parameters"]) <= {"backend", "csi.storage.k8s.io/fstype"}
+        # Every class parameter is one the plugin accepts (it rejects unknown keys), or the sidecar's own.
+        assert {k for k in sc["parameters"] if not k.startswith("csi.storage.k8s.io/")} <= {"backend"}
+    chap = {k: v for k, v in net["parameters"].items() if "-secret-" in k}
+    assert chap == {f"csi.storage.k8s.io/{kind}-secret-{part}": value for kind in ("provisioner", "node-stage")
+                    for part, value in (("name", "swell-iscsi-chap"), ("namespace", "swell-system"))}
+    secret = yaml.safe_load(open(os.path.join(HERE, "examples", "iscsi-chap", "secret.yaml")))
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("swell-iscsi-chap", "swell-system")
+    assert {"username", "password", "username_in", "password_in"} == set(secret["stringData"])
 
 
 def test_lvm_overlay_configures_the_node_plugin():

@@ -43,10 +43,11 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw SwellError(
         .outOfRange, "the source holds \(sourceBytes) bytes; capacity_range allows at most \(size), which cannot hold it")
     }
-    let spec = VolumeSpec(
+    var spec = VolumeSpec(
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
       limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
       pool: request.parameters["pool"], source: source, thick: try Validation.thick(request.parameters))
+    if backendName == IscsiBackend.name { spec.chap = try ChapCredentials(secrets: request.secrets) }
     Spans.recorder?.record("validate", ContinuousClock.now - validating)
     var record = try await locks.withLock(request.name) {
       // The source is held too, so that it is neither deleted nor grown while it is copied.

@@ -19,6 +19,7 @@ public enum ErrorMapping {
     case .resourceExhausted: .resourceExhausted
     case .failedPrecondition: .failedPrecondition
     case .aborted: .aborted
+    case .permissionDenied: .permissionDenied
     case .unavailable: .unavailable
     case .internal: .internalError
     }

@@ -41,19 +41,37 @@ public struct CommandError: Error, CustomStringConvertible, Sendable {
 /// the calling task (an RPC) is cancelled.
 public protocol Executor: Sendable {
   /// Runs `argv` and returns its output whatever the exit code; throws only when it cannot run.
-  func output(_ argv: [String]) async throws -> CommandOutput
+  /// Each of `secrets` (a CHAP password in an argument) is shown as `***` wherever the command is
+  /// described: the debug log, a ``CommandError``, and the stderr returned.
+  func output(_ argv: [String], hiding secrets: [String]) async throws -> CommandOutput
 }
 
 extension Executor {
+  public func output(_ argv: [String]) async throws -> CommandOutput {
+    try await output(argv, hiding: [])
+  }
+
   /// Runs `argv` and throws a ``CommandError`` unless it exits 0.
   @discardableResult
-  public func run(_ argv: [String]) async throws -> CommandOutput {
-    let out = try await output(argv)
+  public func run(_ argv: [String], hiding secrets: [String] = []) async throws -> CommandOutput {
+    let out = try await output(argv, hiding: secrets)
     guard out.exitCode == 0 else {
-      throw CommandError(argv: argv, exitCode: out.exitCode, stderr: out.stderr, reason: "failed")
+      throw CommandError(argv: redact(argv, secrets), exitCode: out.exitCode, stderr: out.stderr, reason: "failed")
     }
     return out
   }
+}
+
+/// `argv` with every secret in it replaced by `***`.
+public func redact(_ argv: [String], _ secrets: [String]) -> [String] {
+  argv.map { redact($0, secrets) }
+}
+
+/// `text` with every occurrence of a (non-empty) secret replaced by `***`.
+public func redact(_ text: String, _ secrets: [String]) -> String {
+  var out = text
+  for secret in secrets where !secret.isEmpty { out = out.replacing(secret, with: "***") }
+  return out
 }
 
 /// The real executor, on swift-subprocess.
@@ -64,12 +82,13 @@ public struct SystemExecutor: Executor {
     self.logger = logger
   }
 
-  public func output(_ argv: [String]) async throws -> CommandOutput {
+  public func output(_ argv: [String], hiding secrets: [String]) async throws -> CommandOutput {
     precondition(!argv.isEmpty, "an empty argv")
+    let shown = redact(argv, secrets)
     var options = PlatformOptions()
     // On cancellation: SIGTERM, then SIGKILL after half a second.
     options.teardownSequence = [.send(signal: .terminate, allowedDurationToNextStep: .milliseconds(500))]
-    logger.debug("exec", metadata: ["argv": "\(argv)"])
+    logger.debug("exec", metadata: ["argv": "\(shown)"])
     let result: ExecutionResult<Void, StringOutput<UTF8>, StringOutput<UTF8>>
     do {
       result = try await Subprocess.run(
@@ -84,16 +103,16 @@ public struct SystemExecutor: Executor {
     } catch let error as SubprocessError where error.code == .executableNotFound {
       throw Tools.missing(argv[0])
     } catch {
-      throw CommandError(argv: argv, exitCode: nil, stderr: "", reason: "could not run: \(error)")
+      throw CommandError(argv: shown, exitCode: nil, stderr: "", reason: redact("could not run: \(error)", secrets))
     }
     try Task.checkCancellation()
     switch result.terminationStatus {
     case .exited(let code):
       return CommandOutput(
-        exitCode: code, stdout: result.standardOutput, stderr: result.standardError)
+        exitCode: code, stdout: result.standardOutput, stderr: redact(result.standardError, secrets))
     case .signaled(let signal):
       throw CommandError(
-        argv: argv, exitCode: nil, stderr: result.standardError,
+        argv: shown, exitCode: nil, stderr: redact(result.standardError, secrets),
         reason: "killed by signal \(signal)")
     }
   }

@@ -28,6 +28,8 @@ public struct IscsiInitiator: Sendable {
 
   // iscsiadm's exit codes (iscsi_err.h) for the idempotent cases.
   static let sessionExists: Int32 = 15
+  /// ISCSI_ERR_LOGIN_AUTH_FAILED: the target refused the CHAP credentials (or asked for some).
+  static let loginAuthFailed: Int32 = 24
   static let noObjectsFound: Int32 = 21
 
   public init(exec: any Executor, sysClass: String = "/sys/class") {
@@ -43,12 +45,12 @@ public struct IscsiInitiator: Sendable {
       ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-o", "update", "-n", "node.startup", "-v", "manual"])
   }
 
-  /// Sets a node record's field. Values (CHAP secrets among them) never reach a log: the executor
-  /// logs argv only at debug level, and errors carry iscsiadm's stderr, not its argv.
-  public func setNode(iqn: String, portal: String, _ settings: [(String, String)]) async throws {
+  /// Sets a node record's fields. The values in `secrets` (CHAP passwords) never reach a log or
+  /// an error: the executor shows them as `***`.
+  public func setNode(iqn: String, portal: String, _ settings: [(String, String)], secrets: [String] = []) async throws {
     for (name, value) in settings {
       let out = try await exec.output(
-        ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-o", "update", "-n", name, "-v", value])
+        ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-o", "update", "-n", name, "-v", value], hiding: secrets)
       guard out.exitCode == 0 else {
         throw SwellError(.internal, "iscsiadm could not set \(name) on \(iqn): exit \(out.exitCode): \(out.stderr.trimmingWhitespace())")
       }
@@ -59,6 +61,9 @@ public struct IscsiInitiator: Sendable {
   public func login(iqn: String, portal: String) async throws {
     let argv = ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "--login"]
     let out = try await exec.output(argv)
+    if out.exitCode == Self.loginAuthFailed {
+      throw SwellError(.permissionDenied, "the iSCSI target \(iqn) at \(portal) refused the login: CHAP credentials missing or wrong (node-stage secret)")
+    }
     guard out.exitCode == 0 || out.exitCode == Self.sessionExists else {
       throw SwellError(.unavailable, "iSCSI login to \(iqn) at \(portal) failed (exit \(out.exitCode)): \(out.stderr.trimmingWhitespace())")
     }

@@ -11,6 +11,8 @@ public struct SwellError: Error, CustomStringConvertible, Sendable {
     case resourceExhausted
     case failedPrecondition
     case aborted
+    /// Credentials were refused (an iSCSI target's CHAP).
+    case permissionDenied
     case unavailable
     case `internal`
   }

@@ -13,7 +13,9 @@ public struct TgtTarget: Sendable, Equatable {
   /// Logged-in initiators (I_T nexuses): one per session.
   public var sessions: [String] = []
   public var luns: [LUN] = []
+  /// CHAP accounts an initiator must log in with, and the one the target answers with (mutual).
   public var accounts: [String] = []
+  public var outgoingAccounts: [String] = []
   /// Initiator addresses or names allowed in (`ALL` for any).
   public var acl: [String] = []
 
@@ -63,7 +65,12 @@ public struct TgtTarget: Sendable, Equatable {
           targets[last].luns[targets[last].luns.count - 1].backingStore = path == "None" ? nil : path
         }
       case .account:
-        targets[last].accounts.append(String(line.split(separator: " ").first ?? ""))
+        let name = String(line.split(separator: " ").first ?? "")
+        if line.hasSuffix("(outgoing)") {
+          targets[last].outgoingAccounts.append(name)
+        } else {
+          targets[last].accounts.append(name)
+        }
       case .acl:
         targets[last].acl.append(line)
       case .none, .system:
@@ -126,6 +133,39 @@ public struct TgtAdmin: Sendable {
     try await tolerate(
       "already exists",
       tgtadm(["--mode", "target", "--op", "bind", "--tid", String(tid), "--initiator-address", initiatorAddress]))
+  }
+
+  // MARK: CHAP accounts (global in tgtd; bound to targets)
+
+  /// The names of every CHAP account tgtd holds.
+  public func accounts() async throws -> [String] {
+    let out = try await exec.run(tgtadm(["--mode", "account", "--op", "show"]))
+    return out.stdout.split(separator: "\n").dropFirst().map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }
+  }
+
+  /// Creates an account; the password appears in no log or error.
+  public func newAccount(user: String, password: String) async throws {
+    try await exec.run(
+      tgtadm(["--mode", "account", "--op", "new", "--user", user, "--password", password]), hiding: [password])
+  }
+
+  /// Deletes an account, which also unbinds it from every target; a missing one is fine.
+  public func deleteAccount(user: String) async throws {
+    try await tolerate("can't find", tgtadm(["--mode", "account", "--op", "delete", "--user", user]))
+  }
+
+  /// Binds an account to a target: one an initiator must log in with, or with `outgoing` the one
+  /// the target answers mutual CHAP with. Already bound is fine.
+  public func bindAccount(tid: Int, user: String, outgoing: Bool = false) async throws {
+    try await tolerate(
+      "already exists",
+      tgtadm(["--mode", "account", "--op", "bind", "--tid", String(tid), "--user", user] + (outgoing ? ["--outgoing"] : [])))
+  }
+
+  public func unbindAccount(tid: Int, user: String, outgoing: Bool = false) async throws {
+    try await tolerate(
+      "can't find",
+      tgtadm(["--mode", "account", "--op", "unbind", "--tid", String(tid), "--user", user] + (outgoing ? ["--outgoing"] : [])))
   }
 
   /// Runs `argv`, treating a failure whose message contains `benign` as success.

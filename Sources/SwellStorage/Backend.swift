@@ -25,6 +25,8 @@ public struct VolumeSpec: Sendable, Equatable {
   /// True for a preallocated volume (`provisioning: thick`): every byte is reserved on disk at
   /// creation and at each grow, so that writes inside it never meet a full disk.
   public var thick: Bool
+  /// CHAP credentials for the volume's target (iscsi), from the request's secrets.
+  public var chap: ChapCredentials?
 
   public init(
     id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String,

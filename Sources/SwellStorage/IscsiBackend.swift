@@ -39,6 +39,7 @@ public struct IscsiBackend: ControllerBackend {
   let files: LoopBackend
   let tgt: TgtAdmin
   let gate = SerialGate()
+  let accounts: ChapAccounts
 
   public var granularity: Int64 { files.granularity }
   public var maximumBytes: Int64 { files.maximumBytes }
@@ -49,6 +50,7 @@ public struct IscsiBackend: ControllerBackend {
     self.config = config
     self.files = try LoopBackend(dataDir: config.storageDir, exec: exec)
     self.tgt = TgtAdmin(exec: exec, controlPort: config.controlPort)
+    self.accounts = try ChapAccounts(storageDir: files.root)
   }
 
   public func iqn(_ id: String) -> String { "\(config.iqnPrefix):\(id)" }
@@ -69,12 +71,14 @@ public struct IscsiBackend: ControllerBackend {
       sourceInUse = !(try await tgt.targets().first(where: { $0.iqn == iqn(source) })?.sessions ?? []).isEmpty
     }
     let record = try await files.create(spec, sourceInUseElsewhere: sourceInUse)
+    try await BlockingIO.run { try storeChap(spec.id, spec.chap) }
     Failpoints.hit("iscsi-create-before-export")
-    try await gate.run { try await export(record, in: try await tgt.targets()) }
+    try await exportOne(record)
     return decorate(record)
   }
 
   public func delete(_ id: String) async throws {
+    let names = try? chapNames(id)
     if try await files.volume(id) != nil {
       try await gate.run {
         guard let target = try await tgt.targets().first(where: { $0.iqn == iqn(id) }) else { return }
@@ -86,13 +90,14 @@ public struct IscsiBackend: ControllerBackend {
       }
     }
     try await files.delete(id)
+    try await gate.run { try await dropUnusedAccounts(names) }
   }
 
   public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
     let record = try await files.expand(id, to: bytes)
     Failpoints.hit("iscsi-expand-before-reexport")
     // tgt caches a LUN's size; re-adding the LUN (sessions stay logged in) makes it report the new one.
-    try await gate.run { try await export(record, in: try await tgt.targets()) }
+    try await exportOne(record)
     return decorate(record)
   }
 
@@ -112,6 +117,9 @@ public struct IscsiBackend: ControllerBackend {
       return .abnormal("target \(iqn(id)) is not exported")
     }
     if lun.backingStore != files.diskPath(id) { return .abnormal("target \(iqn(id)) exports another file") }
+    if let names = try? chapNames(id), !target.accounts.contains(names.username) {
+      return .abnormal("target \(iqn(id)) does not ask for the CHAP account \(names.username)")
+    }
     return .normal
   }
 
@@ -163,15 +171,28 @@ public struct IscsiBackend: ControllerBackend {
   public func reconcileExports() async throws -> [String] {
     let volumes = try await files.list()
     return try await gate.run {
-      var targets = try await tgt.targets()
       var changed: [String] = []
-      for record in volumes {
-        guard try await export(record, in: targets) else { continue }
-        changed.append(record.id)
-        targets = try await tgt.targets()
+      // A replaced CHAP account is unbound from every target: one more round binds it again.
+      for _ in 0..<2 {
+        var targets = try await tgt.targets()
+        var reset = false
+        for record in volumes {
+          let result = try await export(record, in: targets)
+          reset = reset || result.reset
+          guard result.changed else { continue }
+          if !changed.contains(record.id) { changed.append(record.id) }
+          targets = try await tgt.targets()
+        }
+        if !reset { break }
       }
       return changed
     }
+  }
+
+  /// Exports one volume; when that replaced a CHAP account, every target is looked at again.
+  private func exportOne(_ record: VolumeRecord) async throws {
+    let result = try await gate.run { try await export(record, in: try await tgt.targets()) }
+    if result.reset { try await reconcileExports() }
   }
 
   /// Removes what crashed creates and deletes left behind in the storage directory.
@@ -189,14 +210,19 @@ public struct IscsiBackend: ControllerBackend {
 
   /// Makes tgtd export `record` at its current size with the configured ACL; returns whether
   /// anything changed. Call inside the gate, with `targets` read inside it.
+  ///
+  /// A new target gets its CHAP accounts before its LUN and its ACL: tgtd lets no initiator in
+  /// before the ACL, so there is no moment when the volume can be reached without CHAP.
   @discardableResult
-  private func export(_ record: VolumeRecord, in targets: [TgtTarget]) async throws -> Bool {
+  private func export(_ record: VolumeRecord, in targets: [TgtTarget]) async throws -> (changed: Bool, reset: Bool) {
     let name = iqn(record.id)
     let path = files.diskPath(record.id)
     var changed = false
     let tid: Int
     if let existing = targets.first(where: { $0.iqn == name }) {
       tid = existing.tid
+      let chap = try await exportChap(record.id, tid: tid, target: existing)
+      changed = chap.changed
       if let lun = existing.lun(Self.lun) {
         if lun.backingStore != path || lun.sizeMB != TgtTarget.megabytes(record.capacityBytes) {
           try await tgt.deleteLUN(tid: tid, lun: Self.lun)
@@ -211,15 +237,16 @@ public struct IscsiBackend: ControllerBackend {
         try await tgt.bind(tid: tid, initiatorAddress: address)
         changed = true
       }
-      return changed
+      return (changed, chap.reset)
     }
     tid = (targets.map(\.tid).max() ?? 0) + 1
     try await tgt.newTarget(tid: tid, iqn: name)
+    let chap = try await exportChap(record.id, tid: tid, target: nil)
     try await tgt.newLUN(tid: tid, lun: Self.lun, backingStore: path)
     for address in config.allowedInitiators {
       try await tgt.bind(tid: tid, initiatorAddress: address)
     }
-    return true
+    return (true, chap.reset)
   }
 }
 

@@ -110,15 +110,32 @@ public struct IscsiNodeBackend: NodeBackend {
 
   public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
     let wanted = try IscsiEndpoint(context: context.volumeContext)
+    let chap = try ChapCredentials(secrets: context.secrets)
     if let recorded = try endpoint(id), recorded != wanted {
       throw SwellError(.alreadyExists, "volume \(id) is staged here from \(recorded.iqn) at \(recorded.portal)")
     }
     try writeFileAtomically(recordPath(id), Array(wanted.encoded().utf8))
     if let device = try attachedDevice(id, wanted) { return device }
     try await initiator.addNode(iqn: wanted.iqn, portal: wanted.portal)
+    // Set every time, CHAP or not, so that a record left by an earlier stage says what this one asks.
+    try await initiator.setNode(iqn: wanted.iqn, portal: wanted.portal, Self.authSettings(chap), secrets: chap?.secretValues ?? [])
     try await initiator.login(iqn: wanted.iqn, portal: wanted.portal)
     Failpoints.hit("iscsi-stage-after-login")
     return try await waitForDevice(id, wanted) { _ in true }
+  }
+
+  /// The node record's `node.session.auth.*` fields for `chap` (CHAP, mutual when it has the `_in`
+  /// pair), or no authentication.
+  static func authSettings(_ chap: ChapCredentials?) -> [(String, String)] {
+    guard let chap else { return [("node.session.auth.authmethod", "None")] }
+    var settings = [
+      ("node.session.auth.authmethod", "CHAP"), ("node.session.auth.username", chap.username),
+      ("node.session.auth.password", chap.password),
+    ]
+    if let user = chap.usernameIn, let password = chap.passwordIn {
+      settings += [("node.session.auth.username_in", user), ("node.session.auth.password_in", password)]
+    }
+    return settings
   }
 
   public func attachedDevice(_ id: String) async throws -> AttachedDevice? {

@@ -3,6 +3,7 @@ import CSIProto
 import GRPCCore
 import SwellClient
 import SwellDriver
+import SwellHost
 import SwiftProtobuf
 
 /// `swell csi …`: talk to a live plugin socket, for debugging on a node.
@@ -126,14 +127,18 @@ struct CSICreate: AsyncParsableCommand {
   var parameters: [String] = []
   @Option(help: "Restore this snapshot into the new volume.") var fromSnapshot: String?
   @Option(help: "Clone this volume into the new volume.") var fromVolume: String?
+  @Option(help: "A file of KEY=VALUE lines sent as the request's secrets (such as iSCSI CHAP username and password); kept off the command line.")
+  var secretsFile: String?
   func run() async throws {
     let params = try keyValues(parameters, option: "--parameter")
+    let secrets = try secretsFile.map(readSecrets) ?? [:]
     guard fromSnapshot == nil || fromVolume == nil else {
       throw ValidationError("--from-snapshot and --from-volume exclude each other")
     }
     try await connection.call({
       var request = CSIRequests.create(name: name, bytes: bytes, capability: volume.capability)
       request.parameters = params
+      request.secrets = secrets
       if let fromSnapshot { request.volumeContentSource.snapshot.snapshotID = fromSnapshot }
       if let fromVolume { request.volumeContentSource.volume.volumeID = fromVolume }
       return try await $0.controller.createVolume(request)
@@ -221,14 +226,18 @@ struct CSIStage: AsyncParsableCommand {
   @Argument var stagingPath: String
   @Option(name: .customLong("context"), help: "A volume_context entry from CreateVolume, KEY=VALUE; repeatable.")
   var context: [String] = []
+  @Option(help: "A file of KEY=VALUE lines sent as the node-stage secrets (iSCSI CHAP); kept off the command line.")
+  var secretsFile: String?
   func run() async throws {
     let volumeContext = try keyValues(context, option: "--context")
+    let secrets = try secretsFile.map(readSecrets) ?? [:]
     try await connection.call({
       try await $0.node.nodeStageVolume(.with {
         $0.volumeID = volumeID
         $0.stagingTargetPath = stagingPath
         $0.volumeCapability = volume.capability
         $0.volumeContext = volumeContext
+        $0.secrets = secrets
       })
     }) { _ in "staged \(volumeID) at \(stagingPath)" }
   }
@@ -303,6 +312,21 @@ struct CSINodeExpand: AsyncParsableCommand {
 }
 
 /// Parses repeated `KEY=VALUE` options into a map; a malformed or repeated key is a usage error.
+/// A secrets file: one KEY=VALUE a line; blank lines and `#` comments are skipped.
+/// An error names the line, never its text.
+func readSecrets(_ path: String) throws -> [String: String] {
+  var out: [String: String] = [:]
+  for (n, raw) in try readSmallFile(path).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+    let line = raw.trimmingWhitespace()
+    if line.isEmpty || line.hasPrefix("#") { continue }
+    guard let eq = line.firstIndex(of: "="), eq != line.startIndex else {
+      throw ValidationError("--secrets-file \(path): line \(n + 1) is not KEY=VALUE")
+    }
+    out[String(line[..<eq])] = String(line[line.index(after: eq)...])
+  }
+  return out
+}
+
 func keyValues(_ items: [String], option: String) throws -> [String: String] {
   var out: [String: String] = [:]
   for item in items {

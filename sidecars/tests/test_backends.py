@@ -66,3 +66,41 @@ def test_per_node_serves_loop_and_central_serves_iscsi(cluster, tgtd):
     assert (operations(node, "provision"), operations(central, "provision")) == (1, 1)
     assert (operations(node, "resize"), operations(central, "resize")) == (0, 1)
     assert (operations(node, "delete"), operations(central, "delete")) == (0, 1)
+
+
+def test_a_chap_class_gives_the_plugin_its_secret_and_the_pv_a_node_stage_secret(cluster, tgtd):
+    """csi.storage.k8s.io/provisioner-secret-* reach CreateVolume (the target then asks for CHAP),
+    and node-stage-secret-* become the PV's nodeStageSecretRef, templates resolved, as
+    external-provisioner does; no secret value reaches the sidecar's log or an Event."""
+    import base64
+    api = cluster.api
+    cluster.plugin.stop()
+    cluster.plugin.start(extra_args=tgtd.plugin_args(os.path.join(cluster.root, "iscsi")))
+    password = "chap-secret-0042"
+    api.ok("POST", "/api/v1/namespaces/default/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-chap", "namespace": "default"},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in {"username": "db", "password": password}.items()}})
+    sidecar = cluster.sidecar("--backend", "iscsi")
+    api.create_class("chap", params={
+        "backend": "iscsi",
+        "csi.storage.k8s.io/provisioner-secret-name": "${pvc.name}-chap",
+        "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.namespace}",
+        "csi.storage.k8s.io/node-stage-secret-name": "${pvc.name}-chap",
+        "csi.storage.k8s.io/node-stage-secret-namespace": "${pvc.namespace}"})
+    claim = api.create_claim("db", sc="chap", size="64Mi")
+    name = f"pvc-{claim['metadata']['uid']}"
+    pv = api.wait("the PV", lambda: api.get(f"/api/v1/persistentvolumes/{name}"))
+    assert pv["spec"]["csi"]["nodeStageSecretRef"] == {"name": "db-chap", "namespace": "default"}
+    iqn = pv["spec"]["csi"]["volumeAttributes"]["iqn"]
+    assert iscsi.readcapacity(tgtd.port, iqn) is None, "the target asks for CHAP"
+    assert iscsi.readcapacity(tgtd.port, iqn, chap=("db", password)) == 64 * MiB
+
+    # A class naming a secret that does not exist: refused with an Event, nothing provisioned.
+    api.create_class("nochap", params={"backend": "iscsi", "csi.storage.k8s.io/provisioner-secret-name": "absent",
+                                       "csi.storage.k8s.io/provisioner-secret-namespace": "default"})
+    api.create_claim("orphan", sc="nochap", size="64Mi")
+    failed = api.wait("ProvisioningFailed", lambda: [e for e in api.events_for("orphan")
+                                                      if e["reason"] == "ProvisioningFailed"])
+    assert "provisioner secret default/absent does not exist" in failed[0]["message"]
+    everything = open(sidecar.log_path).read() + open(cluster.plugin.log_path).read() + str(api.ok("GET", "/api/v1/namespaces/default/events"))
+    assert password not in everything

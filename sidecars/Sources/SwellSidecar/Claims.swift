@@ -129,13 +129,15 @@ public enum Claims {
   /// The PersistentVolume for a provisioned volume, bound in advance to its claim.
   public static func persistentVolume(
     claim: JSON, storageClass: JSON, volume: Csi_V1_Volume, driver: String, requestedBytes: Int64,
-    defaultFSType: String
+    defaultFSType: String, nodeStageSecret: (namespace: String, name: String)? = nil
   ) -> JSON {
     let reclaim = storageClass["reclaimPolicy"]?.string ?? "Delete"
     let capacity = volume.capacityBytes > 0 ? volume.capacityBytes : requestedBytes
     var csi: JSON = ["driver": .string(driver), "volumeHandle": .string(volume.volumeID)]
     if !isBlock(claim) { csi["fsType"] = .string(fsType(storageClass, defaultFSType: defaultFSType)) }
     if !volume.volumeContext.isEmpty { csi["volumeAttributes"] = .strings(volume.volumeContext) }
+    // Kubelet reads this secret and hands it to NodeStageVolume (CHAP for iSCSI).
+    if let ref = nodeStageSecret { csi["nodeStageSecretRef"] = ["name": .string(ref.name), "namespace": .string(ref.namespace)] }
     var spec: JSON = [
       "accessModes": claim[path: "spec", "accessModes"] ?? [],
       "capacity": ["storage": .string(Quantity.format(capacity))],
@@ -165,6 +167,32 @@ public enum Claims {
     ]
     if reclaim == "Delete" { metadata["finalizers"] = [.string(K8sNames.provisionerFinalizer)] }
     return ["apiVersion": "v1", "kind": "PersistentVolume", "metadata": metadata, "spec": spec]
+  }
+
+  /// A secret a StorageClass names through `csi.storage.k8s.io/<kind>-secret-name` and
+  /// `-namespace` (`kind` is `provisioner` or `node-stage`), with external-provisioner's templates
+  /// resolved: `${pv.name}`, `${pvc.namespace}` and `${pvc.name}`. Nil when the class names none.
+  public static func secretReference(_ kind: String, storageClass: JSON, claim: JSON) throws
+    -> (namespace: String, name: String)?
+  {
+    let params = storageClass["parameters"]?.stringMap ?? [:]
+    let nameKey = "\(K8sNames.csiParameterPrefix)\(kind)-secret-name"
+    let namespaceKey = "\(K8sNames.csiParameterPrefix)\(kind)-secret-namespace"
+    guard let name = params[nameKey], let namespace = params[namespaceKey] else {
+      if params[nameKey] != nil || params[namespaceKey] != nil {
+        throw Invalid(description: "the StorageClass names only one of the \(kind) secret's name and namespace")
+      }
+      return nil
+    }
+    func resolve(_ text: String) -> String {
+      text.replacing("${pv.name}", with: volumeName(claim)).replacing("${pvc.namespace}", with: claim.namespace ?? "")
+        .replacing("${pvc.name}", with: claim.name)
+    }
+    let ref = (namespace: resolve(namespace), name: resolve(name))
+    guard !ref.namespace.isEmpty, !ref.name.isEmpty, !ref.name.contains("$"), !ref.namespace.contains("$") else {
+      throw Invalid(description: "the StorageClass's \(kind) secret reference \(namespace)/\(name) does not resolve")
+    }
+    return ref
   }
 
   /// True when a PV's required node affinity admits a node with these topology labels.

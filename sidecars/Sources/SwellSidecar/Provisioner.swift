@@ -32,6 +32,7 @@ extension Reconciler {
 
     let started = ContinuousClock.now
     var request: Csi_V1_CreateVolumeRequest
+    let nodeStageSecret: (namespace: String, name: String)?
     do {
       // As external-provisioner: a selector cannot be honoured by a new volume. A data source (a
       // snapshot, or a claim to clone) is resolved to its handle, or refused: never an empty volume.
@@ -43,6 +44,10 @@ extension Reconciler {
       if let source = try await contentSource(for: claim, storageClass: storageClass) {
         request.volumeContentSource = source
       }
+      if let ref = try Claims.secretReference("provisioner", storageClass: storageClass, claim: claim) {
+        request.secrets = try await readSecret(ref, what: "provisioner")
+      }
+      nodeStageSecret = try Claims.secretReference("node-stage", storageClass: storageClass, claim: claim)
     } catch {
       events.record(claim, .warning, reason: "ProvisioningFailed", message: "failed to provision volume: \(error)")
       throw error
@@ -65,7 +70,8 @@ extension Reconciler {
     }
     let pv = Claims.persistentVolume(
       claim: claim, storageClass: storageClass, volume: volume, driver: driver,
-      requestedBytes: request.capacityRange.requiredBytes, defaultFSType: defaultFSType)
+      requestedBytes: request.capacityRange.requiredBytes, defaultFSType: defaultFSType,
+      nodeStageSecret: nodeStageSecret)
     do {
       try await kube.create(.persistentVolumes, pv)
     } catch let error as KubeError where error.isAlreadyExists {
