@@ -67,9 +67,13 @@ public struct VolumeFigures: Sendable {
 
   /// Reads the figures for one scrape: health for a controller's volumes, attachments and
   /// filesystem use for a node's. Volume IDs are safe label values (letters, digits, `-_.`).
-  static func collect(backends: OpenBackends, mode: PluginMode) async -> VolumeFigures {
+  ///
+  /// `usage: false` (for `/volumes`, which lists staged volumes and their mount points) skips the
+  /// controller's health checks and the statvfs of each mount. Every cost is linear in the number of
+  /// volumes: one pass over sysfs, one mount table, looked up by device number.
+  static func collect(backends: OpenBackends, mode: PluginMode, usage: Bool = true) async -> VolumeFigures {
     var figures = VolumeFigures()
-    if mode.servesController {
+    if mode.servesController && usage {
       figures.byState = ["healthy": 0, "abnormal": 0]
       for v in (try? await backends.controller.list()) ?? [] {
         let state = await backends.controller.health(v.id) == .normal ? "healthy" : "abnormal"
@@ -80,6 +84,10 @@ public struct VolumeFigures: Sendable {
       // One mountinfo read and one sysfs pass for all loop volumes; iSCSI and LVM volumes are
       // looked up one by one (their backends read their own tables).
       let table = (try? await BlockingIO.run { try MountInfo.current() }) ?? []
+      var mountByDevice: [Int: MountEntry] = [:]
+      for entry in table where mountByDevice[entry.major << 20 | entry.minor] == nil {
+        mountByDevice[entry.major << 20 | entry.minor] = entry
+      }
       let loopDevices = (try? await backends.loop.attachedDevices()) ?? [:]
       var ids = Array(loopDevices.keys) + ((try? backends.iscsiNode.stagedIDs()) ?? [])
       if let lvm = backends.lvm { ids += (try? await lvm.list().map(\.id)) ?? [] }
@@ -90,8 +98,8 @@ public struct VolumeFigures: Sendable {
         guard let device = found else { continue }
         count += 1
         if let dio = device.directIO { figures.loopDirectIO[dio ? "on" : "off", default: 0] += 1 }
-        let mount = table.first { $0.major == device.major && $0.minor == device.minor }
-        let used = mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes }
+        let mount = mountByDevice[device.major << 20 | device.minor]
+        let used = usage ? mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes } : nil
         figures.attached.append((id, device.sizeBytes, used))
         if let mount { figures.mountPoints.append((id, mount.mountPoint)) }
       }

@@ -156,7 +156,7 @@ public struct Plugin {
           case "/metrics":
             return (.ok, metrics.render(volumes: await VolumeFigures.collect(backends: backends, mode: mode)))
           case "/volumes":
-            return (.ok, await VolumeFigures.collect(backends: backends, mode: mode).stagedText())
+            return (.ok, await VolumeFigures.collect(backends: backends, mode: mode, usage: false).stagedText())
           case "/healthz":
             do {
               try await Self.checkReady(mode: mode, backends: backends, exec: exec)
