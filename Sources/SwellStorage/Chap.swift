@@ -71,20 +71,4 @@ public struct ChapCredentials: Sendable, Equatable, CustomStringConvertible, Cus
   }
   public var debugDescription: String { description }
   public var customMirror: Mirror { Mirror(self, children: ["description": description]) }
-
-  /// The file form, one `key=value` a line; written only with mode 0600.
-  func encoded() -> String {
-    var out = "username=\(username)\npassword=\(password)\n"
-    if let usernameIn, let passwordIn { out += "username_in=\(usernameIn)\npassword_in=\(passwordIn)\n" }
-    return out
-  }
-
-  static func decode(_ text: String) throws -> ChapCredentials? {
-    var fields: [String: String] = [:]
-    for line in text.split(separator: "\n") {
-      guard let eq = line.firstIndex(of: "=") else { continue }
-      fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
-    }
-    return try ChapCredentials(secrets: fields)
-  }
 }

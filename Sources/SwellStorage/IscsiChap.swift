@@ -26,8 +26,12 @@ final class ChapAccounts: Sendable {
     _ = chmod(dir, 0o700)
   }
 
+  /// The username in hex: any name, even one with `/` or `..`, is one plain file name.
   static func fileName(_ user: String) -> String {
-    user.utf8.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    user.utf8.map { byte in
+      let hex = String(byte, radix: 16)
+      return hex.count == 1 ? "0" + hex : hex
+    }.joined()
   }
 
   func password(_ user: String) throws -> String? {
@@ -44,6 +48,12 @@ final class ChapAccounts: Sendable {
   func forget(_ user: String) throws {
     try removeIfPresent(dir + "/" + Self.fileName(user))
     setHere.withLock { $0[user] = nil }
+  }
+
+  /// True when this process set `user` in tgtd with the password stored now: nothing to do.
+  func isCurrent(_ user: String) throws -> Bool {
+    guard let stored = try password(user) else { return false }
+    return setHere.withLock { $0[user] } == stored
   }
 
   /// Makes tgtd hold `user` with its stored password. Returns true when an existing account had to
@@ -120,10 +130,14 @@ extension IscsiBackend {
       changed = true
     }
     guard let names else { return (changed, reset) }
-    let known = try await tgt.accounts()
+    // The usual case on every readiness check: bound here and set by this process as stored. Only
+    // otherwise is tgtd asked for its accounts.
+    var known: [String]?
     for (user, outgoing) in [(names.username, false)] + wantOut.map({ ($0, true) }) {
-      if try await accounts.ensure(user, in: tgt, known: known) { reset = true }
       let bound = outgoing ? target?.outgoingAccounts ?? [] : target?.accounts ?? []
+      if !reset, bound.contains(user), try accounts.isCurrent(user) { continue }
+      if known == nil { known = try await tgt.accounts() }
+      if try await accounts.ensure(user, in: tgt, known: known ?? []) { reset = true }
       if reset || !bound.contains(user) {
         try await tgt.bindAccount(tid: tid, user: user, outgoing: outgoing)
         changed = true
