@@ -61,14 +61,9 @@ final class CapacityPublisher: Sendable {
   }
 
   func run() async throws {
-    while true {
-      do {
-        try await sync()
-      } catch is CancellationError {
-        throw CancellationError()
-      } catch {
-        logger.warning("capacity pass failed", metadata: ["error": "\(error)"])
-      }
+    try await repeatPasses("capacity", logger: logger) {
+      try await sync()
+    } between: {
       await nudge.wait(timeout: interval)
       try Task.checkCancellation()
     }

@@ -28,14 +28,9 @@ final class HealthMonitor: Sendable {
 
   /// The controller side: lists the plugin's volumes with their condition, every `interval`.
   func run() async throws {
-    while true {
-      do {
-        try await lookAtEveryVolume()
-      } catch is CancellationError {
-        throw CancellationError()
-      } catch {
-        logger.warning("volume health pass failed", metadata: ["error": "\(error)"])
-      }
+    try await repeatPasses("volume health", logger: logger) {
+      try await lookAtEveryVolume()
+    } between: {
       try await Task.sleep(for: interval)
     }
   }

@@ -1,3 +1,4 @@
+import Logging
 import Synchronization
 
 /// Wakes a periodic loop early. Nudges that arrive while the loop is busy fold into one, so a
@@ -52,5 +53,22 @@ public final class Nudge: Sendable {
     } onCancel: {
       nudge()
     }
+  }
+}
+
+/// A level-triggered loop: `pass`, then `between`, until the task is cancelled. A failed pass is
+/// logged and the loop goes on; the next pass starts from the world as it is then.
+func repeatPasses(
+  _ what: String, logger: Logger, _ pass: () async throws -> Void, between: () async throws -> Void
+) async throws {
+  while true {
+    do {
+      try await pass()
+    } catch is CancellationError {
+      throw CancellationError()
+    } catch {
+      logger.warning("\(what) pass failed", metadata: ["error": "\(error)"])
+    }
+    try await between()
   }
 }

@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import CSIProto
 import GRPCCore
 import SwellKube
@@ -174,21 +169,6 @@ extension Reconciler {
   func snapshotterSecrets(_ content: JSON) async throws -> [String: String] {
     guard let ref = try Snapshots.secretReference(try snapshotClass(of: content), content: content) else { return [:] }
     return try await readSecret(ref, what: "snapshotter")
-  }
-
-  /// A Secret's data, decoded. Errors name the secret, never a value.
-  func readSecret(_ ref: (namespace: String, name: String), what: String) async throws -> [String: String] {
-    guard let secret = try await kube.get(.secrets, namespace: ref.namespace, name: ref.name) else {
-      throw Claims.Invalid(description: "the \(what) secret \(ref.namespace)/\(ref.name) does not exist")
-    }
-    var out: [String: String] = [:]
-    for (key, value) in secret["data"]?.stringMap ?? [:] {
-      guard let bytes = Data(base64Encoded: value) else {
-        throw Claims.Invalid(description: "the \(what) secret \(ref.namespace)/\(ref.name) holds a value that is not base64")
-      }
-      out[key] = String(decoding: bytes, as: UTF8.self)
-    }
-    return out
   }
 
   // MARK: The provisioner's side: claims restored from a snapshot, or cloned from a claim
