@@ -88,6 +88,10 @@ def status(code, reason, message, details=None):
     return body
 
 
+class PageNotFound(Exception):
+    """A path no API group serves (a custom resource whose CRD is not installed)."""
+
+
 class ApiError(Exception):
     def __init__(self, code, reason, message, details=None):
         super().__init__(message)
@@ -378,6 +382,8 @@ class Handler(BaseHTTPRequestHandler):
         if len(rest) >= 3 and rest[0] == "namespaces":
             ns, rest = rest[1], rest[2:]
         res = (group, version, rest[0])
+        if group in CUSTOM_GROUPS and not self.server.crds_installed:
+            raise PageNotFound()
         if res not in RESOURCES:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         _, namespaced, has_status = RESOURCES[res]
@@ -443,6 +449,14 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported here")
         except ApiError as e:
             self.send_json(e.code, e.body)
+        except PageNotFound:
+            # What kube-apiserver answers for a group no CRD serves: not a Status, plain text.
+            data = b"404 page not found\n"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             pass
 
@@ -574,6 +588,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         store = self.server.store
+        if url.path == "/_test/crds":
+            # The snapshot CRDs installed (the default) or not: their group answers 404 without them.
+            self.server.crds_installed = query.get("installed") in ("1", "true")
+            return self.send_json(200, {"installed": self.server.crds_installed})
         if url.path == "/_test/compact":
             with store.lock:
                 store.compacted = store.rv
@@ -689,6 +707,7 @@ class Server(ThreadingHTTPServer):
         self.watchers = set()
         self.requests = {}
         self.audit = set()  # (group, resource[/subresource], verb) the sidecar has asked for
+        self.crds_installed = True
         self.count_lock = threading.Lock()
 
     def count(self, verb):

@@ -190,3 +190,39 @@ def test_a_pre_provisioned_content_is_read_from_the_plugin(cluster):
     st = api.wait_content_ready("pre-content")["status"]
     assert st["snapshotHandle"] == "made-by-hand" and st["restoreSize"] == made.snapshot.size_bytes
     assert csiconf.MiB * 64 == st["restoreSize"]
+
+
+def test_without_the_snapshot_crds_everything_else_works_and_snapshots_start_when_they_arrive(cluster):
+    """external-provisioner keeps provisioning without the snapshot CRDs, and so must Swell: the
+    sidecar runs with --snapshots (as deploy/ ships it) on a server whose snapshot group answers
+    404, as kube-apiserver does before the CRDs are applied. Provisioning and resizing work, /healthz
+    stays 200 and names what waits, the log says it once; once the CRDs exist, snapshots work
+    without a restart."""
+    api = cluster.api
+    api.hook("crds?installed=false")
+    sidecar = cluster.sidecar("--snapshots")
+    api.create_class("swell")
+    claim = api.create_claim("plain", size="64Mi")
+    handle = bound_volume(api, "plain", claim)
+    api.update_claim("plain", lambda c: c["spec"]["resources"]["requests"].update({"storage": "128Mi"}))
+    api.wait("the PV grown", lambda: pv_for(api, claim)["spec"]["capacity"]["storage"] == "128Mi")
+    code, body = sidecar.http("/healthz")
+    assert code == 200, body
+    assert "volumesnapshotcontents.snapshot.storage.k8s.io: not served by the API server" in body, body
+    assert "volumesnapshotclasses.snapshot.storage.k8s.io: not served by the API server" in body, body
+    # A restore asked for meanwhile is refused with the reason, not retried in silence.
+    api.create_restore_claim("early", "VolumeSnapshot", "nothing", "64Mi")
+    ev = api.wait("early refused", lambda: [e for e in api.events_for("early") if e["reason"] == "ProvisioningFailed"])
+    assert "snapshot CRDs" in ev[0]["message"], ev[0]["message"]
+
+    api.hook("crds?installed=true")
+    api.wait("the snapshot caches filled", lambda: "not served" not in sidecar.http("/healthz")[1], timeout=30)
+    log = sidecar.log()
+    for resource in ("volumesnapshotcontents", "volumesnapshotclasses"):
+        said = [line for line in log.splitlines() if "is its CRD installed" in line and resource in line]
+        assert len(said) == 1, f"said once per resource, not at every retry: {said}"
+    assert "list failed" not in log, "a missing CRD is not a failure to warn about in a loop"
+    api.create_snapshot_class("snapclass")
+    _, content = api.create_snapshot("late", "plain", volume_handle=handle)
+    assert api.wait_content_ready(content["metadata"]["name"])["status"]["readyToUse"] is True
+    assert sidecar.proc.poll() is None

@@ -14,8 +14,15 @@ public final class Informer: Sendable {
   let store = Mutex<[String: JSON]>([:])
   let syncedFlag = Atomic<Bool>(false)
   let relists = Atomic<Int>(0)
+  let absentFlag = Atomic<Bool>(false)
+  /// How often a resource the server does not serve (a CRD not installed) is listed again.
+  let absentRetry: Duration
 
-  public init(client: KubeClient, resource: KubeResource, logger: Logger, handler: @escaping Handler) {
+  public init(
+    client: KubeClient, resource: KubeResource, logger: Logger, absentRetry: Duration = .seconds(5),
+    handler: @escaping Handler
+  ) {
+    self.absentRetry = absentRetry
     self.client = client
     self.resource = resource
     self.logger = logger
@@ -25,6 +32,9 @@ public final class Informer: Sendable {
   /// True once the first list has filled the cache.
   public var hasSynced: Bool { syncedFlag.load(ordering: .acquiring) }
   public var listCount: Int { relists.load(ordering: .relaxed) }
+  /// True while the last list answered 404: the server does not serve the resource (its CRD is not
+  /// installed). The informer keeps listing, quietly, and fills its cache once it is served.
+  public var isAbsent: Bool { absentFlag.load(ordering: .relaxed) }
 
   public func get(_ key: String) -> JSON? { store.withLock { $0[key] } }
   public func list() -> [JSON] { store.withLock { Array($0.values) } }
@@ -35,6 +45,9 @@ public final class Informer: Sendable {
     while !Task.isCancelled {
       do {
         var version = try await relist()
+        if absentFlag.exchange(false, ordering: .relaxed) {
+          logger.notice("the resource is served now", metadata: ["resource": "\(resource)"])
+        }
         backoff = .milliseconds(200)
         while !Task.isCancelled {
           do {
@@ -54,6 +67,14 @@ public final class Informer: Sendable {
             backoff = min(backoff * 2, .seconds(30))
           }
         }
+      } catch let error as KubeError where error.isNotFound && !hasSynced {
+        // Said once; then listed again every absentRetry without a word.
+        if !absentFlag.exchange(true, ordering: .relaxed) {
+          logger.notice(
+            "the API server does not serve this resource (is its CRD installed?); waiting for it",
+            metadata: ["resource": "\(resource)", "error": "\(error)"])
+        }
+        try? await Task.sleep(for: absentRetry)
       } catch {
         if Task.isCancelled { return }
         logger.warning(

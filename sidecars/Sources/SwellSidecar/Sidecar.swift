@@ -169,8 +169,12 @@ public struct SidecarService: Service {
     } else {
       publisher = nil
     }
-    let informers = [claims, volumes, classes] + (snapshotCaches.map { [$0.contents, $0.classes] } ?? [])
-    state.attach(queue: queue, informers: informers)
+    // The snapshot CRDs are optional, as for external-provisioner: provisioning, resizing and capacity
+    // start once the core caches are filled; the snapshot informers wait for their CRDs on their own.
+    let core = [claims, volumes, classes]
+    let optional = snapshotCaches.map { [$0.contents, $0.classes] } ?? []
+    let informers = core + optional
+    state.attach(queue: queue, core: core, optional: optional)
 
     try await withThrowingTaskGroup(of: Void.self) { group in
       group.addTask { await events.run() }
@@ -182,7 +186,7 @@ public struct SidecarService: Service {
         }
       }
       group.addTask {
-        while !informers.allSatisfy(\.hasSynced) {
+        while !core.allSatisfy(\.hasSynced) {
           try await Task.sleep(for: .milliseconds(20))
         }
         logger.notice("caches synced; starting workers", metadata: ["workers": "\(config.workers)"])
@@ -297,17 +301,29 @@ public enum SidecarError: Error, Equatable, CustomStringConvertible {
 /// What /healthz and /metrics read from a running sidecar.
 public final class SidecarState: Sendable {
   let queue = Mutex<WorkQueue?>(nil)
-  let informers = Mutex<[Informer]>([])
+  let informers = Mutex<(core: [Informer], optional: [Informer])>(([], []))
 
   public init() {}
 
-  func attach(queue: WorkQueue, informers: [Informer]) {
+  func attach(queue: WorkQueue, core: [Informer], optional: [Informer]) {
     self.queue.withLock { $0 = queue }
-    self.informers.withLock { $0 = informers }
+    self.informers.withLock { $0 = (core, optional) }
   }
 
-  /// Healthy while waiting for leadership, and once running, when every cache has synced.
-  public var healthy: Bool { informers.withLock { $0.allSatisfy(\.hasSynced) } }
+  /// Healthy while waiting for leadership, and once running, when the core caches (claims, volumes,
+  /// classes) have synced. Optional ones (the snapshot CRDs) never make the sidecar unhealthy.
+  public var healthy: Bool { informers.withLock { $0.core.allSatisfy(\.hasSynced) } }
+
+  /// One line per optional resource that is not served yet: the conditions /healthz reports.
+  public var conditions: [String] {
+    informers.withLock { informers in
+      informers.optional.filter { !$0.hasSynced }.map { informer in
+        informer.isAbsent
+          ? "\(informer.resource): not served by the API server (CRD not installed); its controller waits for it"
+          : "\(informer.resource): not listed yet"
+      }
+    }
+  }
   public func queueDepth() async -> Int {
     guard let queue = queue.withLock({ $0 }) else { return 0 }
     return await queue.depth
@@ -324,7 +340,8 @@ public func sidecarMetricsServer(address: String, metrics: SidecarMetrics, state
       metrics.setQueueDepth(await state.queueDepth())
       return (.ok, metrics.render())
     case "/healthz":
-      return state.healthy ? (.ok, "ok\n") : (.serviceUnavailable, "caches not synced\n")
+      let conditions = state.conditions.map { $0 + "\n" }.joined()
+      return state.healthy ? (.ok, "ok\n" + conditions) : (.serviceUnavailable, "caches not synced\n" + conditions)
     default:
       return (.notFound, "not found\n")
     }

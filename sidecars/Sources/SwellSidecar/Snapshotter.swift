@@ -186,8 +186,11 @@ extension Reconciler {
     let requested = try Claims.requestedBytes(claim)
     switch (source.group, source.kind) {
     case (SnapshotNames.group, "VolumeSnapshot"):
-      guard snapshotCaches != nil else {
+      guard let caches = snapshotCaches else {
         throw Claims.Invalid(description: "snapshots are not enabled on this sidecar (--snapshots)")
+      }
+      guard caches.contents.hasSynced else {
+        throw Claims.Invalid(description: "the snapshot CRDs (snapshot.storage.k8s.io/v1) are not installed in this cluster")
       }
       guard let snapshot = try await kube.get(.volumeSnapshots, namespace: namespace, name: source.name) else {
         throw Claims.Invalid(description: "VolumeSnapshot \(namespace)/\(source.name) does not exist")
