@@ -42,11 +42,12 @@ class Tgtd:
         self.proc = None
         self.log_path = os.path.join(root, "tgtd.log")
 
-    def start(self):
+    def start(self, wrapper=None):
+        """Starts tgtd, or with `wrapper` (a swell binary) `swell tgtd` running it as its child."""
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal=127.0.0.1:{self.port}"],
-            stdout=log, stderr=log, start_new_session=True)
+        argv = ([wrapper, "tgtd", "--control-port", str(self.control), "--portal", f"127.0.0.1:{self.port}"] if wrapper
+                else ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal=127.0.0.1:{self.port}"])
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -62,7 +63,17 @@ class Tgtd:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for pid in self.daemon_pids():  # a wrapper's child
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         self._remove_sockets()
+
+    def daemon_pids(self):
+        """The tgtd processes on this control port."""
+        out = subprocess.run(["pgrep", "-f", f"(^|/)tgtd -f -C {self.control} "], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
 
     def close(self):
         self.kill()

@@ -6,6 +6,7 @@ plugin stages, publishes, grows and unstages volumes exported by the host's cont
 """
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -392,3 +393,39 @@ def test_chap_survives_restarts_and_a_new_password_applies_to_every_volume_of_th
     ctl.delete("pvc-r2")
     assert "alice" not in accounts()
     assert chap_files(ctl.root) == {}
+
+
+def test_swell_tgtd_stops_tgtd_on_sigterm_which_tgtd_alone_ignores():
+    """The controller pod's tgtd container runs `swell tgtd`: tgtd catches SIGTERM and does nothing,
+    so a pod stop waited out its grace period and ended in SIGKILL. The wrapper takes tgtd offline,
+    drops its targets (their sessions with them) and stops it: exit 0, no tgtd left. A plugin
+    started afterwards with a fresh tgtd exports the volume again."""
+    c = Controller()
+    bare = iscsi.Tgtd(c.root)
+    try:
+        bare.start()
+        bare.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            bare.proc.wait(2)
+        bare.close()
+
+        c.tgtd.start(wrapper=SWELL)
+        c.start()
+        c.create("wrapped", 64 * MiB)
+        assert c.capacity("wrapped") == 64 * MiB
+        assert c.tgtd.daemon_pids(), "tgtd runs as the wrapper's child"
+        c.tgtd.proc.send_signal(signal.SIGTERM)
+        assert c.tgtd.proc.wait(10) == 0, c.tgtd.log()
+        assert c.tgtd.daemon_pids() == [], "tgtd stopped with its wrapper"
+        assert "tgtd offline, targets removed" in c.tgtd.log()
+        assert c.capacity("wrapped") is None, "nothing is served once stopped"
+
+        c.plugin.stop()
+        c.tgtd.start(wrapper=SWELL)
+        c.start()  # as the next controller pod: a fresh tgtd, then the plugin; ready means exported
+        assert c.plugin.identity.Probe(csi_pb2.ProbeRequest()).ready.value
+        assert c.capacity("wrapped") == 64 * MiB, "re-exported by the next plugin"
+        c.delete("wrapped")
+    finally:
+        bare.close()
+        c.close()

@@ -1,3 +1,5 @@
+import Logging
+
 /// One iSCSI target as `tgtadm --mode target --op show` reports it.
 public struct TgtTarget: Sendable, Equatable {
   public struct LUN: Sendable, Equatable {
@@ -95,7 +97,7 @@ public struct TgtAdmin: Sendable {
     self.controlPort = controlPort
   }
 
-  private func tgtadm(_ args: [String]) -> [String] {
+  func tgtadm(_ args: [String]) -> [String] {
     ["tgtadm", "-C", String(controlPort), "--lld", "iscsi"] + args
   }
 
@@ -173,5 +175,26 @@ public struct TgtAdmin: Sendable {
     let out = try await exec.output(argv)
     if out.exitCode == 0 || out.stderr.contains(benign) { return }
     throw CommandError(argv: argv, exitCode: out.exitCode, stderr: out.stderr, reason: "failed")
+  }
+}
+
+extension TgtAdmin {
+  /// Stops tgtd cleanly, as its own init scripts do, since tgtd ignores SIGTERM: new logins are
+  /// refused (state offline), every target is deleted with its sessions (initiators see the
+  /// connection close and start retrying), then the daemon is told to exit, which it does with 0.
+  /// Steps that fail are logged and the next one is tried; the last one's failure is thrown.
+  public func shutDownDaemon(logger: Logger) async throws {
+    let port = String(controlPort)
+    let offline = try await exec.output(["tgtadm", "-C", port, "--mode", "sys", "--op", "update", "--name", "State", "-v", "offline"])
+    if offline.exitCode != 0 { logger.warning("tgtd did not go offline", metadata: ["stderr": "\(offline.stderr.trimmingWhitespace())"]) }
+    let existing = (try? await targets()) ?? []
+    for target in existing {
+      let out = try await exec.output(tgtadm(["--mode", "target", "--op", "delete", "--force", "--tid", String(target.tid)]))
+      if out.exitCode != 0 && !out.stderr.contains("can't find") {
+        logger.warning("could not delete a target", metadata: ["tid": "\(target.tid)", "stderr": "\(out.stderr.trimmingWhitespace())"])
+      }
+    }
+    logger.notice("tgtd offline, targets removed", metadata: ["targets": "\(existing.count)", "sessions": "\(existing.reduce(0) { $0 + $1.sessions.count })"])
+    try await exec.run(["tgtadm", "-C", port, "--mode", "system", "--op", "delete"])
   }
 }

@@ -7,7 +7,7 @@ struct Swell: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "swell",
     abstract: "Swell: a CSI block-storage driver that grows volumes online.",
-    subcommands: [PluginCommand.self, SidecarCommand.self, DemoCommand.self, CSICommand.self, VersionCommand.self])
+    subcommands: [PluginCommand.self, SidecarCommand.self, DemoCommand.self, CSICommand.self, TgtdCommand.self, VersionCommand.self])
 }
 
 struct VersionCommand: ParsableCommand {
