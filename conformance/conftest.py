@@ -82,7 +82,7 @@ class Plugin:
         self.channel = None
         self.log_path = os.path.join(root, "plugin.log")
 
-    def start(self, failpoints=None, extra_args=(), env_overrides=None):
+    def start(self, failpoints=None, extra_args=(), env_overrides=None, prefix=()):
         env = dict(os.environ)
         env.pop("SWELL_FAILPOINTS", None)
         env.update(env_overrides or {})
@@ -90,7 +90,7 @@ class Plugin:
             env["SWELL_FAILPOINTS"] = failpoints
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [SWELL, "plugin", "--endpoint", f"unix://{self.socket}", "--node-id", NODE_ID,
+            [*prefix, SWELL, "plugin", "--endpoint", f"unix://{self.socket}", "--node-id", NODE_ID,
              "--data-dir", self.data, "--mode", "all", "--log-level", "info", *extra_args],
             stdout=log, stderr=log, env=env)
         log.close()

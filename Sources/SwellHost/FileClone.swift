@@ -17,6 +17,8 @@ enum IoctlRequest {
   static let fifreeze: UInt = 0xC004_5877
   /// `_IOWR('X', 120, int)`
   static let fithaw: UInt = 0xC004_5878
+  /// `LOOP_GET_STATUS64` (linux/loop.h)
+  static let loopGetStatus64: UInt = 0x4C05
 }
 
 let seekData: Int32 = 3

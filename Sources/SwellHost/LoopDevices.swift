@@ -1,5 +1,28 @@
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A file's identity on this machine: its filesystem's device number and its inode. Unlike a path,
+/// it does not depend on the mount namespace the file is seen from.
+public struct FileID: Hashable, Sendable {
+  public var device: UInt64
+  public var inode: UInt64
+
+  public init(device: UInt64, inode: UInt64) {
+    self.device = device
+    self.inode = inode
+  }
+
+  /// The identity of the file at `path`, or nil when it cannot be stat'ed.
+  public static func of(_ path: String) -> FileID? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return FileID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+  }
+}
+
 /// A loop device node and its numbers.
 public struct LoopDevice: Sendable, Equatable, CustomStringConvertible {
   /// The kernel name, such as `loop3`.
@@ -12,38 +35,75 @@ public struct LoopDevice: Sendable, Equatable, CustomStringConvertible {
 
 /// Loop devices, read from sysfs and changed with `losetup`.
 ///
-/// Sysfs is the truth: a device is attached to a file when `/sys/block/loopN/loop/backing_file`
-/// names it. Lookups go through a ``LoopIndex`` of one full pass, which is used again only while
-/// the kernel's uevent counter says no device has changed since, so the index needs no state of
-/// its own that could outlive a restart.
+/// The kernel is the truth: a device is attached to a file when the device's backing file (the
+/// LOOP_GET_STATUS64 ioctl's device and inode) is that file, or, where the device node cannot be
+/// opened, when `/sys/block/loopN/loop/backing_file` names it. The identity matters: the kernel
+/// prints `backing_file` as seen from the mount namespace that attached it, and once that namespace
+/// is gone (the node plugin's previous pod, after a DaemonSet update or a pod deletion) it prints a
+/// path relative to a detached mount, such as `/volumes/<id>/disk.img`. Lookups go through a
+/// ``LoopIndex`` of one full pass, which is used again only while the kernel's uevent counter says
+/// no device has changed since, so the index needs no state of its own that could outlive a restart.
 public struct LoopDevices: Sendable {
   private let exec: any Executor
   private let sysBlock: String
+  /// Where the device nodes are, for the identity ioctl; nil reads sysfs only (a stand-in sysfs in tests).
+  private let devDir: String?
   let index: LoopIndex
 
   /// `ueventCounter` is the kernel's count of device events (attach and detach each make one);
   /// nil, or a file that cannot be read, makes every lookup a full pass.
-  public init(exec: any Executor, sysBlock: String = "/sys/block", ueventCounter: String? = KernelCaches.enabled ? "/sys/kernel/uevent_seqnum" : nil) {
+  public init(
+    exec: any Executor, sysBlock: String = "/sys/block",
+    ueventCounter: String? = KernelCaches.enabled ? "/sys/kernel/uevent_seqnum" : nil, devDir: String? = nil
+  ) {
     self.exec = exec
     self.sysBlock = sysBlock
+    self.devDir = devDir ?? (sysBlock == "/sys/block" ? "/dev" : nil)
     self.index = LoopIndex(counter: ueventCounter)
   }
 
-  /// Every loop device whose backing file is `file` (a canonical path), including one whose file was deleted.
+  /// Every loop device whose backing file is `file` (a canonical path), including one whose file was
+  /// deleted, and one attached from another mount namespace.
   ///
-  /// From the index; each device it names is checked against its `backing_file` (one read), and
-  /// any mismatch makes a fresh pass.
+  /// From the index; each device it names is checked again (one ioctl or one read), and any
+  /// mismatch makes a fresh pass.
   public func attached(to file: String) throws -> [LoopDevice] {
-    let devices = try table()[file] ?? []
-    if devices.allSatisfy({ backingFile(of: $0.name) == file }) { return devices }
+    let id = FileID.of(file)
+    let devices = try table().devices(path: file, id: id)
+    if devices.allSatisfy({ backs($0, path: file, id: id) }) { return devices }
     index.invalidate()
-    return try table()[file] ?? []
+    return try table().devices(path: file, id: id)
   }
 
-  /// Every attached loop device by its backing file (canonical path, a deleted file's ` (deleted)`
-  /// suffix removed). A file attached twice keeps its first device.
-  public func byBackingFile() throws -> [String: LoopDevice] {
-    try table().compactMapValues(\.first)
+  /// For each of `files` (canonical paths) that is attached, its first device, from one pass.
+  public func attachedDevices(of files: [String]) throws -> [String: LoopDevice] {
+    let table = try table()
+    var out: [String: LoopDevice] = [:]
+    for file in files {
+      if let device = table.devices(path: file, id: FileID.of(file)).first { out[file] = device }
+    }
+    return out
+  }
+
+  /// True when `device` is still attached to the file (by identity where it can be read, else by path).
+  private func backs(_ device: LoopDevice, path: String, id: FileID?) -> Bool {
+    if let id, let backing = backingID(of: device.name) { return backing == id }
+    return backingFile(of: device.name) == path
+  }
+
+  /// The backing file's identity, from LOOP_GET_STATUS64 on the device node; nil when it cannot be read.
+  private func backingID(of name: String) -> FileID? {
+    guard let devDir else { return nil }
+    let fd = open("\(devDir)/\(name)", O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    // struct loop_info64: lo_device and lo_inode (each __u64) first; 232 bytes in all.
+    var info = [UInt8](repeating: 0, count: 232)
+    let result = info.withUnsafeMutableBytes { ioctl(fd, IoctlRequest.loopGetStatus64, $0.baseAddress!) }
+    guard result == 0 else { return nil }
+    return info.withUnsafeBytes {
+      FileID(device: $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self), inode: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+    }
   }
 
   /// A device's backing file, without a deleted file's ` (deleted)` suffix; nil when it has none.
@@ -54,13 +114,15 @@ public struct LoopDevices: Sendable {
     return backing.hasSuffix(" (deleted)") ? String(backing.dropLast(" (deleted)".count)) : backing
   }
 
-  /// The index, refreshed by one pass over sysfs when the uevent counter has moved.
-  private func table() throws -> [String: [LoopDevice]] {
+  /// The index, refreshed by one pass over sysfs (and the devices' identities) when the uevent
+  /// counter has moved.
+  private func table() throws -> LoopTable {
     try index.current {
-      var out: [String: [LoopDevice]] = [:]
+      var out = LoopTable()
       for name in try listDirectory(sysBlock).filter({ $0.hasPrefix("loop") }).sorted() {
         guard let file = backingFile(of: name), let device = try? device(named: name) else { continue }
-        out[file, default: []].append(device)
+        out.byPath[file, default: []].append(device)
+        if let id = backingID(of: name) { out.byID[id, default: []].append(device) }
       }
       return out
     }
@@ -166,11 +228,24 @@ public struct LoopDevices: Sendable {
 /// counter is read first, so a change during a pass moves it past the value stored with the pass.
 /// The plugin's own attaches and detaches also drop the index, for a kernel that would not count
 /// them.
+/// One pass: attached devices by the path sysfs prints and by their backing file's identity.
+struct LoopTable: Sendable {
+  var byPath: [String: [LoopDevice]] = [:]
+  var byID: [FileID: [LoopDevice]] = [:]
+
+  /// The devices whose backing file has identity `id`, then any others sysfs names by `path`.
+  func devices(path: String, id: FileID?) -> [LoopDevice] {
+    var found = id.flatMap { byID[$0] } ?? []
+    for device in byPath[path] ?? [] where !found.contains(device) { found.append(device) }
+    return found
+  }
+}
+
 final class LoopIndex: Sendable {
   private let counter: String?
   private struct Pass {
     var counter: UInt64
-    var table: [String: [LoopDevice]]
+    var table: LoopTable
   }
   private let pass = Mutex<Pass?>(nil)
 
@@ -179,7 +254,7 @@ final class LoopIndex: Sendable {
   func invalidate() { pass.withLock { $0 = nil } }
 
   /// The stored pass when the counter has not moved since; otherwise `scan`'s, stored.
-  func current(scan: () throws -> [String: [LoopDevice]]) throws -> [String: [LoopDevice]] {
+  func current(scan: () throws -> LoopTable) throws -> LoopTable {
     guard let path = counter, let now = (try? readSmallFile(path)).flatMap({ UInt64($0.trimmingWhitespace()) }) else {
       return try scan()
     }

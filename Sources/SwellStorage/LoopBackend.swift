@@ -273,11 +273,10 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   public func attachedDevices() async throws -> [String: AttachedDevice] {
     try await BlockingIO.run {
       var out: [String: AttachedDevice] = [:]
-      let prefix = volumesDir + "/"
-      for (file, device) in try loops.byBackingFile() where file.hasPrefix(prefix) && file.hasSuffix("/disk.img") {
-        let id = String(file.dropFirst(prefix.count).dropLast("/disk.img".count))
-        guard !id.contains("/"), !id.hasPrefix(".") else { continue }
-        out[id] = try describe(device)
+      let ids = ((try? listDirectory(volumesDir)) ?? []).filter { !$0.hasPrefix(".") }
+      let devices = try loops.attachedDevices(of: ids.map(diskPath))
+      for id in ids {
+        if let device = devices[diskPath(id)] { out[id] = try describe(device) }
       }
       return out
     }
