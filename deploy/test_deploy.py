@@ -177,9 +177,46 @@ def test_capacity_is_published_by_both_sidecars_with_the_pods_identity(workload,
 
 @pytest.mark.skipif(os.environ.get("SWELL_SKIP_RELEASE_BUILD") == "1", reason="SWELL_SKIP_RELEASE_BUILD=1")
 def test_image_build_stage(tmp_path):
-    out = tmp_path / "out"
-    r = subprocess.run([os.path.join(ROOT, "scripts", "build-release.sh"), str(out)], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    version = subprocess.run([str(out / "swell"), "version"], capture_output=True, text=True, check=True).stdout
+    """The image's binary: built here, or the one scripts/test.sh built with the same script for the
+    real-node tier (SWELL_RELEASE_BIN), so that CI builds it once."""
+    binary = os.environ.get("SWELL_RELEASE_BIN")
+    if not binary:
+        out = tmp_path / "out"
+        r = subprocess.run([os.path.join(ROOT, "scripts", "build-release.sh"), str(out)], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        binary = str(out / "swell")
+    version = subprocess.run([binary, "version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("swell 0.1.0")
+
+
+def test_the_tiers_image_builder_follows_the_containerfile():
+    """cluster/images.py builds the image the real-node tier runs without Docker: it must install
+    the same packages and keep the same user, entrypoint and command as deploy/Containerfile."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "cluster"))
+    import images
+    recipe = images.containerfile_recipe(os.path.join(HERE, "Containerfile"))
+    assert recipe["packages"], "no apt-get install found in the Containerfile's runtime stage"
+    assert sorted(recipe["packages"]) == sorted(images.SWELL_PACKAGES)
+    assert recipe["user"] == images.SWELL_USER
+    assert recipe["entrypoint"] == images.SWELL_ENTRYPOINT and recipe["cmd"] == images.SWELL_CMD
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_containers_that_need_root_say_so(target):
+    """The image runs as 65532 by default. A container of Swell's image that is privileged, or that
+    must write root-owned host paths (the data directory, the plugin socket, tgtd's files), sets
+    runAsUser: 0; without it the node plugin crash-looped on `mkdir /var/lib/swell/volumes`."""
+    objs = objects(target)
+    checked = 0
+    for kind, name in [("DaemonSet", "swell-node"), ("Deployment", "swell-controller")]:
+        spec = objs[(kind, name)]["spec"]["template"]["spec"]
+        pod_user = spec.get("securityContext", {}).get("runAsUser")
+        for c in spec["containers"]:
+            if not c["image"].startswith("swell/swell"):
+                continue
+            user = c.get("securityContext", {}).get("runAsUser", pod_user)
+            assert user == 0, f"{name}/{c['name']} runs as the image's user 65532"
+            checked += 1
+    assert checked == 5

@@ -25,11 +25,19 @@ if [ "${1:-}" = "--tests" ]; then
   # The deploy tests render the overlays with `kubectl kustomize`. This machine kind ships kubectl;
   # elsewhere Debian's kubernetes-client provides it.
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+  # The real-node tier (cluster/): etcd, containerd with runc and the CNI plugins under the kit's
+  # Kubernetes binaries, mmdebstrap for the images' root filesystems, xz for the kit.
+  for pair in etcd:etcd-server containerd:containerd runc:runc mmdebstrap:mmdebstrap xz:xz-utils ip:iproute2; do
+    cmd=${pair%%:*} pkg=${pair##*:}
+    command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+  done
+  [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   apt-get update -qq
-  # Installing postgresql-15 must not start the distribution's own cluster: the tests run their own.
+  # Installing postgresql-15, etcd or containerd must not start the distribution's own service: the
+  # tests run their own.
   if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   if [ "${made_policy:-0}" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi

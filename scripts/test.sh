@@ -15,9 +15,17 @@ leftovers() {
   if grep -q " /tmp/swell-" /proc/self/mountinfo; then
     echo "leaked mounts:"; grep " /tmp/swell-" /proc/self/mountinfo; found=1
   fi
-  if pgrep -f "^tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null || pgrep -f "postgres -D /tmp/swell-" >/dev/null; then
-    echo "leaked processes:"; pgrep -af "^tgtd -f -C|qemu-system-x86|postgres -D /tmp/swell-"; found=1
+  if pgrep -f "(^|/)tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null || pgrep -f "postgres -D /tmp/swell-" >/dev/null; then
+    echo "leaked processes:"; pgrep -af "(^|/)tgtd -f -C|qemu-system-x86|postgres -D /tmp/swell-"; found=1
   fi
+  # The real-node tier: its cluster's processes, kubelet's root and the node's host paths.
+  if pgrep -f "swell-kube-" >/dev/null || pgrep -x containerd >/dev/null || pgrep -f containerd-shim-runc-v2 >/dev/null; then
+    echo "leaked cluster processes:"; pgrep -af "swell-kube-|containerd"; found=1
+  fi
+  for d in /var/lib/kubelet /var/lib/swell /var/lib/swell-iscsi /tmp/swell-kube-*; do
+    if [ -e "$d" ]; then echo "leaked: $d"; found=1; fi
+  done
+  if ip link show swelltest0 >/dev/null 2>&1; then echo "leaked bridge swelltest0"; found=1; fi
   return $found
 }
 
@@ -49,8 +57,24 @@ fi
 echo "== sidecar (the real sidecar and plugin against the test API server, over HTTPS)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -p no:cacheprovider sidecars/tests
 
+echo "== release build (the image's binary, scripts/build-release.sh: for the deploy tests and the real-node tier)"
+release_out="$PWD/.build-release/image"
+if ! scripts/build-release.sh "$release_out" > .build/release-build.log 2>&1; then
+  grep -E "error:" -A3 .build/release-build.log | head -n 60 || tail -n 60 .build/release-build.log
+  exit 1
+fi
+tail -n 1 .build/release-build.log
+export SWELL_RELEASE_BIN="$release_out/swell"
+
 echo "== deploy (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage)"
 python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py
+
+echo "== real node (the image and the dev overlay as pods on kubelet, kube-apiserver, scheduler, containerd)"
+# The node kit is reference material beside the clone, named by a setting; in CI it must be there.
+if [ -z "${SWELL_KUBE_KIT:-}" ] && [ -d ../shared/kube ]; then
+  export SWELL_KUBE_KIT="$(cd ../shared/kube && pwd)"
+fi
+python3 -m pytest -q -rs -p no:cacheprovider cluster
 
 echo "== leftovers"
 leftovers
