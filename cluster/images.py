@@ -171,7 +171,7 @@ def build_all(workdir, swell_binary, registrar_binary, log=print):
 
 def containerfile_recipe(path):
     """The runtime stage of a Containerfile: its apt packages, USER, ENTRYPOINT and CMD."""
-    lines, stage = [], []
+    stage = []
     with open(path) as f:
         text = f.read().replace("\\\n", " ")
     for line in text.splitlines():
@@ -180,9 +180,8 @@ def containerfile_recipe(path):
             stage = []
         if line and not line.startswith("#"):
             stage.append(line)
-    lines = stage
     packages, user, entrypoint, cmd = [], None, None, None
-    for line in lines:
+    for line in stage:
         word, _, rest = line.partition(" ")
         if word == "RUN" and "apt-get install" in rest:
             after = rest.split("apt-get install", 1)[1].split("&&")[0].split()

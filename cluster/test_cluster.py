@@ -10,14 +10,12 @@ snapshot-controller, so the snapshot test plays its part (the content, and the s
 as the sidecar suite does. Growth uses xfs: this sandbox withholds CAP_SYS_RESOURCE, without which
 ext4 cannot grow while mounted.
 """
-import hashlib
 import json
 import os
 import subprocess
 import time
 import urllib.request
 
-import pytest
 import yaml
 
 from conftest import NAMESPACE, ROOT, container_logs, json_stream, node_pod, restarts
