@@ -33,10 +33,13 @@ let package = Package(
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ]
     ),
+    // Linux calls Swift's Glibc module lacks: project IDs and project quotas.
+    .target(name: "CSwellSys"),
     // The host: commands as argv arrays, mounts, loop devices, filesystems.
     .target(
       name: "SwellHost",
       dependencies: [
+        "CSwellSys",
         .product(name: "Subprocess", package: "swift-subprocess"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOPosix", package: "swift-nio"),

@@ -91,14 +91,18 @@ public struct VolumeFigures: Sendable {
       let loopDevices = (try? await backends.loop.attachedDevices()) ?? [:]
       var ids = Array(loopDevices.keys) + ((try? backends.iscsiNode.stagedIDs()) ?? [])
       if let lvm = backends.lvm { ids += (try? await lvm.list().map(\.id)) ?? [] }
+      if let dir = backends.dir { ids += (try? await dir.list().map(\.id)) ?? [] }
       var count = 0
       for id in Set(ids).sorted() {
         let found: AttachedDevice?
         if let device = loopDevices[id] { found = device } else { found = try? await backends.node.attachedDevice(id) }
         guard let device = found else { continue }
+        // A directory volume shares its filesystem's device: its own mount is the one of its subtree,
+        // and it counts as attached only while mounted.
+        let mount = device.isDirectory ? table.first { $0.shows(device) } : mountByDevice[device.major << 20 | device.minor]
+        if device.isDirectory && mount == nil { continue }
         count += 1
         if let dio = device.directIO { figures.loopDirectIO[dio ? "on" : "off", default: 0] += 1 }
-        let mount = mountByDevice[device.major << 20 | device.minor]
         let used = usage ? mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes } : nil
         figures.attached.append((id, device.sizeBytes, used))
         if let mount { figures.mountPoints.append((id, mount.mountPoint)) }

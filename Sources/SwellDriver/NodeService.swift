@@ -47,6 +47,13 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
           "loop device is buffered: its backing filesystem refused direct I/O, so the volume's data is cached twice and O_DIRECT in the volume is not direct",
           metadata: ["volume": "\(id)", "device": "\(device.path)"])
       }
+      if device.isDirectory {
+        guard access.kind == .mount else {
+          throw SwellError.invalid("volume \(id) is a directory: it has no block access")
+        }
+        try await stageDirectory(device, at: staging, readOnly: access.mountFlags.contains("ro"))
+        return
+      }
       guard access.kind == .mount else { return }
       do {
         try await stageFilesystem(
@@ -107,6 +114,18 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       try? await mounter.unmount(staging)
       throw error
     }
+  }
+
+  /// Bind-mounts a directory volume at `staging`: there is nothing to format or grow.
+  private func stageDirectory(_ device: AttachedDevice, at staging: String, readOnly: Bool) async throws {
+    if let existing = MountInfo.mount(at: staging, in: try MountInfo.current()) {
+      guard existing.shows(device) else {
+        throw SwellError(.alreadyExists, "\(staging) already has \(existing.source) \(existing.root) mounted")
+      }
+      return
+    }
+    try makeDirectories(staging)
+    try await mounter.bindMount(device.path, at: staging, readOnly: readOnly)
   }
 
   public func nodeUnstageVolume(
@@ -172,9 +191,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
         try createEmptyFile(target)
         try await mounter.bindMount(device.path, at: target, readOnly: request.readonly)
       case .mount:
-        guard let staged = MountInfo.mount(at: staging, in: table),
-          staged.major == device.major, staged.minor == device.minor
-        else {
+        guard let staged = MountInfo.mount(at: staging, in: table), staged.shows(device) else {
           throw SwellError.precondition("volume \(id) is not mounted at \(staging); stage it first")
         }
         try makeDirectories(target)
@@ -282,7 +299,10 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       guard let mount = try mountOfVolume(device, atAnyOf: candidates) else {
         throw SwellError.notFound("\(path) is not a mount of volume \(id)")
       }
-      try await mounter.growFilesystem(type: mount.fsType, device: device.path, mountPoint: mount.mountPoint)
+      // A directory volume's limit is its size: raised by the controller, nothing to grow here.
+      if !device.isDirectory {
+        try await mounter.growFilesystem(type: mount.fsType, device: device.path, mountPoint: mount.mountPoint)
+      }
       return device.sizeBytes
     }
     return .with { $0.capacityBytes = size }
@@ -326,8 +346,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
   /// The first of `paths` at which a filesystem on `device` is mounted.
   private func mountOfVolume(_ device: AttachedDevice, atAnyOf paths: [String]) throws -> MountEntry? {
     let table = try MountInfo.current()
-    return paths.lazy.compactMap { MountInfo.mount(at: $0, in: table) }
-      .first { $0.major == device.major && $0.minor == device.minor }
+    return paths.lazy.compactMap { MountInfo.mount(at: $0, in: table) }.first { $0.shows(device) }
   }
 
   /// Unmounts everything stacked at `path`; nothing mounted is fine.
@@ -344,7 +363,7 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       guard let info = try FileInfo.of(path), info.isBlockDevice else { return false }
       return Int(info.rdevMajor) == device.major && Int(info.rdevMinor) == device.minor
     }
-    return mount.major == device.major && mount.minor == device.minor
+    return mount.shows(device)
   }
 
   /// Removes what publish made at `target`: an empty directory, or the empty file a block volume
@@ -388,9 +407,17 @@ extension MountInfo {
   }
 
   static func mounts(of device: AttachedDevice, in table: [MountEntry]) -> [MountEntry] {
+    if device.isDirectory { return table.filter { $0.shows(device) } }
     let node = "/" + device.path.split(separator: "/").last.map(String.init)!
     return table.filter {
       ($0.major == device.major && $0.minor == device.minor) || (["devtmpfs", "tmpfs"].contains($0.fsType) && $0.root == node)
     }
+  }
+}
+
+extension MountEntry {
+  /// Whether this mount shows the volume: its device, and for a directory volume its subtree.
+  func shows(_ device: AttachedDevice) -> Bool {
+    major == device.major && minor == device.minor && (device.subtree.map { $0 == root } ?? true)
   }
 }

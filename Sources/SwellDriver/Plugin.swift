@@ -16,11 +16,14 @@ public struct PluginOptions: Sendable {
   public var iscsiTarget: IscsiTargetConfig?
   /// This node's LVM thin pools; nil when the lvm backend is off.
   public var lvm: LvmConfig?
+  /// Where directory volumes live; nil when the dir backend is off.
+  public var directory: DirectoryConfig?
 
   public init(
     endpoint: String, dataDir: String, config: DriverConfig, metricsAddress: String? = nil,
-    iscsiTarget: IscsiTargetConfig? = nil, lvm: LvmConfig? = nil
+    iscsiTarget: IscsiTargetConfig? = nil, lvm: LvmConfig? = nil, directory: DirectoryConfig? = nil
   ) {
+    self.directory = directory
     self.endpoint = endpoint
     self.dataDir = dataDir
     self.config = config
@@ -36,6 +39,7 @@ struct OpenBackends: Sendable {
   let controller: ControllerBackends
   let iscsiNode: IscsiNodeBackend
   let lvm: LvmBackend?
+  let dir: DirectoryBackend?
   let node: NodeBackends
 
   init(options: PluginOptions, exec: any Executor) throws {
@@ -46,10 +50,13 @@ struct OpenBackends: Sendable {
       controllers.append((IscsiBackend.name, try IscsiBackend(config: target, exec: exec)))
     }
     if let lvm { controllers.append((LvmBackend.name, lvm)) }
+    dir = try options.directory.map { try DirectoryBackend(config: $0) }
+    if let dir { controllers.append((DirectoryBackend.name, dir)) }
     controller = ControllerBackends(controllers)
     iscsiNode = try IscsiNodeBackend(dataDir: options.dataDir, exec: exec)
     var others: [(name: String, backend: any NodeBackend)] = [(IscsiBackend.name, iscsiNode)]
     if let lvm { others.append((LvmBackend.name, lvm)) }
+    if let dir { others.append((DirectoryBackend.name, dir)) }
     node = NodeBackends(loop: loop, others: others)
   }
 
@@ -117,6 +124,14 @@ public struct Plugin {
     if options.config.mode.servesController {
       let swept = try backends.sweepLeftovers()
       if !swept.isEmpty { logger.notice("removed leftovers of interrupted calls", metadata: ["paths": "\(swept)"]) }
+    }
+    if let dir = backends.dir {
+      // Said at start as well as by Probe: CreateVolume refuses every dir volume until it is fixed.
+      do {
+        try dir.requireQuotas()
+      } catch {
+        logger.error("the dir backend cannot make volumes", metadata: ["root": "\(dir.root)", "error": "\(error)"])
+      }
     }
     if options.config.mode.servesNode, ProcessCapabilities.has(ProcessCapabilities.sysResource) == false {
       logger.warning("no CAP_SYS_RESOURCE: ext4 volumes on this node cannot grow online (xfs and block can)")

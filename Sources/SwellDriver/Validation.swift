@@ -83,12 +83,13 @@ enum Validation {
       try Names.validateVolumeID(pool, field: "parameter pool")
     }
     if let options = parameters["mkfsOptions"] { _ = try mkfsOptions(options) }
-    if try thick(parameters), backend == "lvm" {
-      throw SwellError.invalid("parameter provisioning=thick is for file-backed volumes (backend loop or iscsi), not lvm thin")
+    if try thick(parameters), backend == "lvm", parameters["pool"] != nil {
+      throw SwellError.invalid("parameter pool names a thin pool; a thick LVM volume (provisioning=thick) takes its extents from the volume group")
     }
   }
 
-  /// `provisioning`: `thin` (the default, sparse files) or `thick` (preallocated with fallocate).
+  /// `provisioning`: `thin` (the default: sparse files, thin LVs) or `thick` (files preallocated with
+  /// fallocate; linear LVs with their extents allocated at creation).
   static func thick(_ parameters: [String: String]) throws -> Bool {
     switch parameters["provisioning"] {
     case nil, "thin": return false

@@ -134,6 +134,15 @@ public struct Lvm: Sendable {
     try await exec.run(argv)
   }
 
+  /// Creates a linear (thick) LV of `bytes` (a multiple of the extent size) in `vg`, tagged, active.
+  /// Its extents are allocated now: writes go straight to the physical volume, with no pool
+  /// metadata to commit on a flush.
+  public func createLinear(vg: String, name: String, bytes: Int64, tags: [String]) async throws {
+    var argv = ["lvm", "lvcreate", "-q", "-L", "\(bytes)b", "-n", name, "--setactivationskip", "n", "--wipesignatures", "y", "-Zy"]
+    for tag in tags { argv += ["--addtag", tag] }
+    try await exec.run(argv + [vg])
+  }
+
   /// Creates a thin snapshot `name` of the thin LV `vg/origin`, in the origin's pool, tagged.
   /// `active` makes it an ordinary LV that activates (a volume); otherwise it keeps LVM's
   /// activation-skip flag, as snapshots do. Device-mapper suspends the origin for it, which

@@ -134,3 +134,22 @@ public final class MountTable: Sendable {
     }
   }
 }
+
+extension MountInfo {
+  /// The mount that holds `path` (the topmost mount at the deepest mount point that is `path` or
+  /// one of its ancestors) and `path`'s place inside that mount's filesystem, as the table's
+  /// `root` field names a bind mount of it. `path` must be canonical (no symlinks, no `..`).
+  public static func location(of path: String, in table: [MountEntry]) -> (mount: MountEntry, root: String)? {
+    var best: MountEntry?
+    for entry in table {
+      let mp = entry.mountPoint
+      guard mp == "/" || path == mp || path.hasPrefix(mp + "/") else { continue }
+      if best == nil || mp.count >= best!.mountPoint.count { best = entry }
+    }
+    guard let mount = best else { return nil }
+    let rest = mount.mountPoint == "/" ? (path == "/" ? "" : path) : String(path.dropFirst(mount.mountPoint.count))
+    let base = mount.root == "/" ? "" : mount.root
+    let root = base + rest
+    return (mount, root.isEmpty ? "/" : root)
+  }
+}

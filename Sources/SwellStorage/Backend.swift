@@ -88,6 +88,12 @@ public struct AttachedDevice: Sendable, Equatable {
   /// For a loop device: whether it does direct I/O to its backing file (false: buffered, through
   /// the page cache). Nil for devices that are not loop devices.
   public var directIO: Bool? = nil
+  /// For a directory volume: its place inside the filesystem whose device is `major:minor`, as the
+  /// mount table's `root` field shows a bind mount of it. `path` is then the directory itself, which
+  /// stage bind-mounts rather than formats. Nil for block devices.
+  public var subtree: String? = nil
+
+  public var isDirectory: Bool { subtree != nil }
 }
 
 /// The controller side of a backend: makes, grows, lists and removes volumes.

@@ -1,9 +1,10 @@
 import SwellHost
 
-/// A node's LVM thin pools, as flags name them.
+/// A node's volume group and its thin pools, as flags name them.
 public struct LvmConfig: Sendable {
   public var volumeGroup: String
-  /// The thin pools volumes may live in; the first is the default, a class picks another with `pool`.
+  /// The thin pools thin volumes may live in; the first is the default, a class picks another with
+  /// `pool`. Empty: only thick volumes.
   public var thinPools: [String]
   /// The most the virtual sizes of a pool's thin volumes may add up to, as a multiple of its size.
   public var overcommitRatio: Double
@@ -18,7 +19,9 @@ public struct LvmConfig: Sendable {
   }
 }
 
-/// Local volumes as thin LVs in an LVM thin pool: real block devices with instant growth.
+/// Local volumes as LVs: thin LVs in a thin pool (the default: instant snapshots and clones,
+/// overcommit), or linear LVs (`provisioning: thick`, TopoLVM's default): extents allocated at
+/// creation, so a flush goes straight to the disk with no pool metadata to commit. Both grow online.
 ///
 /// A volume's LV is named `sw-<volume id>` and carries tags that make it self-describing
 /// (`swell.csi.dev/volume=<id>`, its access kind and filesystem), all written by the one
@@ -43,7 +46,6 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   public let isLocal: Bool = true
 
   public init(config: LvmConfig, exec: any Executor) {
-    precondition(!config.thinPools.isEmpty, "at least one thin pool")
     self.config = config
     self.lvm = Lvm(exec: exec)
   }
@@ -68,7 +70,12 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
 
   /// The pool a class picked (`pool` parameter), or the default; an unknown one is INVALID_ARGUMENT.
   public func pool(named name: String?) throws -> String {
-    guard let name else { return config.thinPools[0] }
+    guard let name else {
+      guard let first = config.thinPools.first else {
+        throw SwellError.invalid("no thin pool is configured on this node (--lvm-thin-pool); ask for provisioning=thick")
+      }
+      return first
+    }
     guard config.thinPools.contains(name) else {
       throw SwellError.invalid("thin pool \(name.debugDescription) is not configured; this node has \(config.thinPools.joined(separator: ", "))")
     }
@@ -78,9 +85,16 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   // MARK: Controller
 
   public func create(_ spec: VolumeSpec) async throws -> VolumeRecord {
+    if spec.thick { return try await createThick(spec) }
     let name = try Self.lvName(spec.id)
     let lvs = try await lvm.logicalVolumes(vg: vg)
+    if let existing = lvs.first(where: { $0.name == name }), let record = record(existing), record.thick {
+      throw SwellError(.alreadyExists, "volume \(spec.id) exists as a thick LV, not thin")
+    }
     let origin = try spec.source.map { try sourceLV($0, in: lvs) }
+    if let origin, origin.pool.isEmpty {
+      throw SwellError.invalid("the source \(spec.source!.encoded) is a thick LV; only thin LVs are cloned")
+    }
     // A volume made from a snapshot or a volume is a thin snapshot of it, in its pool.
     let pool = try origin.map { lv -> String in
       if let asked = spec.pool, asked != lv.pool {
@@ -126,6 +140,48 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     return record
   }
 
+  /// A linear LV with all its extents allocated now, empty: a thick volume has no snapshots to
+  /// start from (LVM's thick snapshots are copy-on-write areas sized in advance, which a database's
+  /// writes can fill and so invalidate).
+  private func createThick(_ spec: VolumeSpec) async throws -> VolumeRecord {
+    let name = try Self.lvName(spec.id)
+    if spec.source != nil {
+      throw SwellError.invalid(
+        "a thick LVM volume (provisioning=thick) starts empty; restore snapshots and clone volumes with a thin class")
+    }
+    let lvs = try await lvm.logicalVolumes(vg: vg)
+    if let existing = lvs.first(where: { $0.name == name }) {
+      guard let record = record(existing), record.id == spec.id else {
+        throw SwellError(.alreadyExists, "LV \(vg)/\(name) exists and is not volume \(spec.id)")
+      }
+      try checkCompatible(record, existing, with: spec, pool: "")
+      return record
+    }
+    let group = try await lvm.volumeGroup(vg)
+    guard let size = Capacity.roundUp(spec.capacityBytes, to: group.extentBytes),
+      spec.limitBytes == 0 || size <= spec.limitBytes
+    else {
+      throw SwellError(.outOfRange, "\(spec.capacityBytes) bytes rounds up to whole \(group.extentBytes)-byte extents, over limit_bytes \(spec.limitBytes)")
+    }
+    try checkFree(group, adding: size)
+    let tags = ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
+      + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"])
+    try await lvm.createLinear(vg: vg, name: name, bytes: size, tags: tags)
+    Failpoints.hit("lvm-create-after-lvcreate")
+    guard let made = try await logicalVolume(spec.id), let record = record(made) else {
+      throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
+    }
+    return record
+  }
+
+  /// RESOURCE_EXHAUSTED unless the volume group has `bytes` of free extents.
+  private func checkFree(_ group: VolumeGroup, adding bytes: Int64) throws {
+    guard bytes <= group.freeBytes else {
+      throw SwellError(
+        .resourceExhausted, "volume group \(vg) has \(group.freeBytes) bytes of free extents, less than the \(bytes) asked")
+    }
+  }
+
   public func delete(_ id: String) async throws {
     guard let lv = try await logicalVolume(id) else { return }
     if lv.isOpen {
@@ -144,7 +200,11 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     guard let size = Capacity.roundUp(bytes, to: group.extentBytes) else {
       throw SwellError(.outOfRange, "\(bytes) bytes is too large")
     }
-    try checkRoom(in: lv.pool, lvs: lvs, adding: size - lv.sizeBytes)
+    if record.thick {
+      try checkFree(group, adding: size - lv.sizeBytes)
+    } else {
+      try checkRoom(in: lv.pool, lvs: lvs, adding: size - lv.sizeBytes)
+    }
     try await lvm.extend(vg: vg, name: lv.name, to: size)
     record.capacityBytes = size
     return record
@@ -163,20 +223,23 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     guard let lv = lvs.first(where: { $0.name == (try? Self.lvName(id)) }) else {
       return .abnormal("LV for volume \(id) is missing from \(vg)")
     }
-    if let pool = lvs.first(where: { $0.name == lv.pool }), let full = fullness(pool), full >= 100 {
+    if !lv.pool.isEmpty, let pool = lvs.first(where: { $0.name == lv.pool }), let full = fullness(pool), full >= 100 {
       return .abnormal("thin pool \(vg)/\(pool.name) is full: writes to unprovisioned blocks fail")
     }
     return .normal
   }
 
   /// Free room for new volumes in the default pool: the overcommit allowance left, or nothing when
-  /// the pool is too full to take more.
+  /// the pool is too full to take more. With no thin pool, the volume group's free extents.
   public func availableBytes() async throws -> Int64 {
-    try await availableBytes(pool: config.thinPools[0])
+    guard let first = config.thinPools.first else { return try await lvm.volumeGroup(vg).freeBytes }
+    return try await availableBytes(pool: first)
   }
 
+  /// A thick class's room is the volume group's free extents; a thin class's, its pool's allowance.
   public func availableBytes(parameters: [String: String]) async throws -> Int64 {
-    try await availableBytes(pool: try pool(named: parameters["pool"]))
+    if parameters["provisioning"] == "thick" { return try await lvm.volumeGroup(vg).freeBytes }
+    return try await availableBytes(pool: try pool(named: parameters["pool"]))
   }
 
   public func availableBytes(pool: String) async throws -> Int64 {
@@ -190,6 +253,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   public func sweepLeftovers() throws -> [String] { [] }
 
   public func checkReady() async throws {
+    _ = try await lvm.volumeGroup(vg)
     let lvs = try await lvm.logicalVolumes(vg: vg)
     for pool in config.thinPools where !lvs.contains(where: { $0.name == pool && $0.segmentType == "thin-pool" }) {
       throw SwellError(.unavailable, "thin pool \(vg)/\(pool) does not exist")
@@ -218,6 +282,10 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
       return record
     }
     let origin = try sourceLV(.volume(spec.sourceVolumeID), in: lvs)
+    guard !origin.pool.isEmpty else {
+      throw SwellError.precondition(
+        "volume \(spec.sourceVolumeID) is a thick LV; Swell snapshots thin LVs only (a thick LV's snapshot is a copy-on-write area that a database's writes can fill)")
+    }
     try checkRoom(in: origin.pool, lvs: lvs, adding: origin.sizeBytes)
     try await lvm.createThinSnapshot(
       vg: vg, origin: origin.name, name: name,
@@ -315,14 +383,18 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     return try await lvm.logicalVolumes(vg: vg).first { $0.name == name }
   }
 
-  /// The volume an LV is, when it is one of ours (tagged, thin, in one of our pools).
+  /// The volume an LV is, when it is one of ours: tagged, and thin in one of our pools or linear
+  /// (thick).
   func record(_ lv: LogicalVolume) -> VolumeRecord? {
-    guard lv.segmentType == "thin", config.thinPools.contains(lv.pool), let id = lv.tag(Self.volumeTag),
+    let thin = lv.segmentType == "thin" && config.thinPools.contains(lv.pool)
+    let thick = ["linear", "striped"].contains(lv.segmentType) && lv.pool.isEmpty
+    guard thin || thick, let id = lv.tag(Self.volumeTag),
       (try? Self.lvName(id)) == lv.name, let access = lv.tag(Self.accessTag).flatMap(AccessKind.init(rawValue:))
     else { return nil }
     return VolumeRecord(
       id: id, capacityBytes: lv.sizeBytes, access: access, fsType: lv.tag(Self.fsTypeTag) ?? "", backend: Self.name,
-      context: ["pool": lv.pool], source: lv.tag(Self.sourceTag).flatMap(VolumeSource.init(encoded:)))
+      context: thin ? ["pool": lv.pool] : [:], source: lv.tag(Self.sourceTag).flatMap(VolumeSource.init(encoded:)),
+      thick: thick)
   }
 
   private func describe(_ lv: LogicalVolume) throws -> AttachedDevice {
@@ -376,6 +448,10 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     }
     if !existing.fsType.isEmpty, !spec.fsType.isEmpty, existing.fsType != spec.fsType {
       throw SwellError(.alreadyExists, "volume \(spec.id) exists with fs_type \(existing.fsType), not \(spec.fsType)")
+    }
+    if existing.thick != spec.thick {
+      throw SwellError(
+        .alreadyExists, "volume \(spec.id) exists as a \(existing.thick ? "thick" : "thin") LV, not \(spec.thick ? "thick" : "thin")")
     }
     if lv.pool != pool {
       throw SwellError(.alreadyExists, "volume \(spec.id) exists in thin pool \(lv.pool), not \(pool)")

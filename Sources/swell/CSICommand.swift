@@ -213,7 +213,10 @@ struct CSIStats: AsyncParsableCommand {
         $0.volumePath = path
       })
     }) {
-      $0.usage.map { "\($0.unit): total \($0.total) used \($0.used) available \($0.available)" }.joined(separator: "\n")
+      let usage = $0.usage.map { "\($0.unit): total \($0.total) used \($0.used) available \($0.available)" }
+      let condition = $0.hasVolumeCondition
+        ? ["condition: " + ($0.volumeCondition.abnormal ? "abnormal: " : "normal ") + $0.volumeCondition.message] : []
+      return (usage + condition).joined(separator: "\n")
     }
   }
 }

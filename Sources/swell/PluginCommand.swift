@@ -55,7 +55,7 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "Controller: an initiator address (IP, CIDR or ALL) let in to every target; repeatable.")
   var iscsiAllowedInitiator: [String] = []
 
-  @Option(help: "Offer the lvm backend: thin volumes in this volume group (with --lvm-thin-pool).")
+  @Option(help: "Offer the lvm backend: thick (linear) volumes in this volume group, and thin ones with --lvm-thin-pool.")
   var lvmVg: String?
 
   @Option(help: "A thin pool in --lvm-vg; repeatable; the first is the default, a class picks another with pool.")
@@ -67,12 +67,18 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "Refuse new volumes and growth while a thin pool's data or metadata is at least this % full.")
   var lvmFullPercent = 95.0
 
+  @Option(help: "Offer the dir backend: volumes are directories under this path, each limited by a project quota (its filesystem mounted with prjquota).")
+  var dirRoot: String?
+
+  @Option(help: "The lowest project ID dir volumes take.")
+  var dirFirstProject: UInt32 = 0x5E11_0000
+
   func validate() throws {
     guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
     guard PluginMode(rawValue: mode) != nil else {
       throw ValidationError("--mode must be controller, node or all")
     }
-    if (lvmVg == nil) != lvmThinPool.isEmpty { throw ValidationError("--lvm-vg and --lvm-thin-pool go together") }
+    if lvmVg == nil, !lvmThinPool.isEmpty { throw ValidationError("--lvm-thin-pool needs --lvm-vg") }
     guard lvmOvercommitRatio > 0, lvmFullPercent > 0, lvmFullPercent <= 100 else {
       throw ValidationError("--lvm-overcommit-ratio must be positive and --lvm-full-percent in (0, 100]")
     }
@@ -105,7 +111,7 @@ struct PluginCommand: AsyncParsableCommand {
         lvm: lvmVg.map {
           LvmConfig(
             volumeGroup: $0, thinPools: lvmThinPool, overcommitRatio: lvmOvercommitRatio, fullPercent: lvmFullPercent)
-        }),
+        }, directory: dirRoot.map { DirectoryConfig(root: $0, firstProject: dirFirstProject) }),
       logger: logger)
     do {
       try await plugin.run()

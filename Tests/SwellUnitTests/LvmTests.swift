@@ -67,6 +67,20 @@ import Testing
     #expect(elsewhere.record(all[1]) == nil)
   }
 
+  @Test func aTaggedLinearLVIsAThickVolumeWithNoPool() throws {
+    let backend = LvmBackend(config: LvmConfig(volumeGroup: "vg0", thinPools: []), exec: SystemExecutor())
+    var linear = try LvmReport.logicalVolumes(lvs)[2]
+    #expect(backend.record(linear) == nil, "untagged: not ours")
+    linear.name = "sw-pvc-9"
+    linear.tags = ["swell.csi.dev/volume=pvc-9", "swell.csi.dev/access=block"]
+    let record = try #require(backend.record(linear))
+    #expect(record.thick && record.id == "pvc-9" && record.access == .block && record.context.isEmpty)
+    // A thin LV of a pool this node does not use is still not ours, thick or not.
+    #expect(backend.record(try LvmReport.logicalVolumes(lvs)[1]) == nil)
+    // With no thin pool, a thin class is refused with the way out named.
+    #expect(throws: SwellError.self) { try backend.pool(named: nil) }
+  }
+
   @Test func lvNames() throws {
     #expect(try LvmBackend.lvName("pvc-0b5e2c1a-7d4e-4a8b-9b7c-1f2e3d4c5b6a") == "sw-pvc-0b5e2c1a-7d4e-4a8b-9b7c-1f2e3d4c5b6a")
     #expect(throws: SwellError.self) { try LvmBackend.lvName(String(repeating: "a", count: 125)) }

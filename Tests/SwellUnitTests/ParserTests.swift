@@ -100,3 +100,33 @@ import SwellStorage
     #expect(ProcessCapabilities.parseEffective("Name: x\n") == nil)
   }
 }
+
+@Suite struct MountLocationTests {
+  // /proc/self/mountinfo of a node plugin's pod: the host's /var/lib/swell-dirs (the root of its
+  // own xfs) bind-mounted at the same path, and a dir volume staged by kubelet.
+  let table = MountInfo.parse("""
+    20 1 0:30 / / rw,relatime - overlay overlay rw
+    31 20 259:1 / /var/lib/swell-dirs rw,noatime - xfs /dev/nvme1n1 rw,prjquota
+    32 20 259:2 /kubelet /var/lib/kubelet rw - ext4 /dev/nvme0n1p1 rw
+    40 32 259:1 /volumes/pvc-1/data /var/lib/kubelet/plugins/kubernetes.io/csi/swell.csi.dev/abc/globalmount rw - xfs /dev/nvme1n1 rw,prjquota
+    """)
+
+  @Test func aDirectoryIsNamedInsideItsFilesystem() throws {
+    let place = try #require(MountInfo.location(of: "/var/lib/swell-dirs/volumes/pvc-1/data", in: table))
+    #expect(place.mount.mountID == 31 && place.root == "/volumes/pvc-1/data")
+    // The bind mount kubelet sees shows that same root.
+    #expect(table.contains { $0.root == place.root && $0.major == 259 && $0.minor == 1 })
+    // A mount point itself, and a path under a mount whose own root is a subdirectory.
+    #expect(MountInfo.location(of: "/var/lib/swell-dirs", in: table)?.root == "/")
+    #expect(MountInfo.location(of: "/var/lib/kubelet/pods/x", in: table)?.root == "/kubelet/pods/x")
+    // A sibling whose name merely starts alike is not under the mount.
+    #expect(MountInfo.location(of: "/var/lib/swell-dirs2/x", in: table)?.mount.mountID == 20)
+  }
+
+  @Test func directoryMetadataRoundTripsAndRefusesTheIncomplete() throws {
+    let meta = DirectoryMeta(project: 0x5E11_0003, capacityBytes: 64 << 20)
+    #expect(try DirectoryMeta.decode(meta.encoded()) == meta)
+    #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=1\ncapacity_bytes=1\n") }
+    #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=2\nproject=1\ncapacity_bytes=1\n") }
+  }
+}

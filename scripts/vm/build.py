@@ -29,7 +29,7 @@ DEFAULT_CACHE = os.environ.get("SWELL_VM_CACHE", "/var/tmp/swell-vm")
 # initiator and SCSI disks, filesystems, and the block layers later tiers use.
 MODULES = [
     "virtio_pci", "virtio_net", "virtio_blk", "9p", "9pnet_virtio", "iscsi_tcp", "sd_mod", "ext4", "xfs",
-    "loop", "dm_thin_pool", "dm_snapshot", "nbd", "crc32c_generic", "crc32c_intel", "af_packet",
+    "loop", "dm_thin_pool", "dm_snapshot", "nbd", "crc32c_generic", "crc32c_intel", "af_packet", "quota_v2",
 ]
 # Host binaries copied in, with their libraries. Missing optional ones are skipped.
 REQUIRED_TOOLS = [
@@ -37,7 +37,7 @@ REQUIRED_TOOLS = [
     "/usr/sbin/xfs_growfs", "/usr/sbin/blkid", "/usr/bin/mount", "/usr/bin/umount", "/usr/sbin/losetup",
     "/usr/sbin/blockdev", "/usr/bin/findmnt",
 ]
-OPTIONAL_TOOLS = ["/usr/sbin/lvm", "/usr/sbin/thin_check", "/usr/sbin/dmsetup"]
+OPTIONAL_TOOLS = ["/usr/sbin/lvm", "/usr/sbin/thin_check", "/usr/sbin/dmsetup", "/usr/bin/setpriv"]
 FILES = ["/etc/mke2fs.conf"]
 
 

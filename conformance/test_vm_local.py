@@ -1,0 +1,279 @@
+"""Database-speed local volumes, in the VM tier: this machine's kernel has neither quotas nor
+device-mapper, a stock Debian kernel under qemu TCG has both.
+
+Inside the guest, the real plugin (controller and node, as the node DaemonSet runs it) serves:
+- dir volumes on an xfs mounted with `prjquota`: create, stage, publish, statfs reporting the
+  limit, a writer refused at the limit (ENOSPC on xfs, EDQUOT on ext4), a grow while a writer keeps writing, capacity
+  net of what the limits promise, project IDs that stay distinct across a restart and a SIGKILL
+  inside create and inside grow, delete refused while mounted, then freeing the ID and its limit;
+- dir volumes on an ext4 with the `project` and `quota` features, mounted with `prjquota`;
+- a dir root on an xfs mounted without `prjquota`: Probe and CreateVolume say which option is missing;
+- thick (linear) LVM volumes in a volume group with no thin pool: create (and a SIGKILL right
+  after lvcreate), xfs staged, grown online, capacity from the group's free extents, and the
+  snapshot and clone they refuse."""
+import shutil
+import tempfile
+
+import pytest
+
+from conftest import SWELL, require_root
+import iscsi
+
+MiB = 1 << 20
+
+GUEST_SCRIPT = r'''
+# Runs in the guest (busybox sh -e).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
+result() { echo "$1=$2" >> /share/results; }
+ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
+SOCK=/tmp/csi.sock
+AS_POD="/usr/bin/setpriv --reuid=1000 --regid=1000 --clear-groups"
+csi() { if [ "$1" = snapshot ]; then sub="snapshot $2"; shift 2; else sub=$1; shift; fi
+  /tmp/swell csi $sub --endpoint unix://$SOCK "$@"; }
+expect_code() { code=$1; shift; if out=$(csi "$@" 2>&1); then echo "expected $code: $*"; exit 1; fi
+  case "$out" in *"$code"*) ;; *) echo "expected $code, got: $out"; exit 1 ;; esac; echo "$out"; }
+for m in virtio_blk dm_mod xfs ext4 loop quota_v2; do modprobe "$m"; done
+i=0; while [ ! -b /dev/vdc ]; do i=$((i+1)); [ $i -lt 100 ] || { echo "no /dev/vdc"; exit 1; }; sleep 0.1; done
+cp /share/swell/bin/swell /tmp/swell
+
+# The data filesystems: xfs and ext4 with project quotas enforced, and an xfs without them.
+mkfs.xfs -q /dev/vdb
+mkdir -p /data/xfs /data/ext4 /data/plain
+mount -o prjquota /dev/vdb /data/xfs
+/usr/sbin/mke2fs -q -t ext4 -O quota,project -E quotatype=prjquota /dev/vdc
+mount -o prjquota /dev/vdc /data/ext4
+dd if=/dev/zero of=/tmp/plain.img bs=1M count=0 seek=300 2>/dev/null
+mkfs.xfs -q /tmp/plain.img
+mount -o loop /tmp/plain.img /data/plain
+lvm pvcreate -q /dev/vda
+lvm vgcreate -q vg0 /dev/vda
+
+start_plugin() {   # SOCK, then extra flags
+  /tmp/swell plugin --mode all --endpoint unix://$SOCK --data-dir /tmp/swell-data-$(basename $SOCK .sock) --node-id vm \
+    --log-level info "$@" >> /share/guest-plugin.log 2>&1 &
+  plugin_pid=$!
+  i=0; while [ ! -S $SOCK ]; do i=$((i+1)); [ $i -lt 600 ] || { echo "no plugin socket"; exit 1; }; sleep 0.1; done
+}
+restart_plugin() {   # kills the plugin (or waits for the one a failpoint killed), starts it again
+  kill -9 $plugin_pid 2>/dev/null || true; wait $plugin_pid || true; rm -f $SOCK
+  start_plugin "$@"
+}
+FLAGS="--dir-root /data/xfs/swell --lvm-vg vg0"
+project() { sed -n 's/^project=//p' /data/xfs/swell/volumes/$1/meta; }
+
+# Without prjquota: reported by Probe and CreateVolume, and nothing is made.
+SOCK=/tmp/csi-plain.sock
+start_plugin --dir-root /data/plain/swell
+result plain_probe "$(expect_code FAILED_PRECONDITION probe | tr '\n' ' ')"
+result plain_create "$(expect_code FAILED_PRECONDITION create --parameter backend=dir --bytes 8388608 pvc-p | tr '\n' ' ')"
+result plain_volumes "$(ls /data/plain/swell/volumes | wc -l)"
+kill $plugin_pid; wait $plugin_pid || true
+
+SOCK=/tmp/csi.sock
+start_plugin $FLAGS
+csi probe
+# A SIGKILL inside CreateVolume, after the limit is set: the retry keeps the recorded project ID.
+restart_plugin $FLAGS
+kill $plugin_pid; wait $plugin_pid || true; rm -f $SOCK
+SWELL_FAILPOINTS=dir-create-after-quota start_plugin $FLAGS
+if csi create --parameter backend=dir --bytes 67108864 pvc-d1; then echo "no crash"; exit 1; fi
+result crash_marker_project "$(sed -n 's/^project=//p' /data/xfs/swell/volumes/.pvc-d1.creating/meta)"
+restart_plugin $FLAGS
+csi create --parameter backend=dir --bytes 67108864 pvc-d1
+csi create --parameter backend=dir --bytes 67108864 pvc-d1   # idempotent
+result d1_project "$(project pvc-d1)"
+result creating_left "$(ls -a /data/xfs/swell/volumes | grep -c creating || true)"
+expect_code INVALID_ARGUMENT create --parameter backend=dir --block --bytes 8388608 pvc-blk
+csi create --parameter backend=dir --bytes 33554432 pvc-d2
+result d2_project "$(project pvc-d2)"
+
+# Stage, publish, statfs, fill to the limit.
+csi stage --context backend=dir pvc-d1 /tmp/csi/stage/pvc-d1
+csi stage --context backend=dir pvc-d1 /tmp/csi/stage/pvc-d1   # idempotent
+csi publish pvc-d1 /tmp/csi/stage/pvc-d1 /tmp/csi/pub/pvc-d1
+# Writers run as a pod's do: not root, without CAP_SYS_RESOURCE (which lets ext4's quotas be exceeded).
+chown 1000:1000 /tmp/csi/pub/pvc-d1
+chmod 755 /tmp/csi /tmp/csi/pub /tmp/csi/stage
+result d1_statfs_bytes "$(stat -f -c '%b %S' /tmp/csi/pub/pvc-d1 | awk '{print $1*$2}')"
+result d1_stats "$(csi stats pvc-d1 /tmp/csi/pub/pvc-d1 | tr '\n' ' ')"
+if $AS_POD dd if=/dev/zero of=/tmp/csi/pub/pvc-d1/fill bs=1M count=100 conv=fsync 2> /tmp/dd.err; then echo "no EDQUOT"; exit 1; fi
+result fill_error "$(tr '\n' ' ' < /tmp/dd.err)"
+cat /tmp/dd.err
+result fill_bytes "$(stat -c %s /tmp/csi/pub/pvc-d1/fill)"
+result fill_health "$(csi stats pvc-d1 /tmp/csi/pub/pvc-d1 | tr '\n' ' ')"
+rm /tmp/csi/pub/pvc-d1/fill
+
+# A writer keeps writing 1 MiB at a time while the volume grows from 64 to 128 MiB; it writes
+# 40 MiB, waits for the grow, then goes on to 100 MiB, past the old limit.
+( i=0; while [ $i -lt 100 ]; do
+    [ $i -ne 40 ] || while [ ! -e /tmp/grown ]; do sleep 0.05; done
+    $AS_POD dd if=/dev/urandom of=/tmp/csi/pub/pvc-d1/w bs=1M count=1 seek=$i conv=notrunc,fsync 2>>/tmp/w.err || { echo $i > /tmp/w.failed; exit 1; }
+    i=$((i+1)); done; touch /tmp/w.done ) &
+writer=$!
+while [ ! -s /tmp/csi/pub/pvc-d1/w ] || [ $(stat -c %s /tmp/csi/pub/pvc-d1/w) -lt 20971520 ]; do sleep 0.05; done
+t0=$(ms)
+csi expand --bytes 134217728 pvc-d1
+csi node-expand --bytes 134217728 pvc-d1 /tmp/csi/pub/pvc-d1
+result grow_ms $(( $(ms) - t0 ))
+result written_at_grow "$(stat -c %s /tmp/csi/pub/pvc-d1/w)"
+touch /tmp/grown
+wait $writer || true
+result writer_done "$([ -e /tmp/w.done ] && echo yes || echo "no: $(cat /tmp/w.failed 2>/dev/null) $(cat /tmp/w.err)")"
+result written_after_grow "$(stat -c %s /tmp/csi/pub/pvc-d1/w)"
+result d1_statfs_after "$(stat -f -c '%b %S' /tmp/csi/pub/pvc-d1 | awk '{print $1*$2}')"
+csi expand --bytes 67108864 pvc-d1   # never shrinks
+result d1_list "$(csi list | grep pvc-d1)"
+
+# Capacity is the free space less what the limits promise beyond what is used.
+result capacity "$(csi capacity --parameter backend=dir)"
+result fs_avail "$(stat -f -c '%a %S' /data/xfs/swell | awk '{print $1*$2}')"
+expect_code RESOURCE_EXHAUSTED create --parameter backend=dir --bytes 1073741824 pvc-huge
+
+# A SIGKILL inside ControllerExpandVolume, after the limit is raised: the retry records it.
+kill $plugin_pid; wait $plugin_pid || true; rm -f $SOCK
+SWELL_FAILPOINTS=dir-expand-after-quota start_plugin $FLAGS
+if csi expand --bytes 50331648 pvc-d2; then echo "no crash"; exit 1; fi
+result d2_meta_after_crash "$(sed -n 's/^capacity_bytes=//p' /data/xfs/swell/volumes/pvc-d2/meta)"
+restart_plugin $FLAGS
+result d2_expand_retry "$(csi expand --bytes 50331648 pvc-d2)"
+result d2_meta_after_retry "$(sed -n 's/^capacity_bytes=//p' /data/xfs/swell/volumes/pvc-d2/meta)"
+
+# After a restart the IDs hold; a new volume takes one no one has.
+csi create --parameter backend=dir --bytes 16777216 pvc-d3
+result d3_project "$(project pvc-d3)"
+result d1_project_after_restart "$(project pvc-d1)"
+expect_code FAILED_PRECONDITION snapshot create snap-d1 pvc-d1
+
+# Delete: refused while mounted; then the ID and its limit are freed and the next volume reuses it.
+expect_code FAILED_PRECONDITION delete pvc-d1
+csi unpublish pvc-d1 /tmp/csi/pub/pvc-d1
+csi unstage pvc-d1 /tmp/csi/stage/pvc-d1
+csi delete pvc-d1
+csi delete pvc-d1   # idempotent
+result d1_gone "$(ls /data/xfs/swell/volumes | grep -c pvc-d1 || true)"
+result capacity_after_delete "$(csi capacity --parameter backend=dir)"
+csi create --parameter backend=dir --bytes 16777216 pvc-d4
+result d4_project "$(project pvc-d4)"
+for id in pvc-d2 pvc-d3 pvc-d4; do csi delete $id; done
+result volumes_left "$(ls -a /data/xfs/swell/volumes | grep -c pvc || true)"
+
+# Thick LVM: linear LVs in a group with no thin pool.
+kill $plugin_pid; wait $plugin_pid || true; rm -f $SOCK
+SWELL_FAILPOINTS=lvm-create-after-lvcreate start_plugin $FLAGS
+if csi create --parameter backend=lvm --parameter provisioning=thick --fs-type xfs --bytes 314572800 pvc-t1; then echo "no crash"; exit 1; fi
+restart_plugin $FLAGS
+csi create --parameter backend=lvm --parameter provisioning=thick --fs-type xfs --bytes 314572800 pvc-t1
+csi create --parameter backend=lvm --parameter provisioning=thick --fs-type xfs --bytes 314572800 pvc-t1   # idempotent
+expect_code ALREADY_EXISTS create --parameter backend=lvm --fs-type xfs --bytes 314572800 pvc-t1
+result t1_segtype "$(lvm lvs --noheadings -o segtype vg0/sw-pvc-t1 | tr -d ' ')"
+result t1_lvs "$(lvm lvs --noheadings -o lv_name vg0 | grep -c pvc-t1)"
+csi stage --fs-type xfs --context backend=lvm pvc-t1 /tmp/csi/stage/pvc-t1
+dd if=/dev/urandom of=/tmp/csi/stage/pvc-t1/data bs=1M count=16 conv=fsync 2>/dev/null
+result t1_sha_before "$(sha256sum /tmp/csi/stage/pvc-t1/data | cut -d' ' -f1)"
+result t1_fs_before "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-t1 | awk '{print $1*$2}')"
+t0=$(ms)
+csi expand --bytes 419430400 pvc-t1
+csi node-expand --bytes 419430400 pvc-t1 /tmp/csi/stage/pvc-t1
+result t1_grow_ms $(( $(ms) - t0 ))
+result t1_dev_bytes "$(blockdev --getsize64 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-t1)")"
+result t1_fs_bytes "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-t1 | awk '{print $1*$2}')"
+result t1_sha_after "$(sha256sum /tmp/csi/stage/pvc-t1/data | cut -d' ' -f1)"
+result t1_capacity "$(csi capacity --parameter backend=lvm --parameter provisioning=thick)"
+result vg_free "$(lvm vgs --noheadings --units b --nosuffix -o vg_free vg0 | tr -d ' ')"
+expect_code RESOURCE_EXHAUSTED create --parameter backend=lvm --parameter provisioning=thick --bytes 268435456 pvc-t2
+expect_code INVALID_ARGUMENT create --parameter backend=lvm --bytes 8388608 pvc-thin
+expect_code FAILED_PRECONDITION snapshot create snap-t1 pvc-t1
+expect_code INVALID_ARGUMENT create --parameter backend=lvm --parameter provisioning=thick --bytes 419430400 --from-volume pvc-t1 pvc-t3
+csi unstage pvc-t1 /tmp/csi/stage/pvc-t1
+csi delete pvc-t1
+result lvs_left "$(lvm lvs --noheadings -o lv_name vg0 | grep -c sw- || true)"
+kill $plugin_pid; wait $plugin_pid || true
+
+# ext4 with project quotas.
+SOCK=/tmp/csi-ext4.sock
+start_plugin --dir-root /data/ext4/swell
+csi create --parameter backend=dir --bytes 33554432 pvc-e1
+csi stage --context backend=dir pvc-e1 /tmp/csi/stage/pvc-e1
+chown 1000:1000 /tmp/csi/stage/pvc-e1
+result e1_statfs_bytes "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-e1 | awk '{print $1*$2}')"
+if $AS_POD dd if=/dev/zero of=/tmp/csi/stage/pvc-e1/fill bs=1M count=64 conv=fsync 2> /tmp/dd.err; then echo "no EDQUOT on ext4"; exit 1; fi
+result e1_fill_error "$(tr '\n' ' ' < /tmp/dd.err)"
+csi expand --bytes 67108864 pvc-e1
+csi node-expand --bytes 67108864 pvc-e1 /tmp/csi/stage/pvc-e1
+$AS_POD dd if=/dev/zero of=/tmp/csi/stage/pvc-e1/more bs=1M count=16 conv=fsync 2>/dev/null
+result e1_statfs_after "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-e1 | awk '{print $1*$2}')"
+csi unstage pvc-e1 /tmp/csi/stage/pvc-e1
+csi delete pvc-e1
+result e1_left "$(ls /data/ext4/swell/volumes | wc -l)"
+kill $plugin_pid; wait $plugin_pid || true
+'''
+
+
+def run_local_vm(swell, root):
+    """Boots the guest with a 512 MiB disk for the volume group, a 512 MiB one for the xfs data
+    filesystem and a 256 MiB one for the ext4; returns the VM (the caller closes it), guest.sh's
+    exit status, its results and the guest plugin's log."""
+    return iscsi.run_guest(root, GUEST_SCRIPT, [512 * MiB, 512 * MiB, 256 * MiB], 480, binaries=[swell])
+
+
+def test_vm_dir_and_thick_lvm_volumes():
+    require_root()
+    if shutil.which("lvm") is None:
+        pytest.fail("lvm2 is not installed on the host (scripts/setup.sh --tests installs it)")
+    root = tempfile.mkdtemp(prefix="swell-local-")
+    vm = None
+    try:
+        vm, status, r, log = run_local_vm(SWELL, root)
+        assert status == 0, f"the guest failed:\n{vm.console()}\n{log[-4000:]}"
+        # No quotas: the option is named, and nothing is made.
+        assert "prjquota" in r["plain_probe"] and "prjquota" in r["plain_create"], r
+        assert r["plain_volumes"] == "0"
+        # The crashed create recorded its project ID first; the retry kept it and left no marker.
+        assert r["crash_marker_project"] == r["d1_project"] != ""
+        assert r["creating_left"] == "0"
+        assert r["d2_project"] != r["d1_project"]
+        # statfs under the volume reports the limit (xfs rounds nothing here: 64 MiB).
+        assert int(r["d1_statfs_bytes"]) == 64 * MiB, r["d1_statfs_bytes"]
+        assert f"total {64 * MiB}" in r["d1_stats"].replace(":", "").replace("=", " "), r["d1_stats"]
+        # xfs answers a full project quota with ENOSPC (the tree looks like a full filesystem), ext4
+        # with EDQUOT.
+        assert "No space left on device" in r["fill_error"], r["fill_error"]
+        assert 60 * MiB <= int(r["fill_bytes"]) <= 64 * MiB, r["fill_bytes"]
+        assert "abnormal" in r["fill_health"].lower() and "full" in r["fill_health"], r["fill_health"]
+        # The grow while writing: the writer was between 20 and 40 MiB, and went on past 64.
+        assert 20 * MiB <= int(r["written_at_grow"]) <= 40 * MiB, r["written_at_grow"]
+        assert r["writer_done"] == "yes", r["writer_done"]
+        assert int(r["written_after_grow"]) == 100 * MiB
+        assert int(r["d1_statfs_after"]) == 128 * MiB
+        assert f"{128 * MiB}" in r["d1_list"], r["d1_list"]
+        # Capacity: free space less the unused part of every limit (pvc-d1: 128 - 100 MiB; pvc-d2: 32).
+        capacity = int(r["capacity"].split()[1])
+        promised = (128 - 100) * MiB + 32 * MiB
+        assert abs(capacity - (int(r["fs_avail"]) - promised)) <= 4 * MiB, (capacity, r["fs_avail"], promised)
+        # The crashed grow raised the limit; the retry recorded it.
+        assert r["d2_meta_after_crash"] == str(32 * MiB)
+        assert str(48 * MiB) in r["d2_expand_retry"] and r["d2_meta_after_retry"] == str(48 * MiB)
+        projects = {r["d1_project"], r["d2_project"], r["d3_project"]}
+        assert len(projects) == 3, projects
+        assert r["d1_project_after_restart"] == r["d1_project"]
+        assert r["d1_gone"] == "0"
+        assert int(r["capacity_after_delete"].split()[1]) > capacity + 16 * MiB
+        assert r["d4_project"] == r["d1_project"], "the freed ID is the lowest free one again"
+        assert r["volumes_left"] == "0"
+        # Thick LVM.
+        assert r["t1_segtype"] == "linear" and r["t1_lvs"] == "1"
+        assert r["t1_sha_after"] == r["t1_sha_before"]
+        assert int(r["t1_dev_bytes"]) == 400 * MiB
+        assert int(r["t1_fs_bytes"]) > int(r["t1_fs_before"]) + 64 * MiB, (r["t1_fs_before"], r["t1_fs_bytes"])
+        assert int(r["t1_capacity"].split()[1]) == int(r["vg_free"]), (r["t1_capacity"], r["vg_free"])
+        assert r["lvs_left"] == "0"
+        # ext4 project quotas.
+        assert int(r["e1_statfs_bytes"]) == 32 * MiB, r["e1_statfs_bytes"]
+        assert "quota exceeded" in r["e1_fill_error"], r["e1_fill_error"]
+        assert int(r["e1_statfs_after"]) == 64 * MiB
+        assert r["e1_left"] == "0"
+        print(f"dir grow under a writer: {r['grow_ms']} ms; thick LV grow: {r['t1_grow_ms']} ms (TCG)")
+    finally:
+        if vm is not None:
+            vm.close()
+        shutil.rmtree(root, ignore_errors=True)
