@@ -8,7 +8,7 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TARGETS = ["base", "overlays/dev", "overlays/production", "overlays/lvm"]
+TARGETS = ["base", "overlays/dev", "overlays/production", "overlays/lvm", "overlays/dir"]
 
 
 def render(target):
@@ -24,7 +24,7 @@ def test_renders_and_validates(target, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.read_text()) if d)
-    classes = 3 if target == "overlays/lvm" else 2
+    classes = {"overlays/lvm": 4, "overlays/dir": 3}.get(target, 2)
     assert kinds == ["CSIDriver", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
                      "DaemonSet", "Deployment", "Namespace", "PriorityClass", "Role", "Role", "Role", "RoleBinding",
                      "RoleBinding", "RoleBinding", "ServiceAccount", "ServiceAccount"] + ["StorageClass"] * classes
@@ -105,9 +105,28 @@ def test_lvm_overlay_configures_the_node_plugin():
     assert "--lvm-vg=swell" in plugin["args"] and "--lvm-thin-pool=pool0" in plugin["args"]
 
 
-@pytest.mark.parametrize("target", ["overlays/production", "overlays/lvm"])
+def test_lvm_overlay_offers_a_thick_class():
+    sc = objects("overlays/lvm")[("StorageClass", "swell-lvm-thick")]
+    assert sc["parameters"]["backend"] == "lvm" and sc["parameters"]["provisioning"] == "thick"
+    assert sc["allowVolumeExpansion"] is True and sc["volumeBindingMode"] == "WaitForFirstConsumer"
+
+
+def test_dir_overlay_gives_the_plugin_its_quota_filesystem_at_the_host_path():
+    objs = objects("overlays/dir")
+    sc = objs[("StorageClass", "swell-dir")]
+    assert sc["parameters"] == {"backend": "dir"} and sc["allowVolumeExpansion"] is True
+    pod = objs[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
+    plugin = pod["containers"][0]
+    assert "--dir-root=/var/lib/swell-dirs" in plugin["args"]
+    mount = next(m for m in plugin["volumeMounts"] if m["name"] == "dirs")
+    volume = next(v for v in pod["volumes"] if v["name"] == "dirs")
+    assert mount["mountPath"] == volume["hostPath"]["path"] == "/var/lib/swell-dirs"
+    assert volume["hostPath"]["type"] == "Directory", "never made on demand, where it would have no quotas"
+
+
+@pytest.mark.parametrize("target", ["overlays/production", "overlays/lvm", "overlays/dir"])
 def test_each_backend_has_exactly_one_sidecar_serving_it(target):
-    """Per-node sidecars serve loop and lvm classes, the controller's serves iscsi ones: no backend
+    """Per-node sidecars serve loop, lvm and dir classes, the controller's serves iscsi ones: no backend
     is served twice (two provisioners racing), no class by nobody."""
     objs = objects(target)
     served = []
