@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""PostgreSQL and fio on LVM thin and loop volumes against the guest's own filesystem, in the VM
-tier (a Debian kernel under qemu TCG, one vCPU, no KVM).
+"""PostgreSQL and fio on every local kind against the guest's own filesystem, in the VM tier (a
+Debian kernel under qemu TCG, one vCPU, no KVM).
 
 Boots conformance/test_vm_db.py's guest once per round. In each place (the guest's own ext4 on a
-disk of its own, an ext4 thin LV, an ext4 loop volume whose file lives on that same own ext4) the
-same fio commit job (8 KiB writes + fdatasync, 8 s) and pgbench (scale 2, 2 clients, 12 s), then
-pgbench while each Swell volume grows online twice. Prints each figure and the ratios to the
-guest's own filesystem. Emulation makes every absolute figure slow; the ratios are the point.
+disk of its own, with project quotas on; an ext4 thin LV; an ext4 thick LV; an ext4 loop volume
+whose file lives on that own ext4; a dir volume, a directory of that own ext4 with a project
+quota) the same fio commit job (8 KiB writes + fdatasync, 8 s) and pgbench (scale 2, 2 clients,
+12 s), then pgbench while each Swell volume grows online twice, timing each grow (ControllerExpand
+and NodeExpand). Prints each figure and the ratios to the guest's own filesystem. Emulation makes
+every absolute figure slow; the ratios are the point.
 
 Usage: bench/bench_vm_db.py [path/to/swell] [ROUNDS]   (needs root, fio, postgresql-15, lvm2)"""
 import os
@@ -35,17 +37,20 @@ def main():
             if status != 0:
                 sys.exit(f"round {i + 1}: the guest failed:\n{vm.console()}\n{log[-3000:]}")
             runs.append(test_vm_db.figures(vm))
-            grow = {p: test_vm_db.share_text(vm, f"pggrow-{p}.txt") for p in ("lvm", "loop")}
+            grow = {p: test_vm_db.share_text(vm, f"pggrow-{p}.txt") for p in test_vm_db.PLACES[1:]}
+            r = vm.results()
             for place, (commits, tps) in runs[-1].items():
                 print(f"round {i + 1}: {place}: fio commits {commits:.0f}/s, pgbench {tps:.1f} tps", flush=True)
             for place, text in grow.items():
                 tps = float(text.split("tps = ")[1].split()[0])
-                print(f"round {i + 1}: {place}: pgbench while growing online twice {tps:.1f} tps, no failed transaction")
+                grows = [r[f"grow_ms_{mib}_{place}"] for mib in (768, 1024)]
+                print(f"round {i + 1}: {place}: pgbench while growing online twice {tps:.1f} tps, no failed transaction; "
+                      f"the grows took {' and '.join(grows)} ms")
         finally:
             if vm is not None:
                 vm.close()
             shutil.rmtree(root, ignore_errors=True)
-    for place in ("lvm", "loop"):
+    for place in test_vm_db.PLACES[1:]:
         commit = statistics.median(r[place][0] / r["own"][0] for r in runs)
         tps = statistics.median(r[place][1] / r["own"][1] for r in runs)
         print(f"{place}: commits {commit:.2f}x the guest's own ext4, pgbench {tps:.2f}x (median of {rounds})")

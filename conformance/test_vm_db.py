@@ -1,9 +1,11 @@
 """PostgreSQL and fio on Swell volumes in the VM tier, where device-mapper exists and ext4 grows
 online (the guest's root has CAP_SYS_RESOURCE).
 
-Inside the guest, the real plugin (controller and node) serves an LVM thin volume and a loop volume,
-both ext4, and the guest's own ext4 on a disk of its own stands for the host directory. In each of
-the three places the same fio commit job (8 KiB writes, each followed by fdatasync) and the same
+Inside the guest, the real plugin (controller and node) serves every local kind: an LVM thin
+volume, a thick (linear) LV and a loop volume, all ext4, and a dir volume (a directory of the
+guest's own ext4 with a project quota). The guest's own ext4 on a disk of its own (with project
+quotas on, as a node serving dir volumes has it) stands for the host directory; the loop volume's
+file and the dir volume live on it. In each of the five places the same fio commit job (8 KiB writes, each followed by fdatasync) and the same
 pgbench run; then, on each Swell volume, pgbench writes while the volume grows online twice
 (ControllerExpandVolume and NodeExpandVolume). No transaction may fail, pg_amcheck must find
 nothing, and the filesystem must show the new size. The figures are written to the share for
@@ -22,6 +24,8 @@ import iscsi
 import pg
 
 MiB = 1 << 20
+# The guest's own filesystem first, then each Swell kind.
+PLACES = ("own", "lvm", "thick", "loop", "dir")
 
 GUEST_SCRIPT = r'''
 # Runs in the guest (busybox sh -e).
@@ -29,7 +33,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
 result() { echo "$1=$2" >> /share/results; }
 csi() { sub=$1; shift; /tmp/swell csi $sub --endpoint unix:///tmp/csi.sock "$@"; }
 fs_bytes() { stat -f -c '%b %S' "$1" | awk '{print $1*$2}'; }
-for m in dm_thin_pool virtio_blk ext4 xfs loop; do modprobe "$m"; done
+ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
+for m in dm_thin_pool virtio_blk ext4 xfs loop quota_v2; do modprobe "$m"; done
 mkdir -p /dev/shm /tmp/pglogs
 mount -t tmpfs tmpfs /dev/shm
 chmod 777 /tmp/pglogs
@@ -57,14 +62,14 @@ bench() {  # port seconds output
 }
 
 # The guest's own filesystem, what a host directory would be: ext4 on a disk of its own (vdb).
-/usr/sbin/mke2fs -q -t ext4 -m 0 /dev/vdb
+/usr/sbin/mke2fs -q -t ext4 -m 0 -O quota,project -E quotatype=prjquota /dev/vdb
 mkdir -p /own
-mount -o noatime /dev/vdb /own
+mount -o noatime,prjquota /dev/vdb /own
 lvm pvcreate -q /dev/vda
 lvm vgcreate -q vg0 /dev/vda
 lvm lvcreate -q --type thin-pool -L 1400M -n pool0 vg0
 /tmp/swell plugin --mode all --endpoint unix:///tmp/csi.sock --data-dir /own/swell-data --node-id vm \
-  --lvm-vg vg0 --lvm-thin-pool pool0 --log-level info >> /share/guest-plugin.log 2>&1 &
+  --lvm-vg vg0 --lvm-thin-pool pool0 --dir-root /own/swell-dirs --log-level info >> /share/guest-plugin.log 2>&1 &
 plugin_pid=$!
 i=0; while [ ! -S /tmp/csi.sock ]; do i=$((i+1)); [ $i -lt 600 ] || { echo "no plugin socket"; exit 1; }; sleep 0.1; done
 csi probe
@@ -77,15 +82,19 @@ pg_start /tmp/pgt/data 5400
 as_pg $PGBIN/pgbench -h /tmp/pgsock-5400 -p 5400 -U postgres -i -s 2 -q postgres > /share/pgbench-init.log 2>&1
 pg_stop /tmp/pgt/data
 
-for backend in lvm loop; do
-  csi create --parameter backend=$backend --fs-type ext4 --bytes $((512 * 1048576)) db-$backend
-  csi stage --fs-type ext4 --context backend=$backend db-$backend /tmp/csi/stage/db-$backend
+for kind in lvm:lvm thick:lvm:provisioning=thick loop:loop dir:dir; do
+  IFS=: read name backend param <<EOT
+$kind
+EOT
+  csi create --parameter backend=$backend ${param:+--parameter $param} --fs-type ext4 --bytes $((512 * 1048576)) db-$name
+  csi stage --fs-type ext4 --context backend=$backend db-$name /tmp/csi/stage/db-$name
 done
+result thick_segtype "$(lvm lvs --noheadings -o segtype vg0/sw-db-thick | tr -d ' ')"
 chmod 755 /tmp/csi /tmp/csi/stage   # the staging parents are root's 0750; the postgres user passes through
 result loop_dio "$(cat /sys/block/$(basename $(findmnt -n -o SOURCE /tmp/csi/stage/db-loop))/loop/dio)"
 
 port=5401
-for place in own:/own lvm:/tmp/csi/stage/db-lvm loop:/tmp/csi/stage/db-loop; do
+for place in own:/own lvm:/tmp/csi/stage/db-lvm thick:/tmp/csi/stage/db-thick loop:/tmp/csi/stage/db-loop dir:/tmp/csi/stage/db-dir; do
   name=${place%%:*}; dir=${place#*:}
   /tmp/fio --name=commit --directory=$dir --size=64m --rw=write --bs=8k --ioengine=sync --fdatasync=1 \
     --runtime=8 --time_based --output-format=json --output=/share/fio-$name.json
@@ -100,8 +109,10 @@ for place in own:/own lvm:/tmp/csi/stage/db-lvm loop:/tmp/csi/stage/db-loop; do
     load=$!
     for mib in 768 1024; do
       sleep 8
+      t0=$(ms)
       csi expand --bytes $((mib * 1048576)) db-$name
       csi node-expand --bytes $((mib * 1048576)) db-$name $dir
+      result grow_ms_${mib}_$name $(( $(ms) - t0 ))
       result fs_bytes_${mib}_$name "$(fs_bytes $dir)"
     done
     if wait $load; then result pggrow_status_$name 0; else result pggrow_status_$name $?; fi
@@ -111,11 +122,12 @@ for place in own:/own lvm:/tmp/csi/stage/db-lvm loop:/tmp/csi/stage/db-loop; do
   pg_stop $dir/pgdata
   port=$((port + 1))
 done
-for backend in lvm loop; do
-  csi unstage db-$backend /tmp/csi/stage/db-$backend
-  csi delete db-$backend
+for name in lvm thick loop dir; do
+  csi unstage db-$name /tmp/csi/stage/db-$name
+  csi delete db-$name
 done
 result swell_lvs_left "$(lvm lvs --noheadings -o lv_name vg0 | grep -c sw- || true)"
+result dir_volumes_left "$(ls /own/swell-dirs/volumes | wc -l)"
 kill $plugin_pid
 '''
 
@@ -144,11 +156,11 @@ def stage_postgres(share):
 
 
 def run_db_vm(swell, root):
-    """Boots the guest with a 1.5 GiB disk for LVM and a 1 GiB disk of its own, runs GUEST_SCRIPT,
+    """Boots the guest with a 2.5 GiB disk for LVM and a 2 GiB disk of its own, runs GUEST_SCRIPT,
     and returns the VM (the caller closes it), guest.sh's exit status, its results and log."""
     if shutil.which("fio") is None or not pg.available():
         pytest.fail("fio and postgresql-15 are needed (scripts/setup.sh --tests installs them)")
-    return iscsi.run_guest(root, GUEST_SCRIPT, [1536 * MiB, 1024 * MiB], 900, memory_mib=1536,
+    return iscsi.run_guest(root, GUEST_SCRIPT, [2560 * MiB, 2048 * MiB], 1200, memory_mib=1536,
                            binaries=[swell, shutil.which("fio")], stage=stage_postgres)
 
 
@@ -163,14 +175,14 @@ def share_text(vm, name):
 def figures(vm):
     """{place: (fio commits/s, pgbench tps)} from the guest's outputs."""
     out = {}
-    for place in ("own", "lvm", "loop"):
+    for place in PLACES:
         job = json.loads(share_text(vm, f"fio-{place}.json"))["jobs"][0]
         tps = float(share_text(vm, f"pgbench-{place}.txt").split("tps = ")[1].split()[0])
         out[place] = (job["write"]["iops"], tps)
     return out
 
 
-def test_vm_postgres_on_lvm_thin_and_loop_grows_online_on_ext4():
+def test_vm_postgres_on_every_local_kind_grows_online():
     require_root()
     if shutil.which("lvm") is None:
         pytest.fail("lvm2 is not installed on the host (scripts/setup.sh --tests installs it)")
@@ -181,7 +193,8 @@ def test_vm_postgres_on_lvm_thin_and_loop_grows_online_on_ext4():
         assert status == 0, (f"the guest failed:\n{vm.console()}\n{log[-3000:]}\n"
                              f"{share_text(vm, 'initdb.log')[-2000:]}{share_text(vm, 'pg-5401.log')[-2000:]}")
         assert r["loop_dio"] == "1", "the guest's loop volume does direct I/O"
-        for place in ("lvm", "loop"):
+        assert r["thick_segtype"] == "linear"
+        for place in PLACES[1:]:
             out = share_text(vm, f"pggrow-{place}.txt")
             assert r[f"pggrow_status_{place}"] == "0", out
             assert "number of failed transactions: 0" in out, out
@@ -193,6 +206,7 @@ def test_vm_postgres_on_lvm_thin_and_loop_grows_online_on_ext4():
         for place, (commits, tps) in figures(vm).items():
             assert commits > 0 and tps > 0, place
         assert r["swell_lvs_left"] == "0"
+        assert r["dir_volumes_left"] == "0"
     finally:
         if vm is not None:
             vm.close()

@@ -112,7 +112,7 @@ rm /tmp/csi/pub/pvc-d1/fill
 writer=$!
 while [ ! -s /tmp/csi/pub/pvc-d1/w ] || [ $(stat -c %s /tmp/csi/pub/pvc-d1/w) -lt 20971520 ]; do sleep 0.05; done
 t0=$(ms)
-csi expand --bytes 134217728 pvc-d1
+result d1_expand "$(csi expand --bytes 134217728 pvc-d1)"
 csi node-expand --bytes 134217728 pvc-d1 /tmp/csi/pub/pvc-d1
 result grow_ms $(( $(ms) - t0 ))
 result written_at_grow "$(stat -c %s /tmp/csi/pub/pvc-d1/w)"
@@ -243,6 +243,8 @@ def test_vm_dir_and_thick_lvm_volumes():
         # The grow while writing: the writer was between 20 and 40 MiB, and went on past 64.
         assert 20 * MiB <= int(r["written_at_grow"]) <= 40 * MiB, r["written_at_grow"]
         assert r["writer_done"] == "yes", r["writer_done"]
+        # A raised quota holds at once: kubelet has nothing to do for a dir volume.
+        assert r["d1_expand"] == f"capacity: {128 * MiB} bytes, node expansion required: false", r["d1_expand"]
         assert int(r["written_after_grow"]) == 100 * MiB
         assert int(r["d1_statfs_after"]) == 128 * MiB
         assert f"{128 * MiB}" in r["d1_list"], r["d1_list"]

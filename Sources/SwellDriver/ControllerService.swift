@@ -95,8 +95,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     return .with {
       $0.capacityBytes = record.capacityBytes
-      // The node must see the new size (loop set-capacity, iSCSI rescan) and grow the filesystem.
-      $0.nodeExpansionRequired = true
+      // The node must see the new size (loop set-capacity, iSCSI rescan) and grow the filesystem;
+      // a dir volume's raised quota holds at once, with nothing for the node to do.
+      $0.nodeExpansionRequired = record.backend != DirectoryBackend.name
     }
   }
 
