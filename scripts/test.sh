@@ -55,7 +55,7 @@ SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider
 vm_pid=$!
 # On any failure below, stop it and its VMs (a background job ignores SIGINT, so pytest's own
 # cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
-trap 'kill $vm_pid 2>/dev/null; pkill -x qemu-system-x86 2>/dev/null; rmdir "$empty_shared" 2>/dev/null || true' EXIT
+trap 'pkill -P $vm_pid 2>/dev/null; kill $vm_pid 2>/dev/null; rmdir "$empty_shared" 2>/dev/null || true' EXIT
 
 echo "== conformance (Python grpcio, stubs from proto/csi.proto, pinned to the official v1.12.0 text; iSCSI on a real tgtd)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "not test_vm_" conformance

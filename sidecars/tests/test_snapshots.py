@@ -164,8 +164,12 @@ def test_a_snapshot_of_a_pending_claim_waits_for_its_volume(cluster):
     handle = f"pvc-{claim['metadata']['uid']}"
     _, content = api.create_snapshot("p-snap", "p", volume_handle=handle)
     name = content["metadata"]["name"]
-    failed = api.wait("the content's error", lambda: (api.content(name).get("status") or {}).get("error"))
-    assert "NotFound" in failed["message"], failed
+    # The class and the content reach the sidecar on two watch streams: a first attempt may find the
+    # class not cached yet (an error it retries), so wait for the plugin's NotFound itself.
+    def not_found():
+        error = (api.content(name).get("status") or {}).get("error")
+        return error if error and "NotFound" in error["message"] else None
+    failed = api.wait("the content's NotFound error", not_found)
     assert "SnapshotCreationFailed" in reasons(api, name)
     # The scheduler picks a node: the volume is made, and the retried snapshot succeeds.
     api.update_claim("p", lambda c: c["metadata"]["annotations"].update({"volume.kubernetes.io/selected-node": NODE}))
