@@ -24,6 +24,15 @@ import conftest  # noqa: E402
 import test_vm_db  # noqa: E402
 
 
+def server_ms(log, method, place):
+    """The plugin's own milliseconds for each call of `method` on the place's volume, from its log."""
+    out = []
+    for line in log.splitlines():
+        if f"method={method} " in line and f"volume=db-{place}" in line and "code=OK" in line:
+            out.append(line.split(" ms=")[1].split()[0])
+    return out
+
+
 def main():
     swell = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else conftest.SWELL
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -44,8 +53,10 @@ def main():
             for place, text in grow.items():
                 tps = float(text.split("tps = ")[1].split()[0])
                 grows = [r[f"grow_ms_{mib}_{place}"] for mib in (768, 1024)]
+                rpcs = [f"{m} {', '.join(server_ms(log, m, place))} ms" for m in ("ControllerExpandVolume", "NodeExpandVolume")]
                 print(f"round {i + 1}: {place}: pgbench while growing online twice {tps:.1f} tps, no failed transaction; "
-                      f"the grows took {' and '.join(grows)} ms")
+                      f"the grows took {' and '.join(grows)} ms from the guest's shell (the CLI's start included); "
+                      f"in the plugin: {'; '.join(rpcs)}")
         finally:
             if vm is not None:
                 vm.close()

@@ -46,17 +46,6 @@ tail -n 1 .build/test-build.log
 echo "== swift test (unit + loop-device integration)"
 swift test --skip-build 2>&1 | grep -vE "^(◇|↳)|warning swell.test" 
 
-# The VM tier (tests named test_vm_*: a Debian kernel under qemu TCG, for device-mapper, quotas and
-# the iSCSI initiator) keeps one core busy for most of the run: it runs in the background, beside
-# the other suites, and is waited for before the real-node tier.
-vm_log="$PWD/.build/vm-tier.log"
-echo "== conformance, VM tier: started in the background (its log: .build/vm-tier.log)"
-SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_" conformance > "$vm_log" 2>&1 &
-vm_pid=$!
-# On any failure below, stop it and its VMs (a background job ignores SIGINT, so pytest's own
-# cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
-trap 'pkill -P $vm_pid 2>/dev/null; kill $vm_pid 2>/dev/null; rmdir "$empty_shared" 2>/dev/null || true' EXIT
-
 echo "== conformance (Python grpcio, stubs from proto/csi.proto, pinned to the official v1.12.0 text; iSCSI on a real tgtd)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "not test_vm_" conformance
 if [ -f ../shared/csi-spec/csi.proto ]; then
@@ -67,6 +56,18 @@ fi
 
 echo "== sidecar (the real sidecar and plugin against the test API server, over HTTPS)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider sidecars/tests
+
+# The VM tier (tests named test_vm_*: a Debian kernel under qemu TCG, for device-mapper, quotas and
+# the iSCSI initiator) keeps one core busy for most of the run: it runs in the background, beside
+# the release build and the deploy tests (which time nothing), and is waited for before the
+# real-node tier. The suites above run alone: some wait on real work (pgbench's pace, watches).
+vm_log="$PWD/.build/vm-tier.log"
+echo "== conformance, VM tier: started in the background (its log: .build/vm-tier.log)"
+SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_" conformance > "$vm_log" 2>&1 &
+vm_pid=$!
+# On any failure below, stop it and its VMs (a background job ignores SIGINT, so pytest's own
+# cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
+trap 'pkill -P $vm_pid 2>/dev/null; kill $vm_pid 2>/dev/null; rmdir "$empty_shared" 2>/dev/null || true' EXIT
 
 echo "== release build (the image's binary, scripts/build-release.sh: for the deploy tests and the real-node tier)"
 release_out="$PWD/.build-release/image"
