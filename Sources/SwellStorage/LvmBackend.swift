@@ -113,15 +113,8 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
       try checkCompatible(record, existing, with: spec, pool: pool)
       return record
     }
-    let group = try await lvm.volumeGroup(vg)
-    guard let size = Capacity.roundUp(spec.capacityBytes, to: group.extentBytes),
-      spec.limitBytes == 0 || size <= spec.limitBytes
-    else {
-      throw SwellError(.outOfRange, "\(spec.capacityBytes) bytes rounds up to whole \(group.extentBytes)-byte extents, over limit_bytes \(spec.limitBytes)")
-    }
+    let (_, size, tags) = try await sizeAndTags(spec)
     try checkRoom(in: pool, lvs: lvs, adding: size)
-    let tags = ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
-      + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"])
     if let origin, let source = spec.source {
       guard size >= origin.sizeBytes else {
         throw SwellError(.outOfRange, "the source holds \(origin.sizeBytes) bytes, more than the \(size) asked")
@@ -157,21 +150,28 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
       try checkCompatible(record, existing, with: spec, pool: "")
       return record
     }
-    let group = try await lvm.volumeGroup(vg)
-    guard let size = Capacity.roundUp(spec.capacityBytes, to: group.extentBytes),
-      spec.limitBytes == 0 || size <= spec.limitBytes
-    else {
-      throw SwellError(.outOfRange, "\(spec.capacityBytes) bytes rounds up to whole \(group.extentBytes)-byte extents, over limit_bytes \(spec.limitBytes)")
-    }
+    let (group, size, tags) = try await sizeAndTags(spec)
     try checkFree(group, adding: size)
-    let tags = ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
-      + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"])
     try await lvm.createLinear(vg: vg, name: name, bytes: size, tags: tags)
     Failpoints.hit("lvm-create-after-lvcreate")
     guard let made = try await logicalVolume(spec.id), let record = record(made) else {
       throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
     }
     return record
+  }
+
+  /// A new volume's size in whole extents (OUT_OF_RANGE past `limit_bytes`) and the tags that make
+  /// its LV describe it, with the volume group they were read from.
+  private func sizeAndTags(_ spec: VolumeSpec) async throws -> (VolumeGroup, Int64, [String]) {
+    let group = try await lvm.volumeGroup(vg)
+    guard let size = Capacity.roundUp(spec.capacityBytes, to: group.extentBytes),
+      spec.limitBytes == 0 || size <= spec.limitBytes
+    else {
+      throw SwellError(.outOfRange, "\(spec.capacityBytes) bytes rounds up to whole \(group.extentBytes)-byte extents, over limit_bytes \(spec.limitBytes)")
+    }
+    let tags = ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
+      + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"])
+    return (group, size, tags)
   }
 
   /// RESOURCE_EXHAUSTED unless the volume group has `bytes` of free extents.
