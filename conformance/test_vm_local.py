@@ -6,7 +6,10 @@ Inside the guest, the real plugin (controller and node, as the node DaemonSet ru
   limit, a writer refused at the limit (ENOSPC on xfs, EDQUOT on ext4), a grow while a writer keeps writing, capacity
   net of what the limits promise, project IDs that stay distinct across a restart and a SIGKILL
   inside create and inside grow, delete refused while mounted, then freeing the ID and its limit;
-- dir volumes on an ext4 with the `project` and `quota` features, mounted with `prjquota`;
+  snapshots, restores and clones of an unstaged volume (reflink copies, a SIGKILL after each copy),
+  and a staged one refused;
+- dir volumes on an ext4 with the `project` and `quota` features, mounted with `prjquota` (a
+  snapshot and a restore are plain copies there);
 - a dir root on an xfs mounted without `prjquota`: Probe and CreateVolume say which option is missing;
 - thick (linear) LVM volumes in a volume group with no thin pool: create (and a SIGKILL right
   after lvcreate), xfs staged, grown online, capacity from the group's free extents, and the
@@ -142,12 +145,57 @@ result d2_meta_after_retry "$(sed -n 's/^capacity_bytes=//p' /data/xfs/swell/vol
 csi create --parameter backend=dir --bytes 16777216 pvc-d3
 result d3_project "$(project pvc-d3)"
 result d1_project_after_restart "$(project pvc-d1)"
-expect_code FAILED_PRECONDITION snapshot create snap-d1 pvc-d1
+expect_code FAILED_PRECONDITION snapshot create snap-d1 pvc-d1   # staged: refused
 
 # Delete: refused while mounted; then the ID and its limit are freed and the next volume reuses it.
 expect_code FAILED_PRECONDITION delete pvc-d1
 csi unpublish pvc-d1 /tmp/csi/pub/pvc-d1
 csi unstage pvc-d1 /tmp/csi/stage/pvc-d1
+
+# Snapshots, restores and clones of unstaged dir volumes: reflink copies on this xfs. A SIGKILL
+# after each copy, then a retry that converges.
+result d1_sha "$(sha256sum /data/xfs/swell/volumes/pvc-d1/data/w | cut -d' ' -f1)"
+kill $plugin_pid; wait $plugin_pid || true; rm -f $SOCK
+SWELL_FAILPOINTS=dir-snapshot-after-copy start_plugin $FLAGS
+if csi snapshot create snap-d1 pvc-d1; then echo "no crash"; exit 1; fi
+restart_plugin $FLAGS
+csi snapshot create snap-d1 pvc-d1
+csi snapshot create snap-d1 pvc-d1   # idempotent
+expect_code ALREADY_EXISTS snapshot create snap-d1 pvc-d2
+result snap_list "$(csi snapshot list | grep snap-d1)"
+result snap_method "$(sed -n 's/^method=//p' /data/xfs/swell/snapshots/snap-d1/meta)"
+result snap_dirs "$(ls -a /data/xfs/swell/snapshots | grep -v '^\.\.\?$' | tr '\n' ' ')"
+kill $plugin_pid; wait $plugin_pid || true; rm -f $SOCK
+SWELL_FAILPOINTS=dir-restore-after-copy start_plugin $FLAGS
+if csi create --parameter backend=dir --bytes 134217728 --from-snapshot snap-d1 pvc-r1; then echo "no crash"; exit 1; fi
+restart_plugin $FLAGS
+csi create --parameter backend=dir --bytes 134217728 --from-snapshot snap-d1 pvc-r1
+csi create --parameter backend=dir --bytes 134217728 --from-snapshot snap-d1 pvc-r1   # idempotent
+expect_code ALREADY_EXISTS create --parameter backend=dir --bytes 134217728 pvc-r1
+expect_code OUT_OF_RANGE create --parameter backend=dir --bytes 33554432 --from-snapshot snap-d1 pvc-r2
+expect_code NOT_FOUND create --parameter backend=dir --bytes 134217728 --from-snapshot snap-none pvc-r3
+csi create --parameter backend=dir --bytes 134217728 --from-volume pvc-d1 pvc-c1
+for id in pvc-r1 pvc-c1; do
+  csi stage --context backend=dir $id /tmp/csi/stage/$id
+  result ${id}_sha "$(sha256sum /tmp/csi/stage/$id/w | cut -d' ' -f1)"
+  result ${id}_owner "$(stat -c %u /tmp/csi/stage/$id/w)"
+  # The copy is charged to the new volume's own limit: statfs under it shows the file as used.
+  result ${id}_used "$(stat -f -c '%b %f %S' /tmp/csi/stage/$id | awk '{print ($1-$2)*$3}')"
+  result ${id}_project_differs "$([ "$(project $id)" != "$(project pvc-d1)" ] && echo yes || echo no)"
+done
+# The copy is the volume's own: a write to the restore leaves the snapshot and the source as they were.
+echo changed > /tmp/csi/stage/pvc-r1/w
+result d1_sha_after_restore_write "$(sha256sum /data/xfs/swell/volumes/pvc-d1/data/w | cut -d' ' -f1)"
+result snap_sha_after_restore_write "$(sha256sum /data/xfs/swell/snapshots/snap-d1/data/w | cut -d' ' -f1)"
+# A staged source cannot be copied consistently: refused, and nothing is made.
+result staged_clone "$(expect_code FAILED_PRECONDITION create --parameter backend=dir --bytes 134217728 --from-volume pvc-r1 pvc-c2 | tr '\n' ' ')"
+result staged_snapshot "$(expect_code FAILED_PRECONDITION snapshot create snap-r1 pvc-r1 | tr '\n' ' ')"
+result refused_left "$(ls -a /data/xfs/swell/volumes /data/xfs/swell/snapshots | grep -c 'pvc-c2\|snap-r1' || true)"
+for id in pvc-r1 pvc-c1; do csi unstage $id /tmp/csi/stage/$id; csi delete $id; done
+csi snapshot delete snap-d1
+csi snapshot delete snap-d1   # idempotent
+result snaps_left "$(ls -a /data/xfs/swell/snapshots | grep -vc '^\.\.\?$' || true)"
+
 csi delete pvc-d1
 csi delete pvc-d1   # idempotent
 result d1_gone "$(ls /data/xfs/swell/volumes | grep -c pvc-d1 || true)"
@@ -203,6 +251,14 @@ csi node-expand --bytes 67108864 pvc-e1 /tmp/csi/stage/pvc-e1
 $AS_POD dd if=/dev/zero of=/tmp/csi/stage/pvc-e1/more bs=1M count=16 conv=fsync 2>/dev/null
 result e1_statfs_after "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-e1 | awk '{print $1*$2}')"
 csi unstage pvc-e1 /tmp/csi/stage/pvc-e1
+# ext4 has no reflink: a snapshot and its restore are plain copies.
+result e1_sha "$(sha256sum /data/ext4/swell/volumes/pvc-e1/data/more | cut -d' ' -f1)"
+csi snapshot create snap-e1 pvc-e1
+result e1_snap_method "$(sed -n 's/^method=//p' /data/ext4/swell/snapshots/snap-e1/meta)"
+csi create --parameter backend=dir --bytes 67108864 --from-snapshot snap-e1 pvc-e2
+result e2_sha "$(sha256sum /data/ext4/swell/volumes/pvc-e2/data/more | cut -d' ' -f1)"
+csi delete pvc-e2
+csi snapshot delete snap-e1
 csi delete pvc-e1
 result e1_left "$(ls /data/ext4/swell/volumes | wc -l)"
 kill $plugin_pid; wait $plugin_pid || true
@@ -258,6 +314,20 @@ def test_vm_dir_and_thick_lvm_volumes():
         projects = {r["d1_project"], r["d2_project"], r["d3_project"]}
         assert len(projects) == 3, projects
         assert r["d1_project_after_restart"] == r["d1_project"]
+        # Snapshots and copies of an unstaged dir volume.
+        assert r["snap_method"] == "reflink", r["snap_method"]
+        assert r["snap_dirs"].split() == ["snap-d1"], r["snap_dirs"]
+        assert "snap-d1" in r["snap_list"] and "pvc-d1" in r["snap_list"], r["snap_list"]
+        for copy in ("pvc-r1", "pvc-c1"):
+            assert r[f"{copy}_sha"] == r["d1_sha"], copy
+            assert r[f"{copy}_owner"] == "1000", copy
+            assert r[f"{copy}_project_differs"] == "yes", copy
+            assert 100 * MiB <= int(r[f"{copy}_used"]) <= 104 * MiB, (copy, r[f"{copy}_used"])
+        assert r["d1_sha_after_restore_write"] == r["d1_sha"]
+        assert r["snap_sha_after_restore_write"] == r["d1_sha"]
+        assert "mounted at" in r["staged_clone"] and "mounted at" in r["staged_snapshot"], r
+        assert r["refused_left"] == "0"
+        assert r["snaps_left"] == "0"
         assert r["d1_gone"] == "0"
         assert int(r["capacity_after_delete"].split()[1]) > capacity + 16 * MiB
         assert r["d4_project"] == r["d1_project"], "the freed ID is the lowest free one again"
@@ -273,6 +343,7 @@ def test_vm_dir_and_thick_lvm_volumes():
         assert int(r["e1_statfs_bytes"]) == 32 * MiB, r["e1_statfs_bytes"]
         assert "quota exceeded" in r["e1_fill_error"], r["e1_fill_error"]
         assert int(r["e1_statfs_after"]) == 64 * MiB
+        assert r["e1_snap_method"] == "copy" and r["e2_sha"] == r["e1_sha"] != "", r
         assert r["e1_left"] == "0"
         print(f"dir grow under a writer: {r['grow_ms']} ms; thick LV grow: {r['t1_grow_ms']} ms (TCG)")
     finally:

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "swell_sys.h"
 
 #include <errno.h>
@@ -6,6 +7,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/quota.h>
+#include <unistd.h>
 
 int swell_project_get(int fd, uint32_t *project, int *inherit) {
   struct fsxattr attr;
@@ -54,3 +56,5 @@ int swell_quota_project_state(const char *device, int *state) {
   *state = ((stat.qs_flags & FS_QUOTA_PDQ_ACCT) ? 1 : 0) | ((stat.qs_flags & FS_QUOTA_PDQ_ENFD) ? 2 : 0);
   return 0;
 }
+
+int swell_syncfs(int fd) { return syncfs(fd) == 0 ? 0 : -errno; }

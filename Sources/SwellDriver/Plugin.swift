@@ -50,7 +50,7 @@ struct OpenBackends: Sendable {
       controllers.append((IscsiBackend.name, try IscsiBackend(config: target, exec: exec)))
     }
     if let lvm { controllers.append((LvmBackend.name, lvm)) }
-    dir = try options.directory.map { try DirectoryBackend(config: $0) }
+    dir = try options.directory.map { try DirectoryBackend(config: $0, exec: exec) }
     if let dir { controllers.append((DirectoryBackend.name, dir)) }
     controller = ControllerBackends(controllers)
     iscsiNode = try IscsiNodeBackend(dataDir: options.dataDir, exec: exec)

@@ -3,6 +3,7 @@
 #elseif canImport(Musl)
   import Musl
 #endif
+import CSwellSys
 
 /// An error from a system call, with errno and the path it concerned.
 public struct SystemCallError: Error, CustomStringConvertible, Sendable {
@@ -85,6 +86,20 @@ public func fsyncDirectory(_ path: String) throws {
   guard fd >= 0 else { throw SystemCallError("open", path) }
   defer { close(fd) }
   guard fsync(fd) == 0 else { throw SystemCallError("fsync", path) }
+}
+
+/// Flushes the whole filesystem that holds `path` (syncfs): every file copied into it is durable.
+public func syncFileSystem(of path: String) throws {
+  let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+  guard fd >= 0 else { throw SystemCallError("open", path) }
+  defer { close(fd) }
+  let rc = swell_syncfs(fd)
+  guard rc == 0 else { errno = -rc; throw SystemCallError("syncfs", path) }
+}
+
+/// Removes everything inside a directory, and keeps the directory (and its attributes).
+public func emptyDirectory(_ path: String) throws {
+  for name in try listDirectory(path) { try removeTree(path + "/" + name) }
 }
 
 /// The directory part of an absolute path ("/" for a top-level entry).

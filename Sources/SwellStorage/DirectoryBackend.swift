@@ -41,13 +41,17 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
   public let maximumBytes: Int64 = 64 * Capacity.tiB
   public let isLocal: Bool = true
   let quotas: ProjectQuotas
+  /// Runs `cp` for snapshots, restores and clones.
+  let exec: any Executor
   /// Creates, grows and deletes, one at a time: each reads every volume's promise and project ID.
   let serial = Serial()
   let volumesSync: DirectorySync
 
-  public init(config: DirectoryConfig) throws {
+  public init(config: DirectoryConfig, exec: any Executor) throws {
     try makeDirectories(config.root + "/volumes")
+    try makeDirectories(config.root + "/snapshots")
     self.config = config
+    self.exec = exec
     self.root = try realPath(config.root)
     self.quotas = ProjectQuotas(root: root)
     self.volumesSync = DirectorySync(path: root + "/volumes")
@@ -64,30 +68,40 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
     guard spec.access == .mount else {
       throw SwellError.invalid("a dir volume is a directory: it has no block access; use backend loop or lvm for a block volume")
     }
-    if spec.source != nil {
-      throw SwellError.invalid("dir volumes are made empty: snapshots and clones need backend loop or lvm")
-    }
     if spec.thick { throw SwellError.invalid("parameter provisioning=thick is for file and LVM volumes, not dir") }
-    let record = try await BlockingIO.run { try serial.run { try self.make(spec) } }
+    if let source = spec.source, try await volume(spec.id) == nil {
+      _ = try await BlockingIO.run { try self.tree(of: source) }  // refused before anything is made
+    }
+    let (record, unfilled) = try await BlockingIO.run { try serial.run { try self.make(spec) } }
+    if let source = spec.source, unfilled {
+      // Filled after the limit is set (the copy is charged to the new volume), then renamed into place.
+      return try await populate(spec, from: source)
+    }
     try await volumesSync.commit()
     return record
   }
 
-  private func make(_ spec: VolumeSpec) throws -> VolumeRecord {
+  /// The volume, and whether it is still `.creating`, waiting for its source's copy.
+  private func make(_ spec: VolumeSpec) throws -> (VolumeRecord, unfilled: Bool) {
     if let existing = try load(spec.id) {
+      if existing.source != spec.source {
+        throw SwellError(
+          .alreadyExists,
+          "volume \(spec.id) exists with content source \(existing.source?.encoded ?? "none"), not \(spec.source?.encoded ?? "none")")
+      }
       if existing.capacityBytes < spec.requiredBytes || (spec.limitBytes > 0 && existing.capacityBytes > spec.limitBytes) {
         throw SwellError(
           .alreadyExists,
           "volume \(spec.id) exists with \(existing.capacityBytes) bytes, outside [\(spec.requiredBytes), \(spec.limitBytes)]")
       }
-      return existing
+      return (existing, false)
     }
     try requireQuotas()
     let staging = "\(volumesDir)/.\(spec.id).creating"
     // A retry after a crash keeps the project ID the first attempt recorded.
     var project = (try? DirectoryMeta.decode(readSmallFile(staging + "/meta")))?.project
     let available = try availableNow(excluding: ".\(spec.id).creating")
-    guard spec.capacityBytes <= available else {
+    guard spec.overcommit || spec.capacityBytes <= available else {
       throw SwellError(
         .resourceExhausted, "\(spec.capacityBytes) bytes asked for; \(available) bytes are free and not promised to other volumes under \(root)")
     }
@@ -95,7 +109,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
       let id = try freeProject()
       try removeTree(staging)
       guard mkdir(staging, 0o750) == 0 else { throw SystemCallError("mkdir", staging) }
-      let meta = DirectoryMeta(project: id, capacityBytes: spec.capacityBytes)
+      let meta = DirectoryMeta(project: id, capacityBytes: spec.capacityBytes, overcommit: spec.overcommit)
       try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8))
       try fsyncDirectory(volumesDir)
       project = id
@@ -107,10 +121,13 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
     try ProjectQuotas.tag(data, project: project!)
     try quotas.setLimit(project: project!, bytes: spec.capacityBytes)
     Failpoints.hit("dir-create-after-quota")
-    let meta = DirectoryMeta(project: project!, capacityBytes: spec.capacityBytes)
+    let meta = DirectoryMeta(
+      project: project!, capacityBytes: spec.capacityBytes, source: spec.source, overcommit: spec.overcommit)
     try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
+    // A volume made from a source stays `.creating` until its copy is whole (``populate``).
+    if spec.source != nil { return (record(spec.id, meta, limit: spec.capacityBytes), true) }
     guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
-    return record(spec.id, meta, limit: spec.capacityBytes)
+    return (record(spec.id, meta, limit: spec.capacityBytes), false)
   }
 
   /// Renames the volume away (durably), then removes its tree and its limit.
@@ -143,7 +160,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
 
   /// Removes a `.deleting` or `.creating` directory: its files, then its project's limit, then the
   /// directory with the record that reserved the ID.
-  private func finishDelete(_ dir: String) throws {
+  func finishDelete(_ dir: String) throws {
     guard try FileInfo.of(dir, followLinks: false) != nil else { return }
     let meta = try? DirectoryMeta.decode(readSmallFile(dir + "/meta"))
     try removeTree(dir + "/data")
@@ -168,7 +185,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
         }
         try requireQuotas()
         let available = try availableNow()
-        guard bytes - current.capacityBytes <= available else {
+        guard meta.overcommit || bytes - current.capacityBytes <= available else {
           throw SwellError(
             .resourceExhausted,
             "growing \(id) by \(bytes - current.capacityBytes) bytes needs more than the \(available) bytes free and not promised")
@@ -217,8 +234,10 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
     try await BlockingIO.run { try availableNow() }
   }
 
+  /// An overcommitting class (`overcommit: "true"`) may use all the free space, promised or not.
   public func availableBytes(parameters: [String: String]) async throws -> Int64 {
-    try await availableBytes()
+    guard parameters["overcommit"] == "true" else { return try await availableBytes() }
+    return try await BlockingIO.run { try FileSystemUsage.of(volumesDir).availableBytes }
   }
 
   /// FAILED_PRECONDITION, naming the mount option, unless project quotas are enforced on the
@@ -234,20 +253,13 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
         try finishDelete("\(volumesDir)/\(name)")
         removed.append(name)
       }
+      for name in try listDirectory(snapshotsDir) where name.hasPrefix(".") {
+        try removeTree("\(snapshotsDir)/\(name)")
+        removed.append("snapshots/" + name)
+      }
       return removed
     }
   }
-
-  // MARK: Snapshots (none: a directory volume has no point-in-time copy yet)
-
-  public func createSnapshot(_ spec: SnapshotSpec) async throws -> SnapshotRecord {
-    throw SwellError.precondition(
-      "volume \(spec.sourceVolumeID) is a dir volume, which Swell cannot snapshot yet; use backend loop or lvm (thin) for snapshots")
-  }
-
-  public func deleteSnapshot(_ id: String) async throws {}
-  public func snapshot(_ id: String) async throws -> SnapshotRecord? { nil }
-  public func listSnapshots() async throws -> [SnapshotRecord] { [] }
 
   // MARK: Node
 
@@ -304,10 +316,10 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
     return record(id, meta, limit: limit)
   }
 
-  private func record(_ id: String, _ meta: DirectoryMeta, limit: Int64) -> VolumeRecord {
+  func record(_ id: String, _ meta: DirectoryMeta, limit: Int64) -> VolumeRecord {
     VolumeRecord(
       id: id, capacityBytes: max(meta.capacityBytes, limit), access: .mount, fsType: "", backend: Self.name,
-      context: [:])
+      context: [:], source: meta.source)
   }
 
   /// Every project ID a record names: volumes, and creates and deletes in progress.
@@ -334,7 +346,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
   private func availableNow(excluding: String? = nil) throws -> Int64 {
     let free = try FileSystemUsage.of(volumesDir).availableBytes
     var promised: Int64 = 0
-    for entry in try recordedProjects() where entry.dir != excluding {
+    for entry in try recordedProjects() where entry.dir != excluding && !entry.meta.overcommit {
       let usage = try quotas.usage(project: entry.meta.project)
       promised += max(0, max(usage.limitBytes, entry.meta.capacityBytes) - usage.usedBytes)
     }
@@ -357,7 +369,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
   }
 
   /// Mounts of the filesystem holding `path` that show `path` or something under it.
-  private func mountsOf(_ path: String) throws -> [MountEntry] {
+  func mountsOf(_ path: String) throws -> [MountEntry] {
     guard let info = try FileInfo.of(path, followLinks: false) else { return [] }
     let table = try MountInfo.current()
     guard let place = MountInfo.location(of: path, in: table) else { return [] }
@@ -373,14 +385,21 @@ public struct DirectoryMeta: Sendable, Equatable {
   public static let version = 1
   public var project: UInt32
   public var capacityBytes: Int64
+  /// The snapshot or volume its first contents were copied from.
+  public var source: VolumeSource?
+  /// Its limit is not reserved out of the free space (``VolumeSpec/overcommit``).
+  public var overcommit: Bool
 
-  public init(project: UInt32, capacityBytes: Int64) {
+  public init(project: UInt32, capacityBytes: Int64, source: VolumeSource? = nil, overcommit: Bool = false) {
     self.project = project
     self.capacityBytes = capacityBytes
+    self.source = source
+    self.overcommit = overcommit
   }
 
   public func encoded() -> String {
     "version=\(Self.version)\nproject=\(project)\ncapacity_bytes=\(capacityBytes)\n"
+      + (source.map { "source=\($0.encoded)\n" } ?? "") + (overcommit ? "overcommit=true\n" : "")
   }
 
   public static func decode(_ text: String) throws -> DirectoryMeta {
@@ -388,7 +407,12 @@ public struct DirectoryMeta: Sendable, Equatable {
     guard fields["version"] == String(version), let project = fields["project"].flatMap(UInt32.init),
       let capacity = fields["capacity_bytes"].flatMap(Int64.init), capacity > 0
     else { throw SwellError(.internal, "directory volume metadata is incomplete or of another version") }
-    return DirectoryMeta(project: project, capacityBytes: capacity)
+    var source: VolumeSource? = nil
+    if let text = fields["source"] {
+      guard let decoded = VolumeSource(encoded: text) else { throw SwellError(.internal, "directory volume metadata names source \(text)") }
+      source = decoded
+    }
+    return DirectoryMeta(project: project, capacityBytes: capacity, source: source, overcommit: fields["overcommit"] == "true")
   }
 }
 

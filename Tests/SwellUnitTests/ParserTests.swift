@@ -126,6 +126,9 @@ import SwellStorage
   @Test func directoryMetadataRoundTripsAndRefusesTheIncomplete() throws {
     let meta = DirectoryMeta(project: 0x5E11_0003, capacityBytes: 64 << 20)
     #expect(try DirectoryMeta.decode(meta.encoded()) == meta)
+    let restored = DirectoryMeta(project: 7, capacityBytes: 1 << 20, source: .snapshot("snap-1"), overcommit: true)
+    #expect(try DirectoryMeta.decode(restored.encoded()) == restored)
+    #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=1\nproject=1\ncapacity_bytes=1\nsource=x\n") }
     #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=1\ncapacity_bytes=1\n") }
     #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=2\nproject=1\ncapacity_bytes=1\n") }
   }

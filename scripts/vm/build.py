@@ -37,7 +37,8 @@ REQUIRED_TOOLS = [
     "/usr/sbin/xfs_growfs", "/usr/sbin/blkid", "/usr/bin/mount", "/usr/bin/umount", "/usr/sbin/losetup",
     "/usr/sbin/blockdev", "/usr/bin/findmnt",
 ]
-OPTIONAL_TOOLS = ["/usr/sbin/lvm", "/usr/sbin/thin_check", "/usr/sbin/dmsetup", "/usr/bin/setpriv"]
+# GNU cp (busybox's has no --reflink=always): the node plugin copies dir volumes with it.
+OPTIONAL_TOOLS = ["/usr/sbin/lvm", "/usr/sbin/thin_check", "/usr/sbin/dmsetup", "/usr/bin/setpriv", "/usr/bin/cp"]
 FILES = ["/etc/mke2fs.conf"]
 
 

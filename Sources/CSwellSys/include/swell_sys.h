@@ -1,5 +1,5 @@
 // Linux calls that Swift's Glibc module does not import: project IDs (FS_IOC_FSGETXATTR and
-// FS_IOC_FSSETXATTR) and project quotas (quotactl). Each returns 0, or -errno on failure.
+// FS_IOC_FSSETXATTR), project quotas (quotactl), and syncfs. Each returns 0, or -errno on failure.
 #ifndef SWELL_SYS_H
 #define SWELL_SYS_H
 
@@ -18,5 +18,8 @@ int swell_quota_get(const char *device, uint32_t project, uint64_t *limit_bytes,
 int swell_quota_set(const char *device, uint32_t project, uint64_t limit_bytes);
 /// Whether project quotas are accounted (bit 0) and enforced (bit 1) on that filesystem.
 int swell_quota_project_state(const char *device, int *state);
+
+/// Flushes the filesystem that holds the open file `fd` (syncfs).
+int swell_syncfs(int fd);
 
 #endif
