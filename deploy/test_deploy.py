@@ -114,7 +114,7 @@ def test_lvm_overlay_offers_a_thick_class():
 def test_dir_overlay_gives_the_plugin_its_quota_filesystem_at_the_host_path():
     objs = objects("overlays/dir")
     sc = objs[("StorageClass", "swell-dir")]
-    assert sc["parameters"] == {"backend": "dir"} and sc["allowVolumeExpansion"] is True
+    assert sc["parameters"] == {"backend": "dir", "overcommit": "false"} and sc["allowVolumeExpansion"] is True
     pod = objs[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
     plugin = pod["containers"][0]
     assert "--dir-root=/var/lib/swell-dirs" in plugin["args"]

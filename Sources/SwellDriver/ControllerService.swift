@@ -47,6 +47,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
       limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
       pool: request.parameters["pool"], source: source, thick: try Validation.thick(request.parameters))
+    spec.overcommit = try Validation.overcommit(request.parameters)
     if backendName == IscsiBackend.name { spec.chap = try ChapCredentials(secrets: request.secrets) }
     Spans.recorder?.record("validate", ContinuousClock.now - validating)
     var record = try await locks.withLock(request.name) {

@@ -67,7 +67,7 @@ enum Validation {
   /// (a thin pool, with the lvm backend), `mkfsOptions`, `provisioning` (thin or thick). Keys under `csi.storage.k8s.io/` are the
   /// provisioner's own and are accepted and ignored.
   static func parameters(_ parameters: [String: String], backends: [String]) throws {
-    let known = ["backend", "pool", "mkfsOptions", "provisioning"]
+    let known = ["backend", "pool", "mkfsOptions", "provisioning", "overcommit"]
     for key in parameters.keys.sorted() where !key.hasPrefix("csi.storage.k8s.io/") {
       guard known.contains(key) else {
         throw SwellError.invalid("unknown parameter \(key.debugDescription); known: \(known.joined(separator: ", "))")
@@ -83,6 +83,9 @@ enum Validation {
       try Names.validateVolumeID(pool, field: "parameter pool")
     }
     if let options = parameters["mkfsOptions"] { _ = try mkfsOptions(options) }
+    if try overcommit(parameters), backend != "dir" {
+      throw SwellError.invalid("parameter overcommit is only for backend dir (thin LVs and sparse files are overcommitted already)")
+    }
     if try thick(parameters), backend == "lvm", parameters["pool"] != nil {
       throw SwellError.invalid("parameter pool names a thin pool; a thick LVM volume (provisioning=thick) takes its extents from the volume group")
     }
@@ -95,6 +98,16 @@ enum Validation {
     case nil, "thin": return false
     case "thick": return true
     case let other?: throw SwellError.invalid("parameter provisioning=\(other.debugDescription) is neither thin nor thick")
+    }
+  }
+
+  /// `overcommit`: `"false"` (the default: a dir volume's limit is reserved out of the free space)
+  /// or `"true"` (limits may add up to more than the filesystem holds).
+  static func overcommit(_ parameters: [String: String]) throws -> Bool {
+    switch parameters["overcommit"] {
+    case nil, "false": return false
+    case "true": return true
+    case let other?: throw SwellError.invalid("parameter overcommit=\(other.debugDescription) is neither true nor false")
     }
   }
 

@@ -25,6 +25,9 @@ public struct VolumeSpec: Sendable, Equatable {
   /// True for a preallocated volume (`provisioning: thick`): every byte is reserved on disk at
   /// creation and at each grow, so that writes inside it never meet a full disk.
   public var thick: Bool
+  /// True when the volume's size is not reserved (`overcommit: "true"`, dir volumes): it is neither
+  /// checked against free space nor counted against other volumes' room.
+  public var overcommit: Bool = false
   /// CHAP credentials for the volume's target (iscsi), from the request's secrets.
   public var chap: ChapCredentials?
 

@@ -96,6 +96,12 @@ import Logging
     try Validation.parameters(["backend": "lvm", "pool": "fast", "mkfsOptions": "-E lazy_itable_init=0"], backends: ["loop", "lvm"])
     #expect(throws: SwellError.self) { try Validation.parameters(["pool": "fast"], backends: ["loop", "lvm"]) }
     #expect(throws: SwellError.self) { try Validation.parameters(["backend": "lvm", "pool": "../x"], backends: ["loop", "lvm"]) }
+    // overcommit belongs to dir, and is true or false.
+    try Validation.parameters(["backend": "dir", "overcommit": "true"], backends: ["loop", "dir"])
+    #expect(try Validation.overcommit(["overcommit": "true"]))
+    #expect(try !Validation.overcommit([:]) && !Validation.overcommit(["overcommit": "false"]))
+    #expect(throws: SwellError.self) { try Validation.parameters(["overcommit": "true"], backends: ["loop", "dir"]) }
+    #expect(throws: SwellError.self) { try Validation.parameters(["backend": "dir", "overcommit": "yes"], backends: ["dir"]) }
   }
 
   @Test func mkfsOptions() throws {
