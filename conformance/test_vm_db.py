@@ -1,14 +1,19 @@
-"""PostgreSQL and fio on Swell volumes in the VM tier, where device-mapper exists and ext4 grows
-online (the guest's root has CAP_SYS_RESOURCE).
+"""PostgreSQL, MariaDB and fio on Swell volumes in the VM tier, where device-mapper exists and ext4
+grows online (the guest's root has CAP_SYS_RESOURCE).
 
 Inside the guest, the real plugin (controller and node) serves every local kind: an LVM thin
 volume, a thick (linear) LV and a loop volume, all ext4, and a dir volume (a directory of the
 guest's own ext4 with a project quota). The guest's own ext4 on a disk of its own (with project
 quotas on, as a node serving dir volumes has it) stands for the host directory; the loop volume's
-file and the dir volume live on it. In each of the five places the same fio commit job (8 KiB writes, each followed by fdatasync) and the same
-pgbench run; then, on each Swell volume, pgbench writes while the volume grows online twice
-(ControllerExpandVolume and NodeExpandVolume). No transaction may fail, pg_amcheck must find
-nothing, and the filesystem must show the new size. The figures are written to the share for
+file and the dir volume live on it. In each of the five places, one after the other:
+- fio: commits (8 KiB writes, each followed by fdatasync) on a new file and on a file written
+  before, and random 4 KiB direct reads and writes;
+- pgbench, then pgbench while each Swell volume grows online twice (ControllerExpandVolume and
+  NodeExpandVolume): no transaction may fail, and pg_amcheck must find nothing;
+- MariaDB (InnoDB, innodb_flush_log_at_trx_commit=1): one writer committing batches of 100 rows
+  of 1 KiB at a fixed pace (conformance/mariadb_stream.lua) beside 4 readers, while each Swell
+  volume grows online twice more; every commit's start and end are logged.
+Each filesystem must show each new size. The figures are written to the share for
 bench/bench_vm_db.py; this test asserts only behaviour."""
 import glob
 import json
@@ -21,6 +26,7 @@ import pytest
 
 from conftest import SWELL, require_root
 import iscsi
+import mdb
 import pg
 
 MiB = 1 << 20
@@ -61,6 +67,41 @@ bench() {  # port seconds output
   as_pg $PGBIN/pgbench -h /tmp/pgsock-$1 -p $1 -U postgres -c 2 -j 1 -T $2 postgres > $3 2>&1
 }
 
+# MariaDB: the commit stream (one writer paced at MDB_PACE batches of 100 rows of 1 KiB a second,
+# one commit a batch) beside 4 unpaced readers for MDB_SECONDS; on a Swell volume, two online grows
+# under it. Each commit's start and end, and each grow's, are in ms of /proc/uptime's clock.
+mkdir -p /tmp/mshare
+cp -a /share/mariadb/share/. /tmp/mshare/
+cp /share/swell/bin/mariadbd /share/swell/bin/sysbench /tmp/
+mdb_stream() {  # name dir
+  cp -a /share/mariadb/data $2/mdb
+  /tmp/mariadbd --no-defaults --skip-networking --user=root --innodb-log-file-size=32M --innodb-buffer-pool-size=64M \
+    --innodb-flush-log-at-trx-commit=1 --datadir=$2/mdb --socket=/tmp/mdb-$1.sock --pid-file=/tmp/mdb-$1.pid \
+    --lc-messages-dir=/tmp/mshare --character-sets-dir=/tmp/mshare/charsets --log-error=/tmp/pglogs/mdb-$1.err &
+  server=$!
+  i=0; while [ ! -S /tmp/mdb-$1.sock ]; do i=$((i+1)); [ $i -lt 1500 ] || { echo "no mariadb socket"; exit 1; }; sleep 0.2; done
+  sb="/tmp/sysbench /share/mariadb/stream.lua --db-driver=mysql --mysql-socket=/tmp/mdb-$1.sock --mysql-user=root --mysql-db=sb --time=$MDB_SECONDS"
+  $sb --role=reader --threads=4 run > /share/mdb-reader-$1.txt 2>&1 &
+  readers=$!
+  $sb --role=writer --threads=1 --pace=$MDB_PACE --log=/tmp/commits-$1.log run > /share/mdb-writer-$1.txt 2>&1 &
+  writer=$!
+  if [ $1 != own ]; then
+    for mib in 1152 1280; do
+      sleep $((MDB_SECONDS / 3))
+      t0=$(ms)
+      csi expand --bytes $((mib * 1048576)) db-$1
+      csi node-expand --bytes $((mib * 1048576)) db-$1 $2
+      result mdb_grow_${mib}_$1 "$t0 $(ms)"
+      result fs_bytes_${mib}_$1 "$(fs_bytes $2)"
+    done
+  fi
+  if wait $writer; then result mdb_writer_$1 0; else result mdb_writer_$1 $?; fi
+  if wait $readers; then result mdb_readers_$1 0; else result mdb_readers_$1 $?; fi
+  cp /tmp/commits-$1.log /share/
+  kill $server
+  wait $server || true
+}
+
 # The guest's own filesystem, what a host directory would be: ext4 on a disk of its own (vdb).
 /usr/sbin/mke2fs -q -t ext4 -m 0 -O quota,project -E quotatype=prjquota /dev/vdb
 mkdir -p /own
@@ -96,9 +137,17 @@ result loop_dio "$(cat /sys/block/$(basename $(findmnt -n -o SOURCE /tmp/csi/sta
 port=5401
 for place in own:/own lvm:/tmp/csi/stage/db-lvm thick:/tmp/csi/stage/db-thick loop:/tmp/csi/stage/db-loop dir:/tmp/csi/stage/db-dir; do
   name=${place%%:*}; dir=${place#*:}
+  # Commits on fio's own new file, then on a file written once before (as WAL segments are), then
+  # random 4 KiB direct reads and writes.
   /tmp/fio --name=commit --directory=$dir --size=64m --rw=write --bs=8k --ioengine=sync --fdatasync=1 \
     --runtime=8 --time_based --output-format=json --output=/share/fio-$name.json
   rm -f $dir/commit.0.0
+  /tmp/fio --name=commit --directory=$dir --size=32m --overwrite=1 --rw=write --bs=8k --ioengine=sync --fdatasync=1 \
+    --runtime=8 --time_based --output-format=json --output=/share/fio-written-$name.json
+  rm -f $dir/commit.0.0
+  /tmp/fio --name=rand --directory=$dir --size=64m --rw=randrw --bs=4k --direct=1 --ioengine=psync \
+    --runtime=8 --time_based --output-format=json --output=/share/fio-rand-$name.json
+  rm -f $dir/rand.0.0
   cp -a /tmp/pgt/data $dir/pgdata
   chown -R postgres $dir/pgdata
   pg_start $dir/pgdata $port
@@ -120,7 +169,9 @@ for place in own:/own lvm:/tmp/csi/stage/db-lvm thick:/tmp/csi/stage/db-thick lo
         > /share/amcheck-$name.txt 2>&1; then result amcheck_$name 0; else result amcheck_$name $?; fi
   fi
   pg_stop $dir/pgdata
+  rm -rf $dir/pgdata
   port=$((port + 1))
+  mdb_stream $name $dir
 done
 for name in lvm thick loop dir; do
   csi unstage db-$name /tmp/csi/stage/db-$name
@@ -155,13 +206,20 @@ def stage_postgres(share):
                     shutil.copy2(os.path.realpath(parts[2]), dest)
 
 
-def run_db_vm(swell, root):
-    """Boots the guest with a 2.5 GiB disk for LVM and a 2 GiB disk of its own, runs GUEST_SCRIPT,
-    and returns the VM (the caller closes it), guest.sh's exit status, its results and log."""
-    if shutil.which("fio") is None or not pg.available():
-        pytest.fail("fio and postgresql-15 are needed (scripts/setup.sh --tests installs them)")
-    return iscsi.run_guest(root, GUEST_SCRIPT, [2560 * MiB, 2048 * MiB], 1200, memory_mib=1536,
-                           binaries=[swell, shutil.which("fio")], stage=stage_postgres)
+def stage(share):
+    stage_postgres(share)
+    mdb.stage(share)
+
+
+def run_db_vm(swell, root, mdb_seconds=30, mdb_pace=3):
+    """Boots the guest with a 3 GiB disk for LVM and a 2 GiB disk of its own, runs GUEST_SCRIPT
+    (the MariaDB stream for `mdb_seconds` at `mdb_pace` commits a second), and returns the VM (the
+    caller closes it), guest.sh's exit status, its results and log."""
+    if shutil.which("fio") is None or not pg.available() or not mdb.available():
+        pytest.fail("fio, postgresql-15, mariadb-server and sysbench are needed (scripts/setup.sh --tests installs them)")
+    script = f"MDB_SECONDS={int(mdb_seconds)} MDB_PACE={int(mdb_pace)}\n" + GUEST_SCRIPT
+    return iscsi.run_guest(root, script, [3072 * MiB, 2048 * MiB], 1500, memory_mib=1536,
+                           binaries=[swell, shutil.which("fio"), mdb.MARIADBD, shutil.which("sysbench")], stage=stage)
 
 
 def share_text(vm, name):
@@ -172,13 +230,43 @@ def share_text(vm, name):
         return ""
 
 
-def figures(vm):
-    """{place: (fio commits/s, pgbench tps)} from the guest's outputs."""
+def fio_iops(vm, name):
+    job = json.loads(share_text(vm, name))["jobs"][0]
+    return job["read"]["iops"], job["write"]["iops"]
+
+
+def mdb_figures(vm, place, results, seconds):
+    """The MariaDB stream on one place: rows committed a second, whole seconds without a commit,
+    each grow's length, and the longest commit in flight during a grow and outside every grow."""
+    spans = mdb.commits(share_text(vm, f"commits-{place}.log"))
+    grows = [tuple(float(x) for x in results[f"mdb_grow_{mib}_{place}"].split())
+             for mib in (1152, 1280) if f"mdb_grow_{mib}_{place}" in results]
+    during = mdb.overlapping(spans, grows)
+    outside = [c for c in spans if c not in during]
+    start = spans[0][0] if spans else 0.0
+    return {
+        "rows_per_s": len(spans) * 100 / seconds,
+        "idle_s": mdb.idle_seconds(spans, start, start + seconds * 1000 - 1000),
+        "grow_ms": [end - begin for begin, end in grows],
+        "longest_during_grow_ms": mdb.longest(during),
+        "longest_outside_ms": mdb.longest(outside),
+    }
+
+
+def figures(vm, mdb_seconds=30):
+    """{place: {figure: value}} from the guest's outputs."""
+    results = vm.results()
     out = {}
     for place in PLACES:
-        job = json.loads(share_text(vm, f"fio-{place}.json"))["jobs"][0]
-        tps = float(share_text(vm, f"pgbench-{place}.txt").split("tps = ")[1].split()[0])
-        out[place] = (job["write"]["iops"], tps)
+        f = {"commits": fio_iops(vm, f"fio-{place}.json")[1],
+             "commits_written": fio_iops(vm, f"fio-written-{place}.json")[1]}
+        f["rand_read"], f["rand_write"] = fio_iops(vm, f"fio-rand-{place}.json")
+        f["tps"] = float(share_text(vm, f"pgbench-{place}.txt").split("tps = ")[1].split()[0])
+        if place != "own":
+            f["tps_growing"] = float(share_text(vm, f"pggrow-{place}.txt").split("tps = ")[1].split()[0])
+            f["pg_grow_ms"] = [int(results[f"grow_ms_{mib}_{place}"]) for mib in (768, 1024)]
+        f["mdb"] = mdb_figures(vm, place, results, mdb_seconds)
+        out[place] = f
     return out
 
 
@@ -203,8 +291,28 @@ def test_vm_postgres_on_every_local_kind_grows_online():
             assert mid - before > 240 * MiB and after - mid > 240 * MiB, (place, before, mid, after)
             log_text = "".join(share_text(vm, n) for n in os.listdir(vm.share) if n.startswith("pg-"))
             assert "No space left on device" not in log_text
-        for place, (commits, tps) in figures(vm).items():
-            assert commits > 0 and tps > 0, place
+        for place, f in figures(vm).items():
+            assert f["commits"] > 0 and f["commits_written"] > 0 and f["tps"] > 0, place
+            assert f["rand_read"] > 0 and f["rand_write"] > 0, place
+            # The MariaDB stream ran to its end beside its readers, committing.
+            writer = share_text(vm, f"mdb-writer-{place}.txt")
+            assert r[f"mdb_writer_{place}"] == "0" and "FATAL" not in writer, writer
+            assert r[f"mdb_readers_{place}"] == "0", share_text(vm, f"mdb-reader-{place}.txt")
+            assert f["mdb"]["rows_per_s"] > 0, place
+            if place != "own":
+                # Grown online twice under the stream: the filesystem shows each new size.
+                sizes = [int(r[f"fs_bytes_{mib}_{place}"]) for mib in (1024, 1152, 1280)]
+                assert sizes[1] - sizes[0] > 120 * MiB and sizes[2] - sizes[1] > 120 * MiB, (place, sizes)
+                assert len(f["mdb"]["grow_ms"]) == 2, place
+            m = f["mdb"]
+            if place != "own":
+                # A grow must not hold commits back. Each grow window holds both RPCs (seconds each for
+                # lvextend under TCG); a commit held behind either would be in flight for as long.
+                bound = max(2 * m["longest_outside_ms"], m["longest_outside_ms"] + 1000)
+                assert m["longest_during_grow_ms"] <= bound, (place, m)
+            print(f"{place}: MariaDB {m['rows_per_s']:.0f} rows/s, {m['idle_s']} s without a commit, grows "
+                  f"{[round(g) for g in m['grow_ms']]} ms, longest commit during a grow {m['longest_during_grow_ms']:.0f} ms, "
+                  f"outside {m['longest_outside_ms']:.0f} ms")
         assert r["swell_lvs_left"] == "0"
         assert r["dir_volumes_left"] == "0"
     finally:

@@ -7,7 +7,7 @@ Inside the guest, the real plugin (controller and node, as the node DaemonSet ru
   net of what the limits promise, project IDs that stay distinct across a restart and a SIGKILL
   inside create and inside grow, delete refused while mounted, then freeing the ID and its limit;
   snapshots, restores and clones of an unstaged volume (reflink copies, a SIGKILL after each copy),
-  and a staged one refused;
+  and a staged one refused; an overcommitting class;
 - dir volumes on an ext4 with the `project` and `quota` features, mounted with `prjquota` (a
   snapshot and a restore are plain copies there);
 - a dir root on an xfs mounted without `prjquota`: Probe and CreateVolume say which option is missing;
@@ -131,6 +131,15 @@ result d1_list "$(csi list | grep pvc-d1)"
 result capacity "$(csi capacity --parameter backend=dir)"
 result fs_avail "$(stat -f -c '%a %S' /data/xfs/swell | awk '{print $1*$2}')"
 expect_code RESOURCE_EXHAUSTED create --parameter backend=dir --bytes 1073741824 pvc-huge
+# A class that asks for overcommit gets the 1 GiB limit on this 512 MiB disk, and reserves nothing.
+csi create --parameter backend=dir --parameter overcommit=true --bytes 1073741824 pvc-over
+result over_capacity "$(csi capacity --parameter backend=dir)"
+result over_capacity_oc "$(csi capacity --parameter backend=dir --parameter overcommit=true)"
+result over_fs_avail "$(stat -f -c '%a %S' /data/xfs/swell | awk '{print $1*$2}')"
+result over_statfs "$(csi stage --context backend=dir pvc-over /tmp/csi/stage/pvc-over >/dev/null && stat -f -c '%b %S' /tmp/csi/stage/pvc-over | awk '{print $1*$2}')"
+result over_fs_total "$(stat -f -c '%b %S' /data/xfs/swell | awk '{print $1*$2}')"
+csi unstage pvc-over /tmp/csi/stage/pvc-over
+csi delete pvc-over
 
 # A SIGKILL inside ControllerExpandVolume, after the limit is raised: the retry records it.
 kill $plugin_pid; wait $plugin_pid || true; rm -f $SOCK
@@ -308,6 +317,11 @@ def test_vm_dir_and_thick_lvm_volumes():
         capacity = int(r["capacity"].split()[1])
         promised = (128 - 100) * MiB + 32 * MiB
         assert abs(capacity - (int(r["fs_avail"]) - promised)) <= 4 * MiB, (capacity, r["fs_avail"], promised)
+        # Overcommit: made beyond the free space, and counted against nothing.
+        assert abs(int(r["over_capacity"].split()[1]) - capacity) <= 4 * MiB, (r["over_capacity"], capacity)
+        assert abs(int(r["over_capacity_oc"].split()[1]) - int(r["over_fs_avail"])) <= 4 * MiB, r
+        # statfs shows the smaller of the limit and the filesystem: here, the filesystem.
+        assert int(r["over_statfs"]) == int(r["over_fs_total"]) < 1024 * MiB, r
         # The crashed grow raised the limit; the retry recorded it.
         assert r["d2_meta_after_crash"] == str(32 * MiB)
         assert str(48 * MiB) in r["d2_expand_retry"] and r["d2_meta_after_retry"] == str(48 * MiB)

@@ -22,6 +22,9 @@ if [ "${1:-}" = "--tests" ]; then
   [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
   # fio: the VM tier's database test copies it into the guest; bench/bench_db.py runs it here.
   command -v fio >/dev/null 2>&1 || need_apt+=(fio)
+  # MariaDB and sysbench: the VM tier's commit stream (InnoDB, one commit a batch) beside readers.
+  [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+  command -v sysbench >/dev/null 2>&1 || need_apt+=(sysbench)
   # The deploy tests render the overlays with `kubectl kustomize`. This machine kind ships kubectl;
   # elsewhere Debian's kubernetes-client provides it.
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
@@ -34,9 +37,11 @@ if [ "${1:-}" = "--tests" ]; then
   [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
+  # One name per package (mkfs.xfs and xfs_growfs both come from xfsprogs).
+  mapfile -t need_apt < <(printf '%s\n' "${need_apt[@]}" | awk '!seen[$0]++')
   echo "setup: apt-get install ${need_apt[*]}"
   apt-get update -qq
-  # Installing postgresql-15, etcd or containerd must not start the distribution's own service: the
+  # Installing postgresql-15, mariadb-server, etcd or containerd must not start the distribution's own service: the
   # tests run their own.
   if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null

@@ -15,8 +15,8 @@ leftovers() {
   if grep -q " /tmp/swell-" /proc/self/mountinfo; then
     echo "leaked mounts:"; grep " /tmp/swell-" /proc/self/mountinfo; found=1
   fi
-  if pgrep -f "(^|/)tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null || pgrep -f "postgres -D /tmp/swell-" >/dev/null; then
-    echo "leaked processes:"; pgrep -af "(^|/)tgtd -f -C|qemu-system-x86|postgres -D /tmp/swell-"; found=1
+  if pgrep -f "(^|/)tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null || pgrep -f "postgres -D /tmp/swell-" >/dev/null || pgrep -x mariadbd >/dev/null; then
+    echo "leaked processes:"; pgrep -af "(^|/)tgtd -f -C|qemu-system-x86|postgres -D /tmp/swell-|mariadbd"; found=1
   fi
   # The real-node tier: its cluster's processes, kubelet's root and the node's host paths.
   if pgrep -f "swell-kube-" >/dev/null || pgrep -x containerd >/dev/null || pgrep -f containerd-shim-runc-v2 >/dev/null; then
