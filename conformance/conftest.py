@@ -106,6 +106,7 @@ class Plugin:
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)
         self.node = csi_pb2_grpc.NodeStub(self.channel)
+        self.group = csi_pb2_grpc.GroupControllerStub(self.channel)
         return self
 
     def log(self):

@@ -152,6 +152,8 @@ def test_list_volumes_pages_and_rejects_bad_tokens(plugin):
     assert seen == names
     for e in plugin.controller.ListVolumes(csi_pb2.ListVolumesRequest()).entries:
         assert e.volume.capacity_bytes == MiB
+        # An unset message reads as its defaults in Python protobuf: the condition must be there.
+        assert e.HasField("status") and e.status.HasField("volume_condition"), e
         assert e.status.volume_condition.abnormal is False
     assert code_of(plugin.controller.ListVolumes, csi_pb2.ListVolumesRequest(starting_token="invalid-token")) == C.ABORTED
     assert code_of(plugin.controller.ListVolumes, csi_pb2.ListVolumesRequest(max_entries=-1)) == C.INVALID_ARGUMENT
@@ -172,6 +174,7 @@ def test_get_capacity_reports_real_free_space(plugin):
 def test_controller_get_volume_reports_condition(plugin):
     plugin.controller.CreateVolume(create_req("g", required=8 * MiB))
     r = plugin.controller.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id="g"))
+    assert r.HasField("status") and r.status.HasField("volume_condition"), r
     assert r.volume.capacity_bytes == 8 * MiB and not r.status.volume_condition.abnormal
     # Damage: the backing file is truncated behind the driver's back, then removed.
     os.truncate(os.path.join(plugin.data, "volumes", "g", "disk.img"), MiB)

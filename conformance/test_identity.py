@@ -1,4 +1,6 @@
-from conftest import csi_pb2, NODE_ID, TOPOLOGY_KEY
+import grpc
+
+from conftest import code_of, csi_pb2, NODE_ID, TOPOLOGY_KEY
 
 
 def test_plugin_info_names_the_driver(plugin):
@@ -11,9 +13,13 @@ def test_capabilities(plugin):
     caps = plugin.identity.GetPluginCapabilities(csi_pb2.GetPluginCapabilitiesRequest()).capabilities
     services = {c.service.type for c in caps if c.HasField("service")}
     expansion = {c.volume_expansion.type for c in caps if c.HasField("volume_expansion")}
-    assert csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE in services
-    assert csi_pb2.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in services
+    S = csi_pb2.PluginCapability.Service
+    # The whole set: no GROUP_CONTROLLER_SERVICE while that service answers UNIMPLEMENTED.
+    assert services == {S.CONTROLLER_SERVICE, S.VOLUME_ACCESSIBILITY_CONSTRAINTS}
     assert expansion == {csi_pb2.PluginCapability.VolumeExpansion.ONLINE}
+    assert len(caps) == 3, caps
+    assert code_of(plugin.group.GroupControllerGetCapabilities,
+                   csi_pb2.GroupControllerGetCapabilitiesRequest()) == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_probe_is_ready_with_an_explicit_value(plugin):
@@ -33,13 +39,36 @@ def test_node_info_and_capabilities(plugin):
 
 
 def test_controller_capabilities(plugin):
-    caps = {c.rpc.type for c in plugin.controller.ControllerGetCapabilities(
-        csi_pb2.ControllerGetCapabilitiesRequest()).capabilities}
+    """The whole set the controller advertises; each RPC it advertises is served (answers something
+    other than UNIMPLEMENTED), and each one it does not is UNIMPLEMENTED."""
+    caps = [c.rpc.type for c in plugin.controller.ControllerGetCapabilities(
+        csi_pb2.ControllerGetCapabilitiesRequest()).capabilities]
     R = csi_pb2.ControllerServiceCapability.RPC
-    for needed in (R.CREATE_DELETE_VOLUME, R.EXPAND_VOLUME, R.LIST_VOLUMES, R.GET_CAPACITY, R.GET_VOLUME,
-                   R.VOLUME_CONDITION):
-        assert needed in caps
-    assert R.PUBLISH_UNPUBLISH_VOLUME not in caps
+    assert sorted(caps) == sorted({R.CREATE_DELETE_VOLUME, R.EXPAND_VOLUME, R.LIST_VOLUMES, R.GET_CAPACITY,
+                                   R.GET_VOLUME, R.VOLUME_CONDITION, R.SINGLE_NODE_MULTI_WRITER,
+                                   R.CREATE_DELETE_SNAPSHOT, R.LIST_SNAPSHOTS, R.GET_SNAPSHOT, R.CLONE_VOLUME})
+    c = plugin.controller
+    served = {
+        R.CREATE_DELETE_VOLUME: [(c.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id="nothing-here"))],
+        R.EXPAND_VOLUME: [(c.ControllerExpandVolume, csi_pb2.ControllerExpandVolumeRequest(volume_id="nothing-here"))],
+        R.LIST_VOLUMES: [(c.ListVolumes, csi_pb2.ListVolumesRequest())],
+        R.GET_CAPACITY: [(c.GetCapacity, csi_pb2.GetCapacityRequest())],
+        R.GET_VOLUME: [(c.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest(volume_id="nothing-here"))],
+        R.CREATE_DELETE_SNAPSHOT: [(c.DeleteSnapshot, csi_pb2.DeleteSnapshotRequest(snapshot_id="nothing-here"))],
+        R.LIST_SNAPSHOTS: [(c.ListSnapshots, csi_pb2.ListSnapshotsRequest())],
+        R.GET_SNAPSHOT: [(c.ListSnapshots, csi_pb2.ListSnapshotsRequest(snapshot_id="nothing-here"))],
+    }
+    for cap, calls in served.items():
+        assert cap in caps
+        for call, request in calls:
+            assert code_of(call, request) != grpc.StatusCode.UNIMPLEMENTED, cap
+    unserved = [
+        (c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(volume_id="v", node_id=NODE_ID)),
+        (c.ControllerUnpublishVolume, csi_pb2.ControllerUnpublishVolumeRequest(volume_id="v")),
+        (c.ControllerModifyVolume, csi_pb2.ControllerModifyVolumeRequest(volume_id="v")),
+    ]
+    for call, request in unserved:
+        assert code_of(call, request) == grpc.StatusCode.UNIMPLEMENTED, call
 
 
 def test_the_committed_proto_is_the_official_one():

@@ -18,8 +18,13 @@ import iscsi
 
 IQN = "iqn.2026-11.dev.swell"
 
-pytestmark = pytest.mark.skipif(shutil.which("tgtd") is None or shutil.which("iscsi-readcapacity16") is None,
-                                reason="tgt and libiscsi-bin are not installed (scripts/setup.sh --tests installs them)")
+
+
+@pytest.fixture(autouse=True)
+def iscsi_tools():
+    """A missing tool fails, as for the LVM and PostgreSQL tests: a skip would go unseen."""
+    if shutil.which("tgtd") is None or shutil.which("iscsi-readcapacity16") is None:
+        pytest.fail("tgt and libiscsi-bin are not installed (scripts/setup.sh --tests installs them)")
 
 
 class Controller:
