@@ -13,6 +13,7 @@ ext4 cannot grow while mounted.
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -316,17 +317,31 @@ def test_the_controller_pod_stops_tgtd_cleanly(cluster):
     name = old["metadata"]["name"]
     watch = subprocess.Popen(["kubectl", "get", "pod", name, "-n", NAMESPACE, "-w", "-o", "json"],
                              stdout=subprocess.PIPE, text=True, env=c.env)
+    seen, first = {}, threading.Event()
+
+    def read():
+        for obj in json_stream(watch):
+            first.set()
+            for s in obj.get("status", {}).get("containerStatuses", []):
+                if "terminated" in s.get("state", {}):
+                    seen[s["name"]] = s["state"]["terminated"]
+        first.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
+        # The watch is connected (it printed the pod) before the delete starts; after the delete, it
+        # is read until it shows tgtd's end (kubectl may print the last update after delete returns).
+        assert first.wait(30), "the watch printed nothing"
         t0 = time.monotonic()
         c.kubectl("delete", "pod", name, "-n", NAMESPACE, "--wait=true", "--timeout=60s")
         took = time.monotonic() - t0
+        deadline = time.monotonic() + 15
+        while "tgtd" not in seen and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         watch.terminate()
-    seen = {}
-    for obj in json_stream(watch):
-        for s in obj.get("status", {}).get("containerStatuses", []):
-            if "terminated" in s.get("state", {}):
-                seen[s["name"]] = s["state"]["terminated"]
+        reader.join(timeout=10)
     assert "tgtd" in seen, f"the watch saw no end of tgtd: {seen}"
     assert seen["tgtd"]["exitCode"] == 0, f"tgtd ended {seen['tgtd']}"
     assert took < 25, f"the pod took {took:.1f}s to stop: its grace period ran out"

@@ -101,4 +101,4 @@ python3 -m pytest -q -rs -p no:cacheprovider cluster
 
 echo "== leftovers"
 leftovers
-echo "no loop device, mount, tgtd, VM or PostgreSQL left behind"
+echo "no loop device, mount, tgtd, VM, PostgreSQL or MariaDB left behind"
