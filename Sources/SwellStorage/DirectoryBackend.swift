@@ -69,13 +69,15 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
       throw SwellError.invalid("a dir volume is a directory: it has no block access; use backend loop or lvm for a block volume")
     }
     if spec.thick { throw SwellError.invalid("parameter provisioning=thick is for file and LVM volumes, not dir") }
+    // A source that cannot be copied is refused before anything is made.
+    var from: String? = nil
     if let source = spec.source, try await volume(spec.id) == nil {
-      _ = try await BlockingIO.run { try self.tree(of: source) }  // refused before anything is made
+      from = try await BlockingIO.run { try self.tree(of: source) }
     }
     let (record, unfilled) = try await BlockingIO.run { try serial.run { try self.make(spec) } }
-    if let source = spec.source, unfilled {
+    if let source = spec.source, let from, unfilled {
       // Filled after the limit is set (the copy is charged to the new volume), then renamed into place.
-      return try await populate(spec, from: source)
+      return try await populate(spec, from: source, tree: from)
     }
     try await volumesSync.commit()
     return record
@@ -160,7 +162,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
 
   /// Removes a `.deleting` or `.creating` directory: its files, then its project's limit, then the
   /// directory with the record that reserved the ID.
-  func finishDelete(_ dir: String) throws {
+  private func finishDelete(_ dir: String) throws {
     guard try FileInfo.of(dir, followLinks: false) != nil else { return }
     let meta = try? DirectoryMeta.decode(readSmallFile(dir + "/meta"))
     try removeTree(dir + "/data")

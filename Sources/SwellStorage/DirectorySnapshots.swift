@@ -118,18 +118,16 @@ extension DirectoryBackend {
     }
   }
 
-  /// Fills a new volume's `.creating` directory from the source, makes it durable, and renames it
-  /// into place. A retry starts the copy again.
-  func populate(_ spec: VolumeSpec, from source: VolumeSource) async throws -> VolumeRecord {
+  /// Fills a new volume's `.creating` directory from `tree` (the source's, from ``tree(of:)``),
+  /// checks the source again (a stage during the copy makes it worthless), makes the copy durable,
+  /// and renames it into place. A retry starts the copy again.
+  func populate(_ spec: VolumeSpec, from source: VolumeSource, tree from: String) async throws -> VolumeRecord {
     let staging = "\(volumesDir)/.\(spec.id).creating"
-    let from = try await BlockingIO.run { () throws -> String in
-      let path = try tree(of: source)
-      try emptyDirectory(staging + "/data")
-      return path
-    }
+    try await BlockingIO.run { try emptyDirectory(staging + "/data") }
     _ = try await copyTree(from, into: staging + "/data")
     Failpoints.hit("dir-restore-after-copy")
     let made = try await BlockingIO.run { () throws -> VolumeRecord in
+      _ = try tree(of: source)
       try syncFileSystem(of: staging)
       let meta = try DirectoryMeta.decode(readSmallFile(staging + "/meta"))
       guard rename(staging, volumeDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
