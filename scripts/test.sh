@@ -4,6 +4,9 @@
 # check that no loop device, mount, tgtd or VM was left behind. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+# Each stage's header names the minutes since the start, so a slow run shows where the time went.
+stage() { printf '== %s (at %d:%02d)\n' "$1" $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)); }
 scripts/setup.sh --tests
 
 leftovers() {
@@ -35,7 +38,7 @@ empty_shared="$(mktemp -d /tmp/swell-noshared-XXXXXX)"
 trap 'rmdir "$empty_shared" 2>/dev/null || true' EXIT
 export SWELL_SHARED_DIR="$empty_shared"
 
-echo "== build"
+stage "build"
 mkdir -p .build
 if ! swift build --build-tests > .build/test-build.log 2>&1; then
   grep -E "error:" -A3 .build/test-build.log | head -n 60 || tail -n 60 .build/test-build.log
@@ -43,10 +46,23 @@ if ! swift build --build-tests > .build/test-build.log 2>&1; then
 fi
 tail -n 1 .build/test-build.log
 
-echo "== swift test (unit + loop-device integration)"
+# The VM tier (tests named test_vm_*: a Debian kernel under qemu TCG, for device-mapper, quotas and
+# the iSCSI initiator) keeps one core busy for most of the run, so it starts as soon as the debug
+# binary exists and runs in the background beside every host suite, the release build and the
+# deploy tests; it is waited for before the real-node tier. No host test times anything: the
+# suites that wait on real work (pgbench's pace, watches) wait on events, not on the clock.
+vm_log="$PWD/.build/vm-tier.log"
+stage "conformance, VM tier: started in the background (its log: .build/vm-tier.log)"
+SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_" conformance > "$vm_log" 2>&1 &
+vm_pid=$!
+# On any failure below, stop it and its VMs (a background job ignores SIGINT, so pytest's own
+# cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
+trap 'pkill -P $vm_pid 2>/dev/null; kill $vm_pid 2>/dev/null; rmdir "$empty_shared" 2>/dev/null || true' EXIT
+
+stage "swift test (unit + loop-device integration)"
 swift test --skip-build 2>&1 | grep -vE "^(◇|↳)|warning swell.test" 
 
-echo "== conformance (Python grpcio, stubs from proto/csi.proto, pinned to the official v1.12.0 text; iSCSI on a real tgtd)"
+stage "conformance (Python grpcio, stubs from proto/csi.proto, pinned to the official v1.12.0 text; iSCSI on a real tgtd)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "not test_vm_" conformance
 if [ -f ../shared/csi-spec/csi.proto ]; then
   # Developers keep the spec beside the clone: the committed proto must also be that copy, byte for byte.
@@ -54,22 +70,10 @@ if [ -f ../shared/csi-spec/csi.proto ]; then
     "conformance/test_identity.py::test_the_committed_proto_matches_the_reference_copy_when_there_is_one"
 fi
 
-echo "== sidecar (the real sidecar and plugin against the test API server, over HTTPS)"
+stage "sidecar (the real sidecar and plugin against the test API server, over HTTPS)"
 SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider sidecars/tests
 
-# The VM tier (tests named test_vm_*: a Debian kernel under qemu TCG, for device-mapper, quotas and
-# the iSCSI initiator) keeps one core busy for most of the run: it runs in the background, beside
-# the release build and the deploy tests (which time nothing), and is waited for before the
-# real-node tier. The suites above run alone: some wait on real work (pgbench's pace, watches).
-vm_log="$PWD/.build/vm-tier.log"
-echo "== conformance, VM tier: started in the background (its log: .build/vm-tier.log)"
-SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_" conformance > "$vm_log" 2>&1 &
-vm_pid=$!
-# On any failure below, stop it and its VMs (a background job ignores SIGINT, so pytest's own
-# cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
-trap 'pkill -P $vm_pid 2>/dev/null; kill $vm_pid 2>/dev/null; rmdir "$empty_shared" 2>/dev/null || true' EXIT
-
-echo "== release build (the image's binary, scripts/build-release.sh: for the deploy tests and the real-node tier)"
+stage "release build (the image's binary, scripts/build-release.sh: for the deploy tests and the real-node tier)"
 release_out="$PWD/.build-release/image"
 if ! scripts/build-release.sh "$release_out" > .build/release-build.log 2>&1; then
   grep -E "error:" -A3 .build/release-build.log | head -n 60 || tail -n 60 .build/release-build.log
@@ -78,10 +82,10 @@ fi
 tail -n 1 .build/release-build.log
 export SWELL_RELEASE_BIN="$release_out/swell"
 
-echo "== deploy (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage)"
+stage "deploy (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage)"
 python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py
 
-echo "== conformance, VM tier: waiting for it"
+stage "conformance, VM tier: waiting for it"
 vm_status=0
 wait $vm_pid || vm_status=$?
 trap 'rmdir "$empty_shared" 2>/dev/null || true' EXIT
@@ -92,13 +96,13 @@ if [ "$vm_status" -ne 0 ]; then
 fi
 tail -n 15 "$vm_log"
 
-echo "== real node (the image and the dev overlay as pods on kubelet, kube-apiserver, scheduler, containerd)"
+stage "real node (the image and the dev overlay as pods on kubelet, kube-apiserver, scheduler, containerd)"
 # The node kit is reference material beside the clone, named by a setting; in CI it must be there.
 if [ -z "${SWELL_KUBE_KIT:-}" ] && [ -d ../shared/kube ]; then
   export SWELL_KUBE_KIT="$(cd ../shared/kube && pwd)"
 fi
 python3 -m pytest -q -rs -p no:cacheprovider cluster
 
-echo "== leftovers"
+stage "leftovers"
 leftovers
 echo "no loop device, mount, tgtd, VM, PostgreSQL or MariaDB left behind"
