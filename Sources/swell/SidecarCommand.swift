@@ -63,6 +63,9 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: "Seconds between full resyncs of every claim and volume.")
   var resyncSeconds = 600
 
+  @Option(help: "Objects per page when listing (the list's limit).")
+  var listPageSize = 500
+
   @Option(help: "With --per-node: the local plugin's --metrics-address (HOST:PORT); turns on auto-grow for claims whose policy enables it.")
   var autogrowPluginAddress: String?
 
@@ -110,7 +113,9 @@ struct SidecarCommand: AsyncParsableCommand {
     guard leaderElectionRetryPeriod > 0, leaderElectionRetryPeriod < leaderElectionRenewDeadline,
       leaderElectionRenewDeadline < leaderElectionLeaseDuration
     else { throw ValidationError("leader election needs retry period < renew deadline < lease duration") }
-    guard timeout > 0, resyncSeconds > 0 else { throw ValidationError("--timeout and --resync-seconds must be positive") }
+    guard timeout > 0, resyncSeconds > 0, listPageSize > 0 else {
+      throw ValidationError("--timeout, --resync-seconds and --list-page-size must be positive")
+    }
   }
 
   func run() async throws {
@@ -137,6 +142,7 @@ struct SidecarCommand: AsyncParsableCommand {
       config.backends = backend
       config.csiTimeout = .seconds(timeout)
       config.resyncPeriod = .seconds(resyncSeconds)
+      config.listPageSize = listPageSize
       config.autoGrowPluginAddress = autogrowPluginAddress
       config.autoGrowMaxInterval = .milliseconds(Int64(autogrowMaxInterval * 1000))
       config.autoGrowHorizon = .seconds(autogrowHorizon)

@@ -320,6 +320,32 @@ class Sidecar:
         conn.close()
         return resp.status, body
 
+    def metric(self, name, **labels):
+        """A counter's value from /metrics (0 when the series is not there yet)."""
+        want = {k: str(v) for k, v in labels.items()}
+        total = 0.0
+        for line in self.http("/metrics")[1].splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, value = line.rsplit(" ", 1)
+            sname, _, rest = series.partition("{")
+            if sname != name:
+                continue
+            got = dict(kv.split("=", 1) for kv in rest.rstrip("}").split(",") if kv)
+            if all(got.get(k, "").strip('"') == v for k, v in want.items()):
+                total += float(value)
+        return total
+
+    def wait_metric(self, name, above, timeout=30, **labels):
+        """Waits until the counter exceeds `above`: the sidecar's positive sign that it looked."""
+        def value():
+            try:
+                return self.metric(name, **labels)
+            except ConnectionRefusedError:  # /metrics is not served yet
+                return 0.0
+        return self.api.wait(f"{name}{labels} above {above}", lambda: (lambda v: v if v > above else None)(value()),
+                             timeout)
+
 
 class Cluster:
     def __init__(self, root, certs):
@@ -378,6 +404,10 @@ def cluster(certs, request):
             for s in c.sidecars:
                 sys.stderr.write(f"--- {s.name} log\n{s.log()}\n")
             sys.stderr.write(f"--- plugin log\n{c.plugin.log()}\n")
+            try:
+                sys.stderr.write(f"--- test API server log\n{open(c.api.log_path).read()[-4000:]}\n")
+            except OSError:
+                pass
         c.stop()
         csiconf.clean_host(root)
 

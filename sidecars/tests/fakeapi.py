@@ -23,6 +23,7 @@ meet a concurrent writer first, so they fail with 409), requests (counts by verb
 """
 
 import argparse
+import base64
 import copy
 import json
 import os
@@ -80,12 +81,25 @@ def now():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def status(code, reason, message, details=None):
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+def status(code, reason, message, details=None, metadata=None):
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": metadata or {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
     if details:
         body["details"] = details
     return body
+
+
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new list "
+    "without the continue parameter, or use the continue token in this response to retrieve the remainder of the "
+    "results. Continuing with the provided token results in an inconsistent list - objects that were created, "
+    "modified, or deleted between the time the first chunk was returned and now may show up in the list.")
+
+
+def continue_token(rv, start):
+    """kube-apiserver's continue token: unpadded base64url of {"v","rv","start"} (05c samples)."""
+    text = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 class PageNotFound(Exception):
@@ -93,9 +107,9 @@ class PageNotFound(Exception):
 
 
 class ApiError(Exception):
-    def __init__(self, code, reason, message, details=None):
+    def __init__(self, code, reason, message, details=None, metadata=None):
         super().__init__(message)
-        self.body = status(code, reason, message, details)
+        self.body = status(code, reason, message, details, metadata)
         self.code = code
 
 
@@ -111,6 +125,7 @@ class Store:
         self.compacted = 0
         self.watchers = []
         self.conflicts = {}  # plural -> writes that will meet a concurrent writer
+        self.snapshots = {}  # (res, ns, rv) -> [(key, object)]: what a paged list's later pages read
         self.requests = {}
 
     def _bump(self):
@@ -156,6 +171,12 @@ class Store:
             if (res, ns, name) in self.objects:
                 raise ApiError(409, "AlreadyExists", f'{res[2]} "{name}" already exists',
                                {"name": name, "kind": res[2]})
+            validate_custom(res, name, obj)
+            if res[2] in PROTECTION:
+                # The StorageObjectInUseProtection admission plugin (01-, 02- samples).
+                finalizers = meta.setdefault("finalizers", [])
+                if PROTECTION[res[2]] not in finalizers:
+                    finalizers.append(PROTECTION[res[2]])
             if namespaced:
                 meta["namespace"] = ns
             else:
@@ -206,13 +227,21 @@ class Store:
                 if has_status:
                     new["status"] = old.get("status", {})
                 validate_update(res, old, new)
-            new["metadata"]["resourceVersion"] = self._bump()
+                admit_update(self, res, old, new)
+                validate_custom(res, name, new)
+            validate_status(res, old, new)
             if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                # The write that removes the last finalizer answers with the object at its old version;
+                # the DELETED event carries the object as it was before, finalizers listed (07i).
                 del self.objects[(res, ns, name)]
-                self._emit(res, ns, "DELETED", new)
-            else:
-                self.objects[(res, ns, name)] = new
-                self._emit(res, ns, "MODIFIED", new)
+                gone = copy.deepcopy(old)
+                gone["metadata"]["resourceVersion"] = self._bump()
+                self._emit(res, ns, "DELETED", gone)
+                new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+                return copy.deepcopy(new)
+            new["metadata"]["resourceVersion"] = self._bump()
+            self.objects[(res, ns, name)] = new
+            self._emit(res, ns, "MODIFIED", new)
             return copy.deepcopy(new)
 
     def patch(self, res, ns, name, patch, subresource=None):
@@ -301,8 +330,33 @@ def not_found(res, name):
     return ApiError(404, "NotFound", f'{res[2]} "{name}" not found', {"name": name, "kind": res[2]})
 
 
+# The finalizer kube-apiserver's StorageObjectInUseProtection admission adds, by resource.
+PROTECTION = {"persistentvolumeclaims": "kubernetes.io/pvc-protection",
+              "persistentvolumes": "kubernetes.io/pv-protection"}
+# status.allocatedResourceStatuses values the PVC status validation accepts (sorted, as it lists them).
+RESIZE_STATUSES = sorted(["ControllerResizeInProgress", "ControllerResizeInfeasible", "NodeResizeInProgress",
+                          "NodeResizeInfeasible", "NodeResizePending"])
+
+
+def invalid(kind, name, field, reason, message, group=None):
+    """A 422 Invalid Status with one cause, as kube-apiserver's validation answers."""
+    details = {"name": name, "kind": kind, "causes": [{"reason": reason, "message": message, "field": field}]}
+    if group:
+        details["group"] = group
+    qualified = f"{kind}.{group}" if group else kind
+    return ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {field}: {message}', details)
+
+
 def validate_update(res, old, new):
-    """The checks of the real PVC update validation that a sidecar can trip over."""
+    """The checks of the real update validation that a sidecar can trip over."""
+    kind = RESOURCES[res][0]
+    name = old["metadata"]["name"]
+    added = [f for f in new["metadata"].get("finalizers") or [] if f not in (old["metadata"].get("finalizers") or [])]
+    if old["metadata"].get("deletionTimestamp") and added:
+        quoted = ", ".join(json.dumps(f) for f in added)
+        raise invalid(kind, name, "metadata.finalizers", "FieldValueForbidden",
+                      "Forbidden: no new finalizers can be added if the object is being deleted, "
+                      f"found new finalizers []string{{{quoted}}}")
     if res[2] != "persistentvolumeclaims":
         return
     cap = old.get("status", {}).get("capacity", {}).get("storage")
@@ -310,6 +364,76 @@ def validate_update(res, old, new):
     if cap and req and quantity(req) < quantity(cap):
         raise ApiError(422, "Invalid", f'PersistentVolumeClaim "{old["metadata"]["name"]}" is invalid: '
                        "spec.resources.requests.storage: Forbidden: field can not be less than status.capacity")
+    # Only the binder's volumeName (once), and for bound claims the requests and the attributes class, change.
+    old_spec, new_spec = copy.deepcopy(old.get("spec", {})), copy.deepcopy(new.get("spec", {}))
+    if not old_spec.get("volumeName"):
+        old_spec.pop("volumeName", None)
+        new_spec.pop("volumeName", None)
+    if old.get("status", {}).get("phase") == "Bound":
+        for spec in (old_spec, new_spec):
+            spec.get("resources", {}).pop("requests", None)
+            spec.pop("volumeAttributesClassName", None)
+    if old_spec != new_spec:
+        raise invalid("PersistentVolumeClaim", name, "spec", "FieldValueForbidden",
+                      "Forbidden: spec is immutable after creation except resources.requests and "
+                      "volumeAttributesClassName for bound claims")
+
+
+def validate_status(res, old, new):
+    if res[2] != "persistentvolumeclaims":
+        return
+    for key, value in (new.get("status", {}).get("allocatedResourceStatuses") or {}).items():
+        if key == "storage" and value not in RESIZE_STATUSES:
+            supported = ", ".join(json.dumps(v) for v in RESIZE_STATUSES)
+            raise invalid("PersistentVolumeClaim", old["metadata"]["name"], "status.allocatedResourceStatuses[storage]",
+                          "FieldValueNotSupported", f"Unsupported value: {json.dumps(value)}: supported values: {supported}")
+
+
+def admit_update(store, res, old, new):
+    """The PersistentVolumeClaimResize admission plugin: a claim grows only once bound, and only on a class
+    that allows expansion."""
+    if res[2] != "persistentvolumeclaims":
+        return
+    before = (old.get("spec", {}).get("resources", {}).get("requests") or {}).get("storage")
+    after = (new.get("spec", {}).get("resources", {}).get("requests") or {}).get("storage")
+    if not before or not after or quantity(after) <= quantity(before):
+        return
+    name = old["metadata"]["name"]
+    if old.get("status", {}).get("phase") != "Bound":
+        raise ApiError(403, "Forbidden", f'persistentvolumeclaims "{name}" is forbidden: Only bound persistent '
+                       "volume claims can be expanded", {"name": name, "kind": "persistentvolumeclaims"})
+    sc = store.objects.get((("storage.k8s.io", "v1", "storageclasses"), None, new["spec"].get("storageClassName", "")))
+    if not sc or sc.get("allowVolumeExpansion") is not True:
+        raise ApiError(403, "Forbidden", f'persistentvolumeclaims "{name}" is forbidden: only dynamically provisioned '
+                       "pvc can be resized and the storageclass that provisions the pvc must support resize",
+                       {"name": name, "kind": "persistentvolumeclaims"})
+
+
+def validate_custom(res, name, obj):
+    """The snapshot CRDs' schema and CEL rules (07l samples): a VolumeSnapshot needs exactly one source,
+    and a class name, when set, is not empty."""
+    if res[2] != "volumesnapshots":
+        return
+    spec = obj.get("spec") or {}
+    source = spec.get("source")
+    causes = []
+    if not source:
+        causes = [("FieldValueRequired", "Required value", "spec.source"),
+                  ("FieldValueInvalid", "Invalid value: null: some validation rules were not checked because the "
+                   "object was invalid; correct the existing errors to complete validation", "<nil>")]
+    else:
+        if bool(source.get("volumeSnapshotContentName")) == bool(source.get("persistentVolumeClaimName")):
+            causes.append(("FieldValueInvalid", "Invalid value: exactly one of volumeSnapshotContentName and "
+                           "persistentVolumeClaimName must be set", "spec.source"))
+        if "volumeSnapshotClassName" in spec and spec["volumeSnapshotClassName"] == "":
+            causes.append(("FieldValueInvalid", 'Invalid value: "": volumeSnapshotClassName must not be the empty '
+                           "string when set", "spec.volumeSnapshotClassName"))
+    if causes:
+        text = ", ".join(f"{field}: {message}" for _, message, field in causes)
+        text = f"[{text}]" if len(causes) > 1 else text
+        raise ApiError(422, "Invalid", f'VolumeSnapshot.snapshot.storage.k8s.io "{name}" is invalid: {text}',
+                       {"name": name, "group": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                        "causes": [{"reason": r, "message": m, "field": f} for r, m, f in causes]})
 
 
 class Watcher:
@@ -478,27 +602,47 @@ class Handler(BaseHTTPRequestHandler):
     # --- list and watch
 
     def list(self, res, ns, query):
+        """A list, paged as kube-apiserver pages one: a first page with `limit` reads the store at one
+        resourceVersion, and every continue token (base64 JSON: version, revision, the last key served)
+        reads the rest of that same snapshot, whatever was written since (05c samples). A token older than
+        the compaction point is 410 Expired."""
         store = self.server.store
-        items, rv = store.list(res, ns)
+        limit = int(query.get("limit") or 0)
+        if query.get("continue"):
+            try:
+                text = query["continue"]
+                token = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+                rv, after = int(token["rv"]), token["start"]
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(400, "BadRequest", "continue key is not valid: incorrect encoded start resourceVersion")
+            with store.lock:
+                keyed = store.snapshots.get((res, ns, rv))
+            if keyed is None or rv <= store.compacted:
+                raise ApiError(410, "Expired", CONTINUE_EXPIRED, None,
+                               {"continue": continue_token(-1, after)})
+        else:
+            with store.lock:
+                items, rv = store.list(res, ns)
+                rv = int(rv)
+                keyed = [(f'{o["metadata"].get("namespace")}/{o["metadata"]["name"]}' if ns is None and
+                          o["metadata"].get("namespace") else o["metadata"]["name"], o) for o in items]
+                keyed.sort(key=lambda kv: kv[0])  # etcd's key order
+                if limit and len(keyed) > limit:
+                    store.snapshots[(res, ns, rv)] = keyed
+                    while len(store.snapshots) > 64:
+                        store.snapshots.pop(next(iter(store.snapshots)))
+            after = None
+        rest = [(k, copy.deepcopy(o)) for k, o in keyed if after is None or k >= after]
         if query.get("labelSelector"):
             wanted = parse_selector(query["labelSelector"])
-            items = [o for o in items if selects(wanted, o["metadata"].get("labels") or {})]
-        start = 0
-        if query.get("continue"):
-            token = json.loads(bytes.fromhex(query["continue"]))
-            if token["rv"] <= store.compacted:
-                raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
-                               "consistent list result.")
-            # Page from a snapshot as of the first page's version: objects written since are skipped.
-            items = [o for o in items if int(o["metadata"]["resourceVersion"]) <= token["rv"]]
-            rv = str(token["rv"])
-            start = token["start"]
-        limit = int(query.get("limit") or 0)
-        page = items[start:start + limit] if limit else items[start:]
-        meta = {"resourceVersion": rv}
-        if limit and start + limit < len(items):
-            meta["continue"] = json.dumps({"rv": int(rv), "start": start + limit}).encode().hex()
-            meta["remainingItemCount"] = len(items) - start - limit
+            rest = [(k, o) for k, o in rest if selects(wanted, o["metadata"].get("labels") or {})]
+        page = rest[:limit] if limit else rest
+        meta = {"resourceVersion": str(rv)}
+        if limit and len(rest) > limit:
+            meta["continue"] = continue_token(rv, page[-1][0] + "\u0000")
+            if not query.get("labelSelector"):
+                meta["remainingItemCount"] = len(rest) - limit
+        page = [o for _, o in page]
         kind = RESOURCES[res][0]
         if res[0] in CUSTOM_GROUPS:
             meta.setdefault("continue", "")
@@ -624,6 +768,7 @@ class ControllerManager(threading.Thread):
     PVC = ("", "v1", "persistentvolumeclaims")
     PV = ("", "v1", "persistentvolumes")
     SC = ("storage.k8s.io", "v1", "storageclasses")
+    POD = ("", "v1", "pods")
 
     def __init__(self, store):
         super().__init__(daemon=True)
@@ -642,8 +787,33 @@ class ControllerManager(threading.Thread):
                     if self.store.rv == before:
                         break
 
+    def protect(self):
+        """The pvc-protection and pv-protection controllers: a claim's finalizer goes once no running pod
+        uses it, a volume's once it is no longer Bound."""
+        s = self.store
+        pods = [o for k, o in s.objects.items() if k[0] == self.POD
+                and o.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+        for (res, ns, name), obj in list(s.objects.items()):
+            meta = obj["metadata"]
+            if res not in (self.PVC, self.PV) or not meta.get("deletionTimestamp"):
+                continue
+            finalizer = PROTECTION[res[2]]
+            if finalizer not in (meta.get("finalizers") or []):
+                continue
+            if res == self.PVC and any(
+                    p["metadata"].get("namespace") == ns and any(
+                        (v.get("persistentVolumeClaim") or {}).get("claimName") == name
+                        for v in p.get("spec", {}).get("volumes") or []) for p in pods):
+                continue
+            if res == self.PV and obj.get("status", {}).get("phase") == "Bound":
+                continue
+            new = copy.deepcopy(obj)
+            new["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != finalizer]
+            s.update(res, ns, name, new)
+
     def sync(self):
         s = self.store
+        self.protect()
         claims = {k: o for k, o in s.objects.items() if k[0] == self.PVC}
         volumes = {k: o for k, o in s.objects.items() if k[0] == self.PV}
         claims_by_uid = {o["metadata"]["uid"]: o for o in claims.values()}

@@ -143,7 +143,9 @@ def test_invalid_policy_is_reported_and_ignored(cluster):
         event = api.wait("AutoGrowInvalidPolicy", lambda: [e for e in api.events_for("bad")
                                                             if e["reason"] == "AutoGrowInvalidPolicy"])
         assert "threshold" in event[0]["message"]
-        time.sleep(1.5)
+        # The sidecar looks again and again (its count of invalid policies seen grows), and reports once.
+        seen = sidecar.metric("swell_sidecar_deferred_total", operation="autogrow", reason="invalid-policy")
+        sidecar.wait_metric("swell_sidecar_deferred_total", seen + 2, operation="autogrow", reason="invalid-policy")
         assert len([e for e in api.events_for("bad") if e["reason"] == "AutoGrowInvalidPolicy"]) == 1
         assert api.get(api.pvc_path("bad"))["spec"]["resources"]["requests"]["storage"] == "320Mi"
         assert sidecar.proc.poll() is None

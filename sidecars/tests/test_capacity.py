@@ -5,7 +5,6 @@ the provisioner's labels, following the free space, and never duplicated."""
 
 import os
 import signal
-import time
 
 from conftest import NODE, DRIVER, TOPOLOGY_KEY
 from fakeapi import quantity
@@ -123,7 +122,7 @@ def test_a_deleted_class_takes_its_object_and_a_restarted_sidecar_adds_none(clus
     first.stop(signal.SIGKILL)
     second = node_sidecar(cluster, pod, "--capacity-poll-interval", "0.3", name="second")
     api.wait("the second sidecar publishing", lambda: "publishing capacity" in second.log())
-    time.sleep(1.5)  # several passes
+    second.wait_metric("swell_sidecar_passes_total", 3, loop="capacity")  # several whole passes
     objects = capacities(api)
     assert [o["metadata"]["uid"] for o in objects] == [kept], "the object adopted, not made again"
 

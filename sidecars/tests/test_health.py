@@ -3,7 +3,6 @@ one Event whose count grows while the volume stays abnormal, and a Normal Event 
 The controller side reads conditions from ListVolumes, the node side from NodeGetVolumeStats."""
 
 import os
-import time
 
 from conftest import NODE, csiconf
 from test_sidecar import pv_for, wait_bound
@@ -41,7 +40,9 @@ def test_a_missing_backing_file_is_a_warning_on_the_claim_until_it_is_back(clust
     assert normal[0]["type"] == "Normal" and "is missing" in normal[0]["message"]
     # Healthy from then on: nothing more is posted.
     count = wait_counted_warning(api, "h", count=1)[0]["count"]
-    time.sleep(1.0)
+    # Three more looks at every volume (the sidecar's pass counter), and still nothing new.
+    passes = cluster.sidecars[0].metric("swell_sidecar_passes_total", loop="health")
+    cluster.sidecars[0].wait_metric("swell_sidecar_passes_total", passes + 2, loop="health")
     assert wait_counted_warning(api, "h", count=1)[0]["count"] == count
     assert len(health_events(api, "h", "VolumeConditionNormal")) == 1
 

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 
 from conftest import DRIVER, GiB, NODE, TOPOLOGY_KEY, csiconf
 
@@ -87,18 +86,24 @@ def pv_for(api, claim):
 def test_wait_for_first_consumer_per_node(cluster):
     """Per-node mode: only claims whose selected node is this node, and only once it is selected."""
     api = cluster.api
-    cluster.sidecar("--per-node", "--node-id", NODE)
+    sidecar = cluster.sidecar("--per-node", "--node-id", NODE)
     api.create_class("swell", binding="WaitForFirstConsumer")
     mine = api.create_claim("mine")
     other = api.create_claim("other", annotations={"volume.kubernetes.io/selected-node": "some-other-node"})
-    time.sleep(1.5)
+    # The sidecar's sign that it looked at each claim and left it: one waits for its node, one is another's.
+    sidecar.wait_metric("swell_sidecar_deferred_total", 0, operation="provision", reason="waiting-for-node")
+    sidecar.wait_metric("swell_sidecar_deferred_total", 0, operation="provision", reason="other-node")
     assert pv_for(api, mine) is None, "provisioned before the scheduler chose a node"
+    assert pv_for(api, other) is None, "a per-node sidecar provisioned another node's claim"
     api.update_claim("mine", lambda c: c["metadata"]["annotations"].update(
         {"volume.kubernetes.io/selected-node": NODE}))
     pv = api.wait("the PV", lambda: pv_for(api, mine))
     assert pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [NODE]
     wait_bound(api, "mine")
-    time.sleep(0.5)
+    # A full resync looks at "other" again after "mine" was made; it is still left alone.
+    seen = sidecar.metric("swell_sidecar_deferred_total", operation="provision", reason="other-node")
+    api.update_claim("other", lambda c: c["metadata"].setdefault("labels", {}).update({"touched": "yes"}))
+    sidecar.wait_metric("swell_sidecar_deferred_total", seen, operation="provision", reason="other-node")
     assert pv_for(api, other) is None, "a per-node sidecar provisioned another node's claim"
     assert len(cluster.volumes()) == 1
 
@@ -204,7 +209,8 @@ def test_resize_back_to_capacity_clears_the_error(cluster):
     api.create_claim("undo")
     wait_bound(api, "undo")
     api.update_claim("undo", lambda c: c["spec"]["resources"]["requests"].update(storage="20Ti"))
-    api.wait("infeasible", lambda: api.get(api.pvc_path("undo"))["status"].get("allocatedResourceStatuses"))
+    api.wait("infeasible", lambda: (api.get(api.pvc_path("undo"))["status"].get("allocatedResourceStatuses") or {})
+             .get("storage") == "ControllerResizeInfeasible")
     api.update_claim("undo", lambda c: c["spec"]["resources"]["requests"].update(storage="1Gi"))
     pvc = api.wait("cleared", lambda: (lambda c: c if not c["status"].get("allocatedResourceStatuses") else None)(
         api.get(api.pvc_path("undo"))))
@@ -217,10 +223,15 @@ def test_no_expansion_without_allow_volume_expansion(cluster):
     api.create_class("fixed", expansion=False)
     claim = api.create_claim("fixed", sc="fixed")
     wait_bound(api, "fixed")
-    api.update_claim("fixed", lambda c: c["spec"]["resources"]["requests"].update(storage="2Gi"))
-    time.sleep(1.5)
+    # kube-apiserver's PersistentVolumeClaimResize admission refuses the edit: it never reaches the sidecar.
+    pvc = api.get(api.pvc_path("fixed"))
+    pvc["spec"]["resources"]["requests"]["storage"] = "2Gi"
+    code, body = api.request("PUT", api.pvc_path("fixed"), pvc)
+    assert code == 403 and body["reason"] == "Forbidden", (code, body)
+    assert body["message"] == ('persistentvolumeclaims "fixed" is forbidden: only dynamically provisioned pvc can '
+                               "be resized and the storageclass that provisions the pvc must support resize")
+    assert api.get(api.pvc_path("fixed"))["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert api.get(pv_path(f"pvc-{claim['metadata']['uid']}"))["spec"]["capacity"]["storage"] == "1Gi"
-    assert "allocatedResourceStatuses" not in api.get(api.pvc_path("fixed"))["status"]
 
 
 def test_pv_deleted_while_sidecar_down_keeps_no_volume(cluster):
@@ -244,15 +255,16 @@ def test_pv_deleted_while_sidecar_down_keeps_no_volume(cluster):
 
 def test_retain_policy_keeps_the_volume(cluster):
     api = cluster.api
-    cluster.sidecar()
+    sidecar = cluster.sidecar()
     api.create_class("keep", reclaim="Retain")
     claim = api.create_claim("keep", sc="keep")
     wait_bound(api, "keep")
     name = f"pvc-{claim['metadata']['uid']}"
-    assert "finalizers" not in api.get(pv_path(name))["metadata"]
+    # Only kube-apiserver's pv-protection: no finalizer of the provisioner's under Retain.
+    assert api.get(pv_path(name))["metadata"].get("finalizers") == ["kubernetes.io/pv-protection"]
     api.ok("DELETE", api.pvc_path("keep"))
     api.wait("released", lambda: api.get(pv_path(name))["status"]["phase"] == "Released")
-    time.sleep(1)
+    sidecar.wait_metric("swell_sidecar_deferred_total", 0, operation="delete", reason="retained")
     assert api.get(pv_path(name)) is not None
     assert len(cluster.volumes()) == 1
 

@@ -48,8 +48,11 @@ public final class KubeClient: Sendable {
   let logger: Logger
   /// The deadline of one ordinary request.
   let requestTimeout: TimeAmount = .seconds(30)
+  /// Objects per page of a list (`limit`); external-provisioner's informers ask for 500.
+  let pageSize: Int
 
-  public init(config: KubeConfig, logger: Logger) throws {
+  public init(config: KubeConfig, logger: Logger, pageSize: Int = 500) throws {
+    self.pageSize = pageSize
     var tls = TLSConfiguration.makeClientConfiguration()
     if let ca = config.caPEM {
       tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(ca))
@@ -141,7 +144,7 @@ public final class KubeClient: Sendable {
 
   /// Lists every object of a type, in pages; restarts the list when a continue token expires.
   public func list(
-    _ resource: KubeResource, namespace: String? = nil, labelSelector: String? = nil, pageSize: Int = 500
+    _ resource: KubeResource, namespace: String? = nil, labelSelector: String? = nil
   ) async throws -> (items: [JSON], resourceVersion: String) {
     var restarts = 0
     while true {

@@ -63,6 +63,7 @@ final class AutoGrower: Sendable {
             next = min(next, wait)
           }
         }
+        reconciler.metrics.pass("autogrow")
       } catch is CancellationError {
         throw CancellationError()
       } catch {
@@ -95,6 +96,7 @@ final class AutoGrower: Sendable {
     var state = states[claim.uid] ?? VolumeState(lastUsed: 0, lastSeen: .now)
     defer { states[claim.uid] = state }
     let problemText = problems.map(\.description).joined(separator: "; ")
+    if !problems.isEmpty { r.metrics.deferred("autogrow", reason: "invalid-policy") }
     if problemText != state.reportedProblems {
       state.reportedProblems = problemText
       if !problems.isEmpty {

@@ -63,6 +63,7 @@ final class CapacityPublisher: Sendable {
   func run() async throws {
     try await repeatPasses("capacity", logger: logger) {
       try await sync()
+      reconciler.metrics.pass("capacity")
     } between: {
       await nudge.wait(timeout: interval)
       try Task.checkCancellation()

@@ -30,6 +30,7 @@ final class HealthMonitor: Sendable {
   func run() async throws {
     try await repeatPasses("volume health", logger: logger) {
       try await lookAtEveryVolume()
+      reconciler.metrics.pass("health")
     } between: {
       try await Task.sleep(for: interval)
     }

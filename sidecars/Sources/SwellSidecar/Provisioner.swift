@@ -6,22 +6,28 @@ extension Reconciler {
   /// A pending claim for our driver: create the volume and its PV, already bound to the claim; the
   /// persistent-volume controller then binds the claim.
   func provisionIfNeeded(_ claim: JSON, key: String) async throws {
-    guard Claims.provisionerOf(claim) == driver, !claim.isBeingDeleted,
-      let storageClass = storageClass(of: claim), storageClass["provisioner"]?.string == driver,
+    guard !claim.isBeingDeleted, let storageClass = storageClass(of: claim), storageClass["provisioner"]?.string == driver,
       serves(backend: storageClass["parameters"]?.stringMap["backend"])
     else { return }
     let waitForConsumer = storageClass["volumeBindingMode"]?.string == "WaitForFirstConsumer"
     let selectedNode = claim.annotations[K8sNames.selectedNode]
+    guard Claims.provisionerOf(claim) == driver else {
+      // kube-controller-manager names the provisioner once the scheduler has chosen a node.
+      if waitForConsumer && selectedNode == nil { metrics.deferred("provision", reason: "waiting-for-node") }
+      return
+    }
     var topology: [String: String]?
     switch scope {
     case .central:
       if waitForConsumer {
-        guard let selectedNode else { return }
+        guard let selectedNode else { return metrics.deferred("provision", reason: "waiting-for-node") }
         topology = try await nodeTopology(selectedNode)
       }
     case .node(let name, let nodeTopology):
       // Local volumes are made by the node that will use them, once the scheduler has chosen it.
-      guard waitForConsumer, selectedNode == name else { return }
+      guard waitForConsumer else { return }
+      guard let selectedNode else { return metrics.deferred("provision", reason: "waiting-for-node") }
+      guard selectedNode == name else { return metrics.deferred("provision", reason: "other-node") }
       topology = nodeTopology
     }
     // Provisioned already, and waiting for the binder? The cache may lag our own create, so a miss
@@ -133,6 +139,7 @@ extension Reconciler {
     let hasFinalizer = pv.finalizers.contains(K8sNames.provisionerFinalizer)
     guard pv[path: "spec", "persistentVolumeReclaimPolicy"]?.string == "Delete" else {
       if hasFinalizer { try await removeFinalizer(pv) }
+      if pv[path: "status", "phase"]?.string == "Released" { metrics.deferred("delete", reason: "retained") }
       return
     }
     let phase = pv[path: "status", "phase"]?.string ?? ""
@@ -145,8 +152,12 @@ extension Reconciler {
       return
     }
     guard let handle = pv[path: "spec", "csi", "volumeHandle"]?.string else { return }
-    // The cache can lag a delete this sidecar just finished; ask the API server before deleting.
-    guard let live = try await kube.get(.persistentVolumes, name: pv.name), live.uid == pv.uid else { return }
+    // The cache can lag a delete this sidecar just finished; ask the API server before deleting. A PV
+    // being deleted without our finalizer has had its volume deleted already: the finalizer comes off
+    // only after DeleteVolume, and other finalizers (kubernetes.io/pv-protection) may keep the PV a while.
+    guard let live = try await kube.get(.persistentVolumes, name: pv.name), live.uid == pv.uid,
+      !live.isBeingDeleted || live.finalizers.contains(K8sNames.provisionerFinalizer)
+    else { return }
     let started = ContinuousClock.now
     do {
       _ = try await callCSI("DeleteVolume") {

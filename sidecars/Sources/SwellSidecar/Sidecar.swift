@@ -31,6 +31,8 @@ public struct SidecarConfig: Sendable {
   public var backends: [String] = []
   public var csiTimeout: Duration = .seconds(60)
   public var resyncPeriod: Duration = .seconds(600)
+  /// Objects per page when listing.
+  public var listPageSize = 500
   /// Per-node auto-grow: the local plugin's metrics address (it serves `/volumes`), and the longest
   /// wait between looks at a volume.
   public var autoGrowPluginAddress: String?
@@ -83,7 +85,7 @@ public struct SidecarService: Service {
   }
 
   public func run() async throws {
-    let kube = try KubeClient(config: config.kube, logger: logger)
+    let kube = try KubeClient(config: config.kube, logger: logger, pageSize: config.listPageSize)
     do {
       try await cancelWhenGracefulShutdown {
         try await withCSIClient(socketPath: config.csiSocket) { csi in

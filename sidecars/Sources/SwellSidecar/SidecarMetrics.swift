@@ -29,7 +29,24 @@ public final class SidecarMetrics: Sendable {
     namespace: "swell", subsystem: "sidecar", metricName: "autogrow", unitName: "total",
     helpText: "Auto-grow decisions: grow (a request raised) and capped (at the maximum)") }
 
+  static var deferred: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "deferred", unitName: "total",
+    helpText: "Looks at an object of the driver's that left it as it was, by operation and reason "
+      + "(a claim waiting for its node, another node's claim, a retained volume, an invalid auto-grow policy)") }
+  static var passes: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "passes", unitName: "total",
+    helpText: "Passes of the periodic loops finished, by loop (autogrow, capacity, health)") }
+
   public init() {}
+
+  /// An object this sidecar looked at and chose to leave alone: the sign that it saw the object.
+  public func deferred(_ operation: String, reason: String) {
+    registry.makeCounter(descriptor: Self.deferred, labels: [("operation", operation), ("reason", reason)]).increment()
+  }
+
+  public func pass(_ loop: String) {
+    registry.makeCounter(descriptor: Self.passes, labels: [("loop", loop)]).increment()
+  }
 
   public func autoGrow(capped: Bool) {
     registry.makeCounter(descriptor: Self.autoGrows, labels: [("result", capped ? "capped" : "grow")]).increment()
