@@ -609,6 +609,7 @@ class Handler(BaseHTTPRequestHandler):
         store = self.server.store
         limit = int(query.get("limit") or 0)
         if query.get("continue"):
+            self.server.count("LIST-CONTINUE")
             try:
                 text = query["continue"]
                 token = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
@@ -617,7 +618,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", "continue key is not valid: incorrect encoded start resourceVersion")
             with store.lock:
                 keyed = store.snapshots.get((res, ns, rv))
-            if keyed is None or rv <= store.compacted:
+            if keyed is None or rv < store.compacted:
                 raise ApiError(410, "Expired", CONTINUE_EXPIRED, None,
                                {"continue": continue_token(-1, after)})
         else:
@@ -843,7 +844,7 @@ class ControllerManager(threading.Thread):
                 new = copy.deepcopy(pv)
                 new["status"] = {"phase": "Available", "lastPhaseTransitionTime": now()}
                 s.update(self.PV, None, pv_name, new, "status")
-            elif phase == "Bound" and ref.get("uid") and ref["uid"] not in claims_by_uid:
+            elif phase in ("Available", "Bound") and ref.get("uid") and ref["uid"] not in claims_by_uid:
                 new = copy.deepcopy(pv)
                 new["status"] = {"phase": "Released", "lastPhaseTransitionTime": now()}
                 s.update(self.PV, None, pv_name, new, "status")
