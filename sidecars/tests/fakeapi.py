@@ -771,14 +771,16 @@ class ControllerManager(threading.Thread):
     SC = ("storage.k8s.io", "v1", "storageclasses")
     POD = ("", "v1", "pods")
 
-    def __init__(self, store):
+    def __init__(self, store, protection_delay=0.5):
         super().__init__(daemon=True)
         self.store = store
+        self.protection_delay = protection_delay
+        self.deleting_since = {}  # uid -> when the protection controllers first saw it being deleted
 
     def run(self):
         while True:
             with self.store.lock:
-                self.store.changed.wait(timeout=0.5)
+                self.store.changed.wait(timeout=0.2)
                 for _ in range(20):
                     before = self.store.rv
                     try:
@@ -800,6 +802,11 @@ class ControllerManager(threading.Thread):
                 continue
             finalizer = PROTECTION[res[2]]
             if finalizer not in (meta.get("finalizers") or []):
+                continue
+            # They run on their own informers and queues: a real cluster was seen to keep a deleted PV
+            # for a moment after the provisioner removed its own finalizer.
+            first = self.deleting_since.setdefault(meta["uid"], time.monotonic())
+            if time.monotonic() - first < self.protection_delay:
                 continue
             if res == self.PVC and any(
                     p["metadata"].get("namespace") == ns and any(
