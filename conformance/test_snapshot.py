@@ -390,18 +390,24 @@ def test_a_crash_inside_create_snapshot_converges_and_leaves_nothing_frozen(plug
     release(plugin, "cv")
 
 
-def test_a_crash_inside_a_clone_converges(plugin):
+@pytest.mark.parametrize("point", ["snapshot-after-freeze", "snapshot-frozen-after-copy", "create-after-clone"])
+def test_a_crash_inside_a_clone_converges(plugin, point):
     cap = mount_cap("ext4")
     target = mounted(plugin, "co", cap, size=64 * MiB)
     write_random(os.path.join(target, "f"), 2)
     digest = sha256(os.path.join(target, "f"))
     plugin.stop()
-    plugin.start(failpoints="create-after-clone")
-    with pytest.raises(grpc.RpcError):
+    plugin.start(failpoints=point)
+    with pytest.raises(grpc.RpcError) as err:
         plugin.controller.CreateVolume(from_volume("co-2", "co", cap=cap))
-    plugin.wait_dead()
+    assert err.value.code() == C.UNAVAILABLE
+    assert plugin.wait_dead() == -signal.SIGKILL, "the plugin died at the failpoint"
+    if point != "create-after-clone":
+        assert not writable_within(target, seconds=2), "the crash left the filesystem frozen"
     plugin.start()
-    assert writable_within(target)
+    assert writable_within(target), "the restart thawed the filesystem before serving"
+    for writer in _blocked_writers:
+        writer.wait(timeout=10)
     assert sorted(os.listdir(os.path.join(plugin.data, "volumes"))) == ["co"]
     clone = plugin.controller.CreateVolume(from_volume("co-2", "co", cap=cap)).volume
     assert sha256(os.path.join(mounted(plugin, "co-2", cap, volume=clone), "f")) == digest

@@ -495,6 +495,23 @@ def test_block_publish_target_is_a_device_node_of_the_volume(plugin):
     staging = staged(plugin, "bdev", "block")
     target = target_path(plugin, "bdev", 1, "block")
     publish(plugin, "bdev", staging, target, block_cap())
-    assert stat.S_ISBLK(os.stat(target).st_mode)
+    st = os.stat(target)
+    assert stat.S_ISBLK(st.st_mode)
+    # This volume's device, not any block device: its loop device is backed by this volume's file,
+    # and bytes written through the target land in that file.
+    disk = os.path.join(plugin.data, "volumes", "bdev", "disk.img")
+    sysfs = f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/loop/backing_file"
+    with open(sysfs) as f:
+        assert os.path.realpath(f.read().strip()) == os.path.realpath(disk)
+    marker = os.urandom(4096)
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        os.pwrite(fd, marker, 8192)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with open(disk, "rb") as f:
+        f.seek(8192)
+        assert f.read(4096) == marker
     teardown(plugin, "bdev", staging, target)
     assert not os.path.lexists(target), "unpublish removes the file it made"

@@ -64,3 +64,43 @@ def test_every_rpc_of_the_three_services_has_a_row():
     # The coverage of an RPC may sit under its Errors section or its own name.
     uncovered = [rpc for rpc in rpcs if not re.search(r"\b%s\b" % rpc, sections)]
     assert uncovered == [], f"RPCs without a row: {uncovered}"
+
+
+CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
+         "OUT_OF_RANGE", "ABORTED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+         "PERMISSION_DENIED")
+
+
+def source_of(filename, name):
+    """A test's source, with the module-level functions and constants it names (a helper, a guest
+    script, a parametrized table), transitively, so that a code checked through a helper counts."""
+    with open(os.path.join(HERE, filename)) as f:
+        text = f.read()
+    tree = ast.parse(text)
+    top = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assigns = {t.id: n for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    seen, todo, parts = {name}, [top[name]], []
+    while todo:  # the test, and what it names of its module, transitively
+        node = todo.pop()
+        parts.append(ast.get_source_segment(text, node))
+        parts += [ast.get_source_segment(text, d) for d in getattr(node, "decorator_list", [])]
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id not in seen and (sub.id in top or sub.id in assigns):
+                seen.add(sub.id)
+                todo.append(top.get(sub.id) or assigns[sub.id])
+    return "\n".join(parts)
+
+
+def test_each_row_with_an_error_code_has_a_test_that_names_that_code():
+    """Mechanically: a row that requires a gRPC code must name a test whose source (with its helpers)
+    names that code, so that a row cannot point at a test that checks something else."""
+    weak = []
+    for rid, _, _, code, test in rows():
+        wanted = [c for c in CODES if re.search(r"\b%s\b" % c, code)]
+        refs = TEST_REF.findall(test)
+        if not wanted or not refs or test.startswith("n/a:"):
+            continue
+        sources = " ".join(source_of(f, n) for f, n in refs)
+        if not any(re.search(r"\b%s\b" % c, sources) for c in wanted):
+            weak.append(f"{rid} ({'/'.join(wanted)}): {', '.join(n for _, n in refs)}")
+    assert weak == [], "rows whose tests never name the row's code:\n" + "\n".join(weak)

@@ -58,14 +58,20 @@ struct ClaimTests {
 
   @Test func createRequestFollowsExternalProvisioner() throws {
     let request = try Claims.createRequest(
-      claim: claim, storageClass: storageClass, topology: ["topology.swell.csi.dev/node": "n1"], defaultFSType: "ext4")
+      claim: claim, storageClass: storageClass, topology: ["topology.swell.csi.dev/node": "n1"], defaultFSType: "ext4",
+      multiWriter: true)
     #expect(request.name == "pvc-1234")
     #expect(request.capacityRange.requiredBytes == 1536 << 20)
     #expect(request.parameters == ["tier": "gold"])
     #expect(request.volumeCapabilities.count == 1)
     #expect(request.volumeCapabilities[0].mount.fsType == "xfs")
     #expect(request.volumeCapabilities[0].mount.mountFlags == ["noatime"])
-    #expect(request.volumeCapabilities[0].accessMode.mode == .singleNodeWriter)
+    // As the recorded calls of external-provisioner v6.3 show: to a driver advertising
+    // SINGLE_NODE_MULTI_WRITER, ReadWriteOnce is SINGLE_NODE_MULTI_WRITER.
+    #expect(request.volumeCapabilities[0].accessMode.mode == .singleNodeMultiWriter)
+    let plain = try Claims.createRequest(
+      claim: claim, storageClass: storageClass, topology: nil, defaultFSType: "ext4", multiWriter: false)
+    #expect(plain.volumeCapabilities[0].accessMode.mode == .singleNodeWriter)
     #expect(request.accessibilityRequirements.requisite.map(\.segments) == [["topology.swell.csi.dev/node": "n1"]])
     #expect(Claims.provisionerOf(claim) == "swell.csi.dev")
   }

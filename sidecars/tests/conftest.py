@@ -362,12 +362,13 @@ class Cluster:
 
     def stage(self, handle, name, fs="xfs"):
         """NodeStageVolume to a directory of this cluster's, as kubelet would; returns the path."""
-        from csi_pb2 import NodeStageVolumeRequest
+        from csi_pb2 import NodeStageVolumeRequest, VolumeCapability
         staging = os.path.join(self.root, f"stage-{name}")
         os.makedirs(staging)
         req = NodeStageVolumeRequest(volume_id=handle, staging_target_path=staging)
         req.volume_capability.mount.fs_type = fs
-        req.volume_capability.access_mode.mode = 1
+        # What kubelet sends for a ReadWriteOnce volume to a node advertising SINGLE_NODE_MULTI_WRITER.
+        req.volume_capability.access_mode.mode = VolumeCapability.AccessMode.SINGLE_NODE_MULTI_WRITER
         self.plugin.node.NodeStageVolume(req)
         return staging
 

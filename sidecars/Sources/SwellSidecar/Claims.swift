@@ -42,10 +42,13 @@ public enum Claims {
 
   public static func isBlock(_ object: JSON) -> Bool { object[path: "spec", "volumeMode"]?.string == "Block" }
 
-  public static func accessMode(_ mode: String) -> Csi_V1_VolumeCapability.AccessMode.Mode? {
+  /// As external-provisioner maps them: to a driver with the SINGLE_NODE_MULTI_WRITER capability,
+  /// ReadWriteOnce is SINGLE_NODE_MULTI_WRITER and ReadWriteOncePod SINGLE_NODE_SINGLE_WRITER; to
+  /// any other, both are SINGLE_NODE_WRITER.
+  public static func accessMode(_ mode: String, multiWriter: Bool) -> Csi_V1_VolumeCapability.AccessMode.Mode? {
     switch mode {
-    case "ReadWriteOnce": .singleNodeWriter
-    case "ReadWriteOncePod": .singleNodeSingleWriter
+    case "ReadWriteOnce": multiWriter ? .singleNodeMultiWriter : .singleNodeWriter
+    case "ReadWriteOncePod": multiWriter ? .singleNodeSingleWriter : .singleNodeWriter
     case "ReadOnlyMany": .multiNodeReaderOnly
     case "ReadWriteMany": .multiNodeMultiWriter
     default: nil
@@ -53,13 +56,13 @@ public enum Claims {
   }
 
   /// One capability per access mode of the object (a PVC or a PV): block, or mount with fsType and flags.
-  public static func capabilities(_ object: JSON, fsType: String, mountFlags: [String]) throws
+  public static func capabilities(_ object: JSON, fsType: String, mountFlags: [String], multiWriter: Bool) throws
     -> [Csi_V1_VolumeCapability]
   {
     let modes = (object[path: "spec", "accessModes"]?.array ?? []).compactMap(\.string)
     guard !modes.isEmpty else { throw Invalid(description: "no access modes") }
     return try modes.map { text in
-      guard let mode = accessMode(text) else { throw Invalid(description: "unknown access mode \(text)") }
+      guard let mode = accessMode(text, multiWriter: multiWriter) else { throw Invalid(description: "unknown access mode \(text)") }
       return Csi_V1_VolumeCapability.with {
         if isBlock(object) {
           $0.block = .init()
@@ -89,12 +92,13 @@ public enum Claims {
 
   /// The CreateVolume request for a claim; `topology` is the selected node's segments, if any.
   public static func createRequest(
-    claim: JSON, storageClass: JSON, topology: [String: String]?, defaultFSType: String
+    claim: JSON, storageClass: JSON, topology: [String: String]?, defaultFSType: String, multiWriter: Bool
   ) throws -> Csi_V1_CreateVolumeRequest {
     let bytes = try requestedBytes(claim)
     guard bytes > 0 else { throw Invalid(description: "storage request must be positive") }
     let caps = try capabilities(
-      claim, fsType: fsType(storageClass, defaultFSType: defaultFSType), mountFlags: mountOptions(storageClass))
+      claim, fsType: fsType(storageClass, defaultFSType: defaultFSType), mountFlags: mountOptions(storageClass),
+      multiWriter: multiWriter)
     return Csi_V1_CreateVolumeRequest.with {
       $0.name = volumeName(claim)
       $0.capacityRange.requiredBytes = bytes

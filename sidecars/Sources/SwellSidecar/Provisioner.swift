@@ -46,7 +46,8 @@ extension Reconciler {
         throw Claims.Invalid(description: "claim Selector is not supported")
       }
       request = try Claims.createRequest(
-        claim: claim, storageClass: storageClass, topology: topology, defaultFSType: defaultFSType)
+        claim: claim, storageClass: storageClass, topology: topology, defaultFSType: defaultFSType,
+        multiWriter: multiWriter)
       if let source = try await contentSource(for: claim, storageClass: storageClass) {
         request.volumeContentSource = source
       }

@@ -24,6 +24,8 @@ public final class Reconciler: Sendable {
   /// The backends whose classes and volumes this sidecar serves; empty for all.
   let backends: Set<String>
   let defaultFSType: String
+  /// The plugin has the SINGLE_NODE_MULTI_WRITER controller capability.
+  let multiWriter: Bool
   let csiTimeout: Duration
   let claims: Informer
   let volumes: Informer
@@ -46,7 +48,7 @@ public final class Reconciler: Sendable {
 
   init(
     kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, backends: Set<String> = [], defaultFSType: String,
-    csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: SnapshotCaches? = nil,
+    multiWriter: Bool = false, csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: SnapshotCaches? = nil,
     queue: WorkQueue, events: EventRecorder, metrics: SidecarMetrics, capacityChanged: Nudge = Nudge(), logger: Logger
   ) {
     self.capacityChanged = capacityChanged
@@ -56,6 +58,7 @@ public final class Reconciler: Sendable {
     self.scope = scope
     self.backends = backends
     self.defaultFSType = defaultFSType
+    self.multiWriter = multiWriter
     self.csiTimeout = csiTimeout
     self.claims = claims
     self.volumes = volumes

@@ -113,7 +113,7 @@ extension Reconciler {
     do {
       let capability = try Claims.capabilities(
         pv, fsType: pv[path: "spec", "csi", "fsType"]?.string ?? defaultFSType,
-        mountFlags: (pv[path: "spec", "mountOptions"]?.array ?? []).compactMap(\.string)
+        mountFlags: (pv[path: "spec", "mountOptions"]?.array ?? []).compactMap(\.string), multiWriter: multiWriter
       ).first
       response = try await callCSI("ControllerExpandVolume") { csi, options in
         try await csi.controller.controllerExpandVolume(

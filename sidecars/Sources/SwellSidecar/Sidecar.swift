@@ -102,6 +102,7 @@ public struct SidecarService: Service {
 
   func runConnected(kube: KubeClient, csi: CSIClient) async throws {
     let scope = try await connect(csi)
+    let multiWriter = await Self.hasSingleNodeMultiWriter(csi)
     metrics.setLeader(false)
     let election = config.leaderElection
       ? LeaderElection(
@@ -157,7 +158,7 @@ public struct SidecarService: Service {
     }
     let reconciler = Reconciler(
       kube: kube, csi: csi, driver: config.driverName, scope: scope, backends: Set(config.backends),
-      defaultFSType: config.defaultFSType,
+      defaultFSType: config.defaultFSType, multiWriter: multiWriter,
       csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, snapshotCaches: snapshotCaches,
       queue: queue, events: events, metrics: metrics, capacityChanged: capacityChanged, logger: logger)
     let publisher: CapacityPublisher?
@@ -251,6 +252,16 @@ public struct SidecarService: Service {
         delay = min(delay * 2, .seconds(5))
       }
     }
+  }
+
+  /// Whether the plugin's controller has SINGLE_NODE_MULTI_WRITER (false when it serves no controller).
+  static func hasSingleNodeMultiWriter(_ csi: CSIClient) async -> Bool {
+    var options = CallOptions.defaults
+    options.timeout = .seconds(5)
+    guard let response = try? await csi.controller.controllerGetCapabilities(.init(), options: options) else {
+      return false
+    }
+    return response.capabilities.contains { $0.rpc.type == .singleNodeMultiWriter }
   }
 
   static func work(queue: WorkQueue, reconciler: Reconciler, logger: Logger) async {
