@@ -338,13 +338,17 @@ RESIZE_STATUSES = sorted(["ControllerResizeInProgress", "ControllerResizeInfeasi
                           "NodeResizeInfeasible", "NodeResizePending"])
 
 
-def invalid(kind, name, field, reason, message, group=None):
-    """A 422 Invalid Status with one cause, as kube-apiserver's validation answers."""
-    details = {"name": name, "kind": kind, "causes": [{"reason": reason, "message": message, "field": field}]}
+def invalid(kind, name, causes, group=None):
+    """A 422 Invalid Status, as kube-apiserver's validation answers: causes are (reason, message, field),
+    listed in brackets when there are several."""
+    details = {"name": name, "kind": kind,
+               "causes": [{"reason": r, "message": m, "field": f} for r, m, f in causes]}
     if group:
-        details["group"] = group
+        details = {"name": name, "group": group, "kind": kind, "causes": details["causes"]}
+    text = ", ".join(f"{f}: {m}" for _, m, f in causes)
+    text = f"[{text}]" if len(causes) > 1 else text
     qualified = f"{kind}.{group}" if group else kind
-    return ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {field}: {message}', details)
+    return ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {text}', details)
 
 
 def validate_update(res, old, new):
@@ -354,16 +358,15 @@ def validate_update(res, old, new):
     added = [f for f in new["metadata"].get("finalizers") or [] if f not in (old["metadata"].get("finalizers") or [])]
     if old["metadata"].get("deletionTimestamp") and added:
         quoted = ", ".join(json.dumps(f) for f in added)
-        raise invalid(kind, name, "metadata.finalizers", "FieldValueForbidden",
-                      "Forbidden: no new finalizers can be added if the object is being deleted, "
-                      f"found new finalizers []string{{{quoted}}}")
+        raise invalid(kind, name, [("FieldValueForbidden", "Forbidden: no new finalizers can be added if the object "
+                                    f"is being deleted, found new finalizers []string{{{quoted}}}", "metadata.finalizers")])
     if res[2] != "persistentvolumeclaims":
         return
     cap = old.get("status", {}).get("capacity", {}).get("storage")
     req = new.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
     if cap and req and quantity(req) < quantity(cap):
-        raise ApiError(422, "Invalid", f'PersistentVolumeClaim "{old["metadata"]["name"]}" is invalid: '
-                       "spec.resources.requests.storage: Forbidden: field can not be less than status.capacity")
+        raise invalid(kind, name, [("FieldValueForbidden", "Forbidden: field can not be less than status.capacity",
+                                    "spec.resources.requests.storage")])
     # Only the binder's volumeName (once), and for bound claims the requests and the attributes class, change.
     old_spec, new_spec = copy.deepcopy(old.get("spec", {})), copy.deepcopy(new.get("spec", {}))
     if not old_spec.get("volumeName"):
@@ -374,9 +377,8 @@ def validate_update(res, old, new):
             spec.get("resources", {}).pop("requests", None)
             spec.pop("volumeAttributesClassName", None)
     if old_spec != new_spec:
-        raise invalid("PersistentVolumeClaim", name, "spec", "FieldValueForbidden",
-                      "Forbidden: spec is immutable after creation except resources.requests and "
-                      "volumeAttributesClassName for bound claims")
+        raise invalid(kind, name, [("FieldValueForbidden", "Forbidden: spec is immutable after creation except "
+                                    "resources.requests and volumeAttributesClassName for bound claims", "spec")])
 
 
 def validate_status(res, old, new):
@@ -385,8 +387,9 @@ def validate_status(res, old, new):
     for key, value in (new.get("status", {}).get("allocatedResourceStatuses") or {}).items():
         if key == "storage" and value not in RESIZE_STATUSES:
             supported = ", ".join(json.dumps(v) for v in RESIZE_STATUSES)
-            raise invalid("PersistentVolumeClaim", old["metadata"]["name"], "status.allocatedResourceStatuses[storage]",
-                          "FieldValueNotSupported", f"Unsupported value: {json.dumps(value)}: supported values: {supported}")
+            raise invalid("PersistentVolumeClaim", old["metadata"]["name"], [(
+                "FieldValueNotSupported", f"Unsupported value: {json.dumps(value)}: supported values: {supported}",
+                "status.allocatedResourceStatuses[storage]")])
 
 
 def admit_update(store, res, old, new):
@@ -429,11 +432,7 @@ def validate_custom(res, name, obj):
             causes.append(("FieldValueInvalid", 'Invalid value: "": volumeSnapshotClassName must not be the empty '
                            "string when set", "spec.volumeSnapshotClassName"))
     if causes:
-        text = ", ".join(f"{field}: {message}" for _, message, field in causes)
-        text = f"[{text}]" if len(causes) > 1 else text
-        raise ApiError(422, "Invalid", f'VolumeSnapshot.snapshot.storage.k8s.io "{name}" is invalid: {text}',
-                       {"name": name, "group": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
-                        "causes": [{"reason": r, "message": m, "field": f} for r, m, f in causes]})
+        raise invalid("VolumeSnapshot", name, causes, group="snapshot.storage.k8s.io")
 
 
 class Watcher:
@@ -818,6 +817,8 @@ class ControllerManager(threading.Thread):
             new = copy.deepcopy(obj)
             new["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != finalizer]
             s.update(res, ns, name, new)
+        live = {o["metadata"]["uid"] for o in s.objects.values()}
+        self.deleting_since = {uid: t for uid, t in self.deleting_since.items() if uid in live}
 
     def sync(self):
         s = self.store

@@ -62,7 +62,9 @@ public enum Claims {
     let modes = (object[path: "spec", "accessModes"]?.array ?? []).compactMap(\.string)
     guard !modes.isEmpty else { throw Invalid(description: "no access modes") }
     return try modes.map { text in
-      guard let mode = accessMode(text, multiWriter: multiWriter) else { throw Invalid(description: "unknown access mode \(text)") }
+      guard let mode = accessMode(text, multiWriter: multiWriter) else {
+        throw Invalid(description: "unknown access mode \(text)")
+      }
       return Csi_V1_VolumeCapability.with {
         if isBlock(object) {
           $0.block = .init()

@@ -11,22 +11,16 @@ extension Reconciler {
     else { return }
     let waitForConsumer = storageClass["volumeBindingMode"]?.string == "WaitForFirstConsumer"
     let selectedNode = claim.annotations[K8sNames.selectedNode]
-    guard Claims.provisionerOf(claim) == driver else {
-      // kube-controller-manager names the provisioner once the scheduler has chosen a node.
-      if waitForConsumer && selectedNode == nil { metrics.deferred("provision", reason: "waiting-for-node") }
-      return
-    }
+    // kube-controller-manager names the provisioner of such a claim only once the scheduler has chosen.
+    if waitForConsumer && selectedNode == nil { return metrics.deferred("provision", reason: "waiting-for-node") }
+    guard Claims.provisionerOf(claim) == driver else { return }
     var topology: [String: String]?
     switch scope {
     case .central:
-      if waitForConsumer {
-        guard let selectedNode else { return metrics.deferred("provision", reason: "waiting-for-node") }
-        topology = try await nodeTopology(selectedNode)
-      }
+      if waitForConsumer, let selectedNode { topology = try await nodeTopology(selectedNode) }
     case .node(let name, let nodeTopology):
       // Local volumes are made by the node that will use them, once the scheduler has chosen it.
       guard waitForConsumer else { return }
-      guard let selectedNode else { return metrics.deferred("provision", reason: "waiting-for-node") }
       guard selectedNode == name else { return metrics.deferred("provision", reason: "other-node") }
       topology = nodeTopology
     }
