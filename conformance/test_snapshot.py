@@ -413,3 +413,63 @@ def test_a_crash_inside_a_clone_converges(plugin, point):
     assert sha256(os.path.join(mounted(plugin, "co-2", cap, volume=clone), "f")) == digest
     release(plugin, "co-2")
     release(plugin, "co")
+
+
+def _frozen_marker(plugin):
+    """The marker a snapshot or clone leaves while it holds a filesystem frozen (in a hidden staging
+    directory, which glob would not see)."""
+    for folder, _, files in os.walk(plugin.data):
+        if "frozen" in files:
+            return os.path.join(folder, "frozen")
+    return None
+
+
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("copy", ["snapshot", "clone"])
+def test_a_write_issued_during_the_copy_waits_for_the_thaw_and_is_not_in_the_copy(plugin, copy):
+    """The freeze itself, not only fsynced data: with the plugin held one second after the freeze and
+    one second after the copy, a write issued inside that window sleeps uninterruptibly until the thaw,
+    and the copy does not hold it. Without the freeze the write lands before the copy and is in it."""
+    cap = mount_cap("ext4")
+    target = mounted(plugin, "fz", cap, size=64 * MiB)
+    write_random(os.path.join(target, "before.bin"), 1)
+    plugin.stop()
+    plugin.start(failpoints="snapshot-after-freeze:pause,snapshot-frozen-after-copy:pause")
+    call = plugin.controller.CreateSnapshot.future(
+        csi_pb2.CreateSnapshotRequest(name="fz-1", source_volume_id="fz")) if copy == "snapshot" else \
+        plugin.controller.CreateVolume.future(from_volume("fz-2", "fz", cap=cap))
+    deadline = time.monotonic() + 30
+    while _frozen_marker(plugin) is None and not call.done():
+        assert time.monotonic() < deadline, "the copy never froze its source"
+        time.sleep(0.01)
+    assert not call.done(), "the call is held inside its freeze"
+    time.sleep(0.2)  # past the marker, into the second the plugin holds after FIFREEZE
+    writer = subprocess.Popen(["dd", "if=/dev/urandom", f"of={os.path.join(target, 'during.bin')}", "bs=4k",
+                               "count=1", "conv=fsync"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while _state(writer.pid) != "D":
+            assert writer.poll() is None, "the write finished while the source should be frozen"
+            time.sleep(0.01)
+        assert not call.done(), "the writer blocked while the copy held the freeze"
+        call.result(timeout=30)
+        assert writer.wait(timeout=10) == 0, "the thaw let the write finish"
+    finally:
+        if writer.poll() is None:
+            subprocess.run(["fsfreeze", "--unfreeze", paths(plugin, "fz")[0]], stderr=subprocess.DEVNULL)
+            writer.wait(timeout=10)
+    assert _frozen_marker(plugin) is None
+    assert os.path.getsize(os.path.join(target, "during.bin")) == 4096
+    if copy == "snapshot":
+        copy_volume = plugin.controller.CreateVolume(from_snapshot("fz-2", "fz-1", cap=cap)).volume
+    else:
+        copy_volume = call.result().volume
+    restored = mounted(plugin, "fz-2", cap, volume=copy_volume)
+    assert os.path.getsize(os.path.join(restored, "before.bin")) == MiB
+    during = os.path.join(restored, "during.bin")
+    assert not os.path.exists(during) or os.path.getsize(during) == 0, "the copy holds a write made after the freeze"
+    release(plugin, "fz-2")
+    release(plugin, "fz")
