@@ -13,7 +13,9 @@ Inside the guest, the real plugin (controller and node, as the node DaemonSet ru
 - a dir root on an xfs mounted without `prjquota`: Probe and CreateVolume say which option is missing;
 - thick (linear) LVM volumes in a volume group with no thin pool: create (and a SIGKILL right
   after lvcreate), xfs staged, grown online, capacity from the group's free extents, and the
-  snapshot and clone they refuse."""
+  snapshot and clone they refuse;
+- a loop volume with ext4 grown while published: the guest's root holds CAP_SYS_RESOURCE, so this
+  is the branch of NE4 the host (without it) cannot reach."""
 import shutil
 import tempfile
 
@@ -270,6 +272,25 @@ csi delete pvc-e2
 csi snapshot delete snap-e1
 csi delete pvc-e1
 result e1_left "$(ls /data/ext4/swell/volumes | wc -l)"
+
+# A loop volume with ext4, grown while published: the guest's root holds CAP_SYS_RESOURCE, so the
+# kernel's online resize runs (the host without it answers FAILED_PRECONDITION, NE4).
+result cap_eff "$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status)"
+csi create --bytes 67108864 pvc-l1
+csi stage pvc-l1 /tmp/csi/stage/pvc-l1
+csi publish pvc-l1 /tmp/csi/stage/pvc-l1 /tmp/csi/pub/pvc-l1
+result l1_fstype "$(findmnt -n -o FSTYPE /tmp/csi/pub/pvc-l1)"
+dd if=/dev/urandom of=/tmp/csi/pub/pvc-l1/data bs=1M count=16 conv=fsync 2>/dev/null
+result l1_sha_before "$(sha256sum /tmp/csi/pub/pvc-l1/data | cut -d' ' -f1)"
+result l1_fs_before "$(stat -f -c '%b %S' /tmp/csi/pub/pvc-l1 | awk '{print $1*$2}')"
+result l1_expand "$(csi expand --bytes 134217728 pvc-l1)"
+result l1_node_expand "$(csi node-expand --bytes 134217728 pvc-l1 /tmp/csi/pub/pvc-l1 2>&1 | tr '\n' ' ')"
+result l1_fs_after "$(stat -f -c '%b %S' /tmp/csi/pub/pvc-l1 | awk '{print $1*$2}')"
+result l1_sha_after "$(sha256sum /tmp/csi/pub/pvc-l1/data | cut -d' ' -f1)"
+csi unpublish pvc-l1 /tmp/csi/pub/pvc-l1
+csi unstage pvc-l1 /tmp/csi/stage/pvc-l1
+csi delete pvc-l1
+result l1_loops "$(losetup -a | grep -c pvc-l1 || true)"
 kill $plugin_pid; wait $plugin_pid || true
 '''
 
@@ -359,6 +380,14 @@ def test_vm_dir_and_thick_lvm_volumes():
         assert int(r["e1_statfs_after"]) == 64 * MiB
         assert r["e1_snap_method"] == "copy" and r["e2_sha"] == r["e1_sha"] != "", r
         assert r["e1_left"] == "0"
+        # ext4 grown online where CAP_SYS_RESOURCE is held: NE4's other branch.
+        assert int(r["cap_eff"], 16) & (1 << 24), r["cap_eff"]
+        assert r["l1_fstype"] == "ext4", r["l1_fstype"]
+        assert "node expansion required: true" in r["l1_expand"], r["l1_expand"]
+        assert f"{128 * MiB}" in r["l1_node_expand"], r["l1_node_expand"]
+        assert int(r["l1_fs_after"]) > int(r["l1_fs_before"]) + 48 * MiB, (r["l1_fs_before"], r["l1_fs_after"])
+        assert r["l1_sha_after"] == r["l1_sha_before"] != ""
+        assert r["l1_loops"] == "0"
         print(f"dir grow under a writer: {r['grow_ms']} ms; thick LV grow: {r['t1_grow_ms']} ms (TCG)")
     finally:
         if vm is not None:
