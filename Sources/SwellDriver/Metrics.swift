@@ -41,6 +41,10 @@ public struct VolumeFigures: Sendable {
   public var mountPoints: [(id: String, path: String)] = []
   /// Attached loop devices by mode: `on` (direct I/O to the backing file) and `off` (buffered).
   public var loopDirectIO: [String: Int] = [:]
+  /// For each attached volume with a filesystem mounted: its inodes, in all and in use.
+  public var inodes: [(id: String, total: Int64, used: Int64)] = []
+  /// The controller's pools (data filesystems, volume groups, thin pools), by backend.
+  public var pools: [(backend: String, pool: PoolUsage)] = []
 
   /// `/volumes`: one line per volume staged on this node, `ID<TAB>PATH`, for the per-node sidecar's
   /// auto-grow, which asks NodeGetVolumeStats about that path.
@@ -57,12 +61,33 @@ public struct VolumeFigures: Sendable {
     out += "# HELP swell_volume_used_bytes Bytes used by the filesystem of each volume staged on this node\n"
     out += "# TYPE swell_volume_used_bytes gauge\n"
     for v in attached { if let used = v.used { out += "swell_volume_used_bytes{volume=\"\(v.id)\"} \(used)\n" } }
+    out += "# HELP swell_volume_inodes Inodes of the filesystem of each volume staged on this node\n"
+    out += "# TYPE swell_volume_inodes gauge\n"
+    for v in inodes { out += "swell_volume_inodes{volume=\"\(v.id)\"} \(v.total)\n" }
+    out += "# HELP swell_volume_used_inodes Inodes in use in the filesystem of each volume staged on this node\n"
+    out += "# TYPE swell_volume_used_inodes gauge\n"
+    for v in inodes { out += "swell_volume_used_inodes{volume=\"\(v.id)\"} \(v.used)\n" }
     if !loopDirectIO.isEmpty {
       out += "# HELP swell_loop_devices Loop devices of volumes attached on this node, by direct I/O (off: buffered, because the backing filesystem refused it)\n"
       out += "# TYPE swell_loop_devices gauge\n"
       for mode in loopDirectIO.keys.sorted() { out += "swell_loop_devices{direct_io=\"\(mode)\"} \(loopDirectIO[mode]!)\n" }
     }
+    if !pools.isEmpty {
+      out += "# HELP swell_pool_size_bytes Size of each pool volumes are carved from, by backend\n"
+      out += "# TYPE swell_pool_size_bytes gauge\n"
+      for p in pools { out += "swell_pool_size_bytes{\(Self.poolLabels(p))} \(p.pool.sizeBytes)\n" }
+      out += "# HELP swell_pool_available_bytes Bytes still free in each pool, by backend\n"
+      out += "# TYPE swell_pool_available_bytes gauge\n"
+      for p in pools { out += "swell_pool_available_bytes{\(Self.poolLabels(p))} \(p.pool.availableBytes)\n" }
+    }
     return out
+  }
+
+  /// `backend="…",pool="…"`, the pool's name (a path) escaped as the text format requires.
+  static func poolLabels(_ p: (backend: String, pool: PoolUsage)) -> String {
+    let name = p.pool.name.replacingOccurrences(of: "\\", with: "\\\\")
+      .replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    return "backend=\"\(p.backend)\",pool=\"\(name)\""
   }
 
   /// Reads the figures for one scrape: health for a controller's volumes, attachments and
@@ -78,6 +103,9 @@ public struct VolumeFigures: Sendable {
       for v in (try? await backends.controller.list()) ?? [] {
         let state = await backends.controller.health(v.id) == .normal ? "healthy" : "abnormal"
         figures.byState[state, default: 0] += 1
+      }
+      for entry in backends.controller.backends {
+        for pool in (try? await entry.backend.pools()) ?? [] { figures.pools.append((entry.name, pool)) }
       }
     }
     if mode.servesNode {
@@ -103,8 +131,9 @@ public struct VolumeFigures: Sendable {
         if device.isDirectory && mount == nil { continue }
         count += 1
         if let dio = device.directIO { figures.loopDirectIO[dio ? "on" : "off", default: 0] += 1 }
-        let used = usage ? mount.flatMap { try? FileSystemUsage.of($0.mountPoint).usedBytes } : nil
-        figures.attached.append((id, device.sizeBytes, used))
+        let fs = usage ? mount.flatMap { try? FileSystemUsage.of($0.mountPoint) } : nil
+        figures.attached.append((id, device.sizeBytes, fs?.usedBytes))
+        if let fs, fs.totalInodes > 0 { figures.inodes.append((id, fs.totalInodes, fs.usedInodes)) }
         if let mount { figures.mountPoints.append((id, mount.mountPoint)) }
       }
       figures.byState["attached"] = count

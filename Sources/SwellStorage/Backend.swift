@@ -126,6 +126,10 @@ public protocol ControllerBackend: Sendable {
   func availableBytes() async throws -> Int64
   /// Throws when the backend cannot serve requests now.
   func checkReady() async throws
+  /// The storage this backend carves volumes from (a data filesystem, a volume group, a thin pool),
+  /// with its size and free bytes now: what the pool-full alert watches. Empty where the storage
+  /// is another host's.
+  func pools() async throws -> [PoolUsage]
 
   /// True when a volume is reachable only from the node that holds it, so that CreateVolume
   /// answers this node's topology and honours topology requirements; false for network volumes.
@@ -165,4 +169,23 @@ public protocol NodeBackend: Sendable {
   func health(_ id: String) async -> VolumeHealth
   /// Throws when this node cannot attach volumes now.
   func checkReady() async throws
+}
+
+/// One pool's size and the bytes still free in it.
+public struct PoolUsage: Sendable, Equatable {
+  public var name: String
+  public var sizeBytes: Int64
+  public var availableBytes: Int64
+
+  public init(name: String, sizeBytes: Int64, availableBytes: Int64) {
+    self.name = name
+    self.sizeBytes = sizeBytes
+    self.availableBytes = availableBytes
+  }
+
+  /// The filesystem holding `path`, as statvfs sees it.
+  public static func fileSystem(_ path: String) async throws -> PoolUsage {
+    let usage = try await BlockingIO.run { try FileSystemUsage.of(path) }
+    return PoolUsage(name: path, sizeBytes: usage.totalBytes, availableBytes: usage.availableBytes)
+  }
 }

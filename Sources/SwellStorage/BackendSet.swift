@@ -79,6 +79,12 @@ public struct ControllerBackends: ControllerBackend {
     try await backend(named: defaultName).availableBytes()
   }
 
+  public func pools() async throws -> [PoolUsage] {
+    var all: [PoolUsage] = []
+    for entry in backends { all += try await entry.backend.pools() }
+    return all
+  }
+
   public func checkReady() async throws {
     for entry in backends { try await entry.backend.checkReady() }
   }

@@ -242,6 +242,8 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
     return try await BlockingIO.run { try FileSystemUsage.of(volumesDir).availableBytes }
   }
 
+  public func pools() async throws -> [PoolUsage] { [try await .fileSystem(volumesDir)] }
+
   /// FAILED_PRECONDITION, naming the mount option, unless project quotas are enforced on the
   /// data filesystem.
   public func checkReady() async throws {

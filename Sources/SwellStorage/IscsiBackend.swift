@@ -131,6 +131,9 @@ public struct IscsiBackend: ControllerBackend {
     try await files.availableBytes()
   }
 
+  /// The target's files live on the storage host: its own monitoring watches that disk.
+  public func pools() async throws -> [PoolUsage] { [] }
+
   // MARK: Snapshots: copies or reflinks of the target's file, on the storage host
 
   /// A LUN that an initiator is logged in to cannot be frozen from here, so only an atomic reflink

@@ -235,6 +235,8 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     try await availableBytes()
   }
 
+  public func pools() async throws -> [PoolUsage] { [try await .fileSystem(volumesDir)] }
+
   public func checkReady() async throws {
     guard access(volumesDir, W_OK) == 0 else {
       throw SwellError(.unavailable, "data directory \(volumesDir) is not writable")

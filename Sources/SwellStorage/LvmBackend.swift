@@ -249,6 +249,18 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     return max(0, allowance(thinPool) - committed(to: pool, in: lvs))
   }
 
+  /// The volume group (thick volumes) and each thin pool, its free part from its data or metadata
+  /// use, whichever is higher.
+  public func pools() async throws -> [PoolUsage] {
+    let group = try await lvm.volumeGroup(vg)
+    var out = [PoolUsage(name: vg, sizeBytes: group.sizeBytes, availableBytes: group.freeBytes)]
+    for lv in try await lvm.logicalVolumes(vg: vg) where lv.segmentType == "thin-pool" {
+      let used = Int64(Double(lv.sizeBytes) * (fullness(lv) ?? 0) / 100)
+      out.append(PoolUsage(name: "\(vg)/\(lv.name)", sizeBytes: lv.sizeBytes, availableBytes: max(0, lv.sizeBytes - used)))
+    }
+    return out
+  }
+
   /// Nothing to sweep: one `lvcreate` makes a whole volume or snapshot, or nothing.
   public func sweepLeftovers() throws -> [String] { [] }
 

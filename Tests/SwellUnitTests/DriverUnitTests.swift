@@ -2,6 +2,7 @@ import CSIProto
 import GRPCCore
 import Testing
 import SwellHost
+import SwellStorage
 import Logging
 @testable import SwellDriver
 
@@ -164,6 +165,18 @@ import Logging
     #expect(text.contains("swell_volume_capacity_bytes{volume=\"b1\"} 67108864\n"))
     #expect(text.contains("swell_volume_used_bytes{volume=\"v1\"} 5242880\n"))
     #expect(!text.contains("swell_volume_used_bytes{volume=\"b1\"}"))
+    #expect(!text.contains("swell_pool_size_bytes"), "no pool series without a pool")
+  }
+
+  @Test func poolAndInodeFiguresRenderWithEscapedLabels() {
+    var figures = VolumeFigures()
+    figures.inodes = [("v1", 65536, 12)]
+    figures.pools = [("loop", PoolUsage(name: "/data/a \"b\"\\c", sizeBytes: 100, availableBytes: 40))]
+    let text = figures.prometheusText()
+    #expect(text.contains("swell_volume_inodes{volume=\"v1\"} 65536\n"))
+    #expect(text.contains("swell_volume_used_inodes{volume=\"v1\"} 12\n"))
+    #expect(text.contains("swell_pool_size_bytes{backend=\"loop\",pool=\"/data/a \\\"b\\\"\\\\c\"} 100\n"))
+    #expect(text.contains("swell_pool_available_bytes{backend=\"loop\",pool=\"/data/a \\\"b\\\"\\\\c\"} 40\n"))
   }
 
   @Test func metricsAddressParsing() throws {
