@@ -28,6 +28,8 @@ final class AutoGrower: Sendable {
     var lastBump: ContinuousClock.Instant?
     var reportedProblems = ""
     var cappedAt: Int64?
+    /// The request the last auto-grow raised, until the claim's capacity reaches it.
+    var pending: Int64?
     var lastHealthLook: ContinuousClock.Instant?
   }
 
@@ -121,6 +123,13 @@ final class AutoGrower: Sendable {
         pv: pv, observer: node, abnormal: stats.volumeCondition.abnormal, message: stats.volumeCondition.message)
     }
     guard growing, let policy else { return nil }
+    let claimLabels = (claim[path: "metadata", "namespace"]?.string ?? "", claim[path: "metadata", "name"]?.string ?? "")
+    if let pending = state.pending, let bumped = state.lastBump,
+      (Claims.bytes(claim[path: "status", "capacity", "storage"]) ?? 0) >= pending
+    {
+      r.metrics.autoGrowDone(after: .now - bumped)
+      state.pending = nil
+    }
     guard let bytes = stats.usage.first(where: { $0.unit == .bytes }) else { return nil }
     let inodes = stats.usage.first { $0.unit == .inodes }
     let usage = AutoGrowPolicy.Usage(
@@ -153,7 +162,9 @@ final class AutoGrower: Sendable {
         object[path: "spec", "resources", "requests", "storage"] = .string(Quantity.format(target))
       }
       state.lastBump = now
+      state.pending = target
       r.metrics.autoGrow(capped: false)
+      r.metrics.setAtMaximum(namespace: claimLabels.0, claim: claimLabels.1, false)
       r.events.record(
         claim, .normal, reason: "AutoGrow",
         message: "raised the request from \(Quantity.format(requested)) to \(Quantity.format(target)): "
@@ -163,6 +174,7 @@ final class AutoGrower: Sendable {
       if state.cappedAt != requested {
         state.cappedAt = requested
         r.metrics.autoGrow(capped: true)
+        r.metrics.setAtMaximum(namespace: claimLabels.0, claim: claimLabels.1, true)
         r.events.record(
           claim, .warning, reason: "AutoGrowCapped",
           message: "the volume is at its auto-grow maximum of \(Quantity.format(policy.maximum)) "

@@ -8,6 +8,10 @@ public final class SidecarMetrics: Sendable {
     .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
     .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(5), .seconds(30), .seconds(120),
   ]
+  private let growBuckets: [Duration] = [
+    .seconds(1), .seconds(2), .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(120), .seconds(300),
+    .seconds(900),
+  ]
 
   static var operations: MetricNameDescriptor { MetricNameDescriptor(
     namespace: "swell", subsystem: "sidecar", metricName: "operations", unitName: "total",
@@ -37,7 +41,25 @@ public final class SidecarMetrics: Sendable {
     namespace: "swell", subsystem: "sidecar", metricName: "passes", unitName: "total",
     helpText: "Passes of the periodic loops finished, by loop (autogrow, capacity, health)") }
 
+  static var autoGrowDuration: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "autogrow_duration", unitName: "seconds",
+    helpText: "Time from an auto-grow's raised request to the claim's capacity reaching it: "
+      + "the controller's grow and the node's filesystem grow, end to end") }
+  static var atMaximum: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "autogrow_at_maximum", unitName: "",
+    helpText: "1 while a claim's auto-grow is held at its policy's maximum, 0 after it grows again") }
+
   public init() {}
+
+  public func autoGrowDone(after duration: Duration) {
+    registry.makeDurationHistogram(descriptor: Self.autoGrowDuration, buckets: growBuckets).record(duration)
+  }
+
+  public func setAtMaximum(namespace: String, claim: String, _ at: Bool) {
+    registry.makeGauge(
+      descriptor: Self.atMaximum, labels: [("namespace", namespace), ("persistentvolumeclaim", claim)]
+    ).set(to: at ? 1 : 0)
+  }
 
   /// An object this sidecar looked at and chose to leave alone: the sign that it saw the object.
   public func deferred(_ operation: String, reason: String) {
