@@ -28,6 +28,8 @@ if [ "${1:-}" = "--tests" ]; then
   # The deploy tests render the overlays with `kubectl kustomize`. This machine kind ships kubectl;
   # elsewhere Debian's kubernetes-client provides it.
   command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+  # Prometheus and promtool: the alerting rules' checks and unit tests, and the live monitoring test.
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   # The real-node tier (cluster/): etcd, containerd with runc and the CNI plugins under the kit's
   # Kubernetes binaries, mmdebstrap for the images' root filesystems, xz for the kit.
   for pair in etcd:etcd-server containerd:containerd runc:runc mmdebstrap:mmdebstrap xz:xz-utils ip:iproute2; do

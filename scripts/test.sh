@@ -21,6 +21,10 @@ leftovers() {
   if pgrep -f "(^|/)tgtd -f -C" >/dev/null || pgrep -x qemu-system-x86 >/dev/null || pgrep -f "postgres -D /tmp/swell-" >/dev/null || pgrep -x mariadbd >/dev/null; then
     echo "leaked processes:"; pgrep -af "(^|/)tgtd -f -C|qemu-system-x86|postgres -D /tmp/swell-|mariadbd"; found=1
   fi
+  # The monitoring test's private Prometheus.
+  if pgrep -f "prometheus --config.file=/tmp/swell-" >/dev/null; then
+    echo "leaked Prometheus:"; pgrep -af "prometheus --config.file=/tmp/swell-"; found=1
+  fi
   # The real-node tier: its cluster's processes, kubelet's root and the node's host paths.
   if pgrep -f "swell-kube-" >/dev/null || pgrep -x containerd >/dev/null || pgrep -f containerd-shim-runc-v2 >/dev/null; then
     echo "leaked cluster processes:"; pgrep -af "swell-kube-|containerd"; found=1
@@ -88,8 +92,8 @@ fi
 tail -n 1 .build/release-build.log
 export SWELL_RELEASE_BIN="$release_out/swell"
 
-stage "deploy (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage)"
-python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py
+stage "deploy (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage; promtool on the alerts)"
+python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py deploy/test_monitoring.py
 
 stage "conformance, VM tier: waiting for it"
 vm_status=0

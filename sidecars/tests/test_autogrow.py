@@ -56,13 +56,14 @@ class Kubelet(threading.Thread):
 
 
 def staged_autogrow_claim(cluster, name, policy):
-    """The plugin with /metrics, a per-node sidecar that auto-grows, a class with `policy` (its
+    """The plugin with /metrics (its port in `cluster.plugin.metrics_port`), a per-node sidecar that auto-grows, a class with `policy` (its
     annotations), a 320Mi claim `name` provisioned and bound, and its volume staged; returns the
     volume handle and the staging path."""
     api = cluster.api
     metrics_port = csiconf.free_port()
     cluster.plugin.stop()
     cluster.plugin.start(extra_args=("--metrics-address", f"127.0.0.1:{metrics_port}"))
+    cluster.plugin.metrics_port = metrics_port
     cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{metrics_port}",
                     "--autogrow-max-interval", "1")
     sc = api.create_class("swell", binding="WaitForFirstConsumer", params={"csi.storage.k8s.io/fstype": FS})
