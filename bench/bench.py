@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Swell benchmarks: the figures in README.md come from this script.
+"""Swell benchmarks: the figures in docs/performance.md come from this script.
 
 Starts the given `swell` binary (use a release build) on a temp socket and measures, through a
 Python grpcio client (whose own overhead is included in every latency):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Swell at node scale: many volumes on one node, most of them staged (figures in README.md).
+"""Swell at node scale: many volumes on one node, most of them staged (figures in docs/performance.md).
 
 Creates N loop volumes and stages K of them (ext4, a loop device and a mount each), then measures,
 with the same volumes and mounts, in two modes of the same binary:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The sidecar at node scale, against the test API server (sidecars/tests/fakeapi.py, which plays the
-PV binder), with the real plugin on loop volumes (figures in README.md):
+PV binder), with the real plugin on loop volumes (figures in docs/performance.md):
   - a burst of N claims posted at once (8 client threads): the time until every one is Bound, and
     the work queue's depth over the burst (the sidecar's own gauge, sampled every 0.2 s), with
     the reconcile retries and 409 conflicts it met;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Snapshot, restore and clone times: the figures in README.md come from this script.
+"""Snapshot, restore and clone times: the figures in docs/performance.md come from this script.
 
 For each data-directory filesystem (xfs with reflink=1, and ext4), a sparse image under /tmp is
 formatted and loop-mounted as the plugin's data directory. A 10 GiB ext4 volume is staged there

@@ -92,8 +92,8 @@ fi
 tail -n 1 .build/release-build.log
 export SWELL_RELEASE_BIN="$release_out/swell"
 
-stage "deploy (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage; promtool on the alerts)"
-python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py deploy/test_monitoring.py
+stage "deploy and docs (kustomize, kubernetes-validate 1.33, yamllint, the image's build stage; promtool on the alerts; the docs' links and coverage)"
+python3 -m pytest -q -p no:cacheprovider deploy/test_deploy.py deploy/test_monitoring.py docs/test_docs.py
 
 stage "conformance, VM tier: waiting for it"
 vm_status=0

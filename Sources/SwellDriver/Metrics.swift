@@ -53,34 +53,37 @@ public struct VolumeFigures: Sendable {
   }
 
   func prometheusText() -> String {
-    var out = "# HELP swell_volumes Volumes by state\n# TYPE swell_volumes gauge\n"
-    for state in byState.keys.sorted() { out += "swell_volumes{state=\"\(state)\"} \(byState[state]!)\n" }
-    out += "# HELP swell_volume_capacity_bytes Size of each volume attached on this node\n"
-    out += "# TYPE swell_volume_capacity_bytes gauge\n"
-    for v in attached { out += "swell_volume_capacity_bytes{volume=\"\(v.id)\"} \(v.capacity)\n" }
-    out += "# HELP swell_volume_used_bytes Bytes used by the filesystem of each volume staged on this node\n"
-    out += "# TYPE swell_volume_used_bytes gauge\n"
-    for v in attached { if let used = v.used { out += "swell_volume_used_bytes{volume=\"\(v.id)\"} \(used)\n" } }
-    out += "# HELP swell_volume_inodes Inodes of the filesystem of each volume staged on this node\n"
-    out += "# TYPE swell_volume_inodes gauge\n"
-    for v in inodes { out += "swell_volume_inodes{volume=\"\(v.id)\"} \(v.total)\n" }
-    out += "# HELP swell_volume_used_inodes Inodes in use in the filesystem of each volume staged on this node\n"
-    out += "# TYPE swell_volume_used_inodes gauge\n"
-    for v in inodes { out += "swell_volume_used_inodes{volume=\"\(v.id)\"} \(v.used)\n" }
+    let sizes = attached.map { ("volume=\"\($0.id)\"", $0.capacity) }
+    let used = attached.compactMap { v in v.used.map { ("volume=\"\(v.id)\"", $0) } }
+    var out = Self.gauge("swell_volumes", "Volumes by state", byState.keys.sorted().map { ("state=\"\($0)\"", Int64(byState[$0]!)) })
+    out += Self.gauge("swell_volume_capacity_bytes", "Size of each volume attached on this node", sizes)
+    out += Self.gauge("swell_volume_used_bytes", "Bytes used by the filesystem of each volume staged on this node", used)
+    out += Self.gauge(
+      "swell_volume_inodes", "Inodes of the filesystem of each volume staged on this node",
+      inodes.map { ("volume=\"\($0.id)\"", $0.total) })
+    out += Self.gauge(
+      "swell_volume_used_inodes", "Inodes in use in the filesystem of each volume staged on this node",
+      inodes.map { ("volume=\"\($0.id)\"", $0.used) })
     if !loopDirectIO.isEmpty {
-      out += "# HELP swell_loop_devices Loop devices of volumes attached on this node, by direct I/O (off: buffered, because the backing filesystem refused it)\n"
-      out += "# TYPE swell_loop_devices gauge\n"
-      for mode in loopDirectIO.keys.sorted() { out += "swell_loop_devices{direct_io=\"\(mode)\"} \(loopDirectIO[mode]!)\n" }
+      out += Self.gauge(
+        "swell_loop_devices",
+        "Loop devices of volumes attached on this node, by direct I/O (off: buffered, because the backing filesystem refused it)",
+        loopDirectIO.keys.sorted().map { ("direct_io=\"\($0)\"", Int64(loopDirectIO[$0]!)) })
     }
     if !pools.isEmpty {
-      out += "# HELP swell_pool_size_bytes Size of each pool volumes are carved from, by backend\n"
-      out += "# TYPE swell_pool_size_bytes gauge\n"
-      for p in pools { out += "swell_pool_size_bytes{\(Self.poolLabels(p))} \(p.pool.sizeBytes)\n" }
-      out += "# HELP swell_pool_available_bytes Bytes still free in each pool, by backend\n"
-      out += "# TYPE swell_pool_available_bytes gauge\n"
-      for p in pools { out += "swell_pool_available_bytes{\(Self.poolLabels(p))} \(p.pool.availableBytes)\n" }
+      out += Self.gauge(
+        "swell_pool_size_bytes", "Size of each pool volumes are carved from, by backend",
+        pools.map { (Self.poolLabels($0), $0.pool.sizeBytes) })
+      out += Self.gauge(
+        "swell_pool_available_bytes", "Bytes still free in each pool, by backend",
+        pools.map { (Self.poolLabels($0), $0.pool.availableBytes) })
     }
     return out
+  }
+
+  /// One gauge in the text format: its HELP and TYPE lines, then a sample per label set.
+  static func gauge(_ name: String, _ help: String, _ samples: [(labels: String, value: Int64)]) -> String {
+    "# HELP \(name) \(help)\n# TYPE \(name) gauge\n" + samples.map { "\(name){\($0.labels)} \($0.value)\n" }.joined()
   }
 
   /// `backend="…",pool="…"`, the pool's name (a path) escaped as the text format requires.

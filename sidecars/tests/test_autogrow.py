@@ -55,6 +55,17 @@ class Kubelet(threading.Thread):
             time.sleep(0.05)
 
 
+def write_synced(f, chunk, written):
+    """Writes and fsyncs one chunk; ENOSPC fails the test, naming how much had been written."""
+    try:
+        f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as e:
+        assert e.errno != errno.ENOSPC, f"ENOSPC after {written // MiB} MiB"
+        raise
+
+
 def staged_autogrow_claim(cluster, name, policy):
     """The plugin with /metrics (its port in `cluster.plugin.metrics_port`), a per-node sidecar that auto-grows, a class with `policy` (its
     annotations), a 320Mi claim `name` provisioned and bound, and its volume staged; returns the
@@ -91,13 +102,7 @@ def test_autogrow_keeps_a_filling_volume_from_enospc(cluster):
         chunk = os.urandom(4 * MiB)
         with open(path, "wb") as f:
             for i in range(125):
-                try:
-                    f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-                except OSError as e:
-                    assert e.errno != errno.ENOSPC, f"ENOSPC after {i * 4} MiB"
-                    raise
+                write_synced(f, chunk, i * len(chunk))
                 digest.update(chunk)
                 time.sleep(0.2)
         capped = api.wait("AutoGrowCapped", lambda: [e for e in api.events_for("db")

@@ -5,7 +5,6 @@ volume is full. promtool checks both /metrics pages.
 
 The rules are loaded from deploy/monitoring/rules.yaml with each `for:` set to 0s: the durations are
 unit-tested by promtool (rules.test.yaml); here the expressions meet real series."""
-import errno
 import json
 import os
 import re
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, csiconf
-from test_autogrow import Kubelet, staged_autogrow_claim
+from test_autogrow import Kubelet, staged_autogrow_claim, write_synced
 
 MiB = 1 << 20
 MONITORING = os.path.join(ROOT, "deploy", "monitoring")
@@ -176,13 +175,7 @@ def test_dashboard_and_alerts_against_a_real_prometheus(cluster, prometheus_tool
         chunk = os.urandom(2 * MiB)
         with open(path, "wb") as f:
             for i in range(400):
-                try:
-                    f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-                except OSError as e:
-                    assert e.errno != errno.ENOSPC, f"the volume filled after {i * 2} MiB, the alert never fired"
-                    raise
+                write_synced(f, chunk, i * len(chunk))  # ENOSPC: full before the alert fired
                 at_maximum = api.get(api.pvc_path("db"))["status"]["capacity"]["storage"] == "640Mi"
                 time.sleep(0.25 if at_maximum else 0.1)
                 if at_maximum and (alerts := prom.firing("SwellVolumeFillingFast")):
