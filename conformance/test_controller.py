@@ -192,8 +192,6 @@ def test_unoffered_calls_are_unimplemented(plugin):
                    csi_pb2.ControllerPublishVolumeRequest(volume_id="a", node_id="n")) == C.UNIMPLEMENTED
     assert code_of(plugin.controller.ControllerUnpublishVolume,
                    csi_pb2.ControllerUnpublishVolumeRequest(volume_id="a", node_id="n")) == C.UNIMPLEMENTED
-    assert code_of(plugin.controller.ControllerModifyVolume,
-                   csi_pb2.ControllerModifyVolumeRequest(volume_id="a", mutable_parameters={"k": "v"})) == C.UNIMPLEMENTED
 
 
 def test_parallel_creates_with_one_name_make_one_volume(plugin):

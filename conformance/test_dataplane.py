@@ -1,5 +1,6 @@
 """The data plane a database needs: loop devices in direct-I/O mode (checked in sysfs), a buffered
 fallback that is announced, thick (preallocated) volumes, and `noatime` staging mounts."""
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -181,22 +182,33 @@ def test_thick_volumes_are_preallocated_at_create_and_at_each_grow(plugin):
     assert code_of(plugin.controller.CreateVolume, bad) == C.INVALID_ARGUMENT
 
 
-def test_thick_without_the_space_is_resource_exhausted_and_leaves_nothing():
-    """On a 128 MiB data filesystem: a thick volume too large for it is refused before any work; a
-    thick restore whose preallocation runs out of space half-way (a restore skips the free-space
-    precheck, the copy is judged by its source) is refused by fallocate's ENOSPC, and neither leaves
-    a file behind. The thick volume that fitted keeps its bytes."""
+@contextlib.contextmanager
+def plugin_on_a_small_filesystem(mib=128):
+    """A plugin whose data directory is its own ext4 of `mib` MiB (no reserved blocks), on a loop
+    device of the test's; everything is unmounted and detached after, on failure too."""
     require_root()
     root = tempfile.mkdtemp(prefix="swell-conf-")
     p = Plugin(root)
     img = os.path.join(root, "small.img")
     try:
         with open(img, "wb") as f:
-            f.truncate(128 * MiB)
+            f.truncate(mib * MiB)
         subprocess.run(["mkfs.ext4", "-q", "-m", "0", img], check=True)
         os.makedirs(p.data)
         subprocess.run(["mount", "-o", "loop", img, p.data], check=True)
         p.start()
+        yield p
+    finally:
+        p.stop()
+        clean_host(root)
+
+
+def test_thick_without_the_space_is_resource_exhausted_and_leaves_nothing():
+    """On a 128 MiB data filesystem: a thick volume too large for it is refused before any work; a
+    thick restore whose preallocation runs out of space half-way (a restore skips the free-space
+    precheck, the copy is judged by its source) is refused by fallocate's ENOSPC, and neither leaves
+    a file behind. The thick volume that fitted keeps its bytes."""
+    with plugin_on_a_small_filesystem() as p:
         thick = {"provisioning": "thick"}
         p.controller.CreateVolume(create_req("big", required=64 * MiB, params=thick))
         assert code_of(p.controller.CreateVolume,
@@ -216,6 +228,3 @@ def test_thick_without_the_space_is_resource_exhausted_and_leaves_nothing():
         assert code_of(p.controller.ControllerExpandVolume, csi_pb2.ControllerExpandVolumeRequest(
             volume_id="big", capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB))) == C.RESOURCE_EXHAUSTED
         assert os.path.getsize(disk_of(p, "big")) == 64 * MiB
-    finally:
-        p.stop()
-        clean_host(root)

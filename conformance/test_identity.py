@@ -46,7 +46,8 @@ def test_controller_capabilities(plugin):
     R = csi_pb2.ControllerServiceCapability.RPC
     assert sorted(caps) == sorted({R.CREATE_DELETE_VOLUME, R.EXPAND_VOLUME, R.LIST_VOLUMES, R.GET_CAPACITY,
                                    R.GET_VOLUME, R.VOLUME_CONDITION, R.SINGLE_NODE_MULTI_WRITER,
-                                   R.CREATE_DELETE_SNAPSHOT, R.LIST_SNAPSHOTS, R.GET_SNAPSHOT, R.CLONE_VOLUME})
+                                   R.CREATE_DELETE_SNAPSHOT, R.LIST_SNAPSHOTS, R.GET_SNAPSHOT, R.CLONE_VOLUME,
+                                   R.MODIFY_VOLUME})
     c = plugin.controller
     served = {
         R.CREATE_DELETE_VOLUME: [(c.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id="nothing-here"))],
@@ -57,6 +58,7 @@ def test_controller_capabilities(plugin):
         R.CREATE_DELETE_SNAPSHOT: [(c.DeleteSnapshot, csi_pb2.DeleteSnapshotRequest(snapshot_id="nothing-here"))],
         R.LIST_SNAPSHOTS: [(c.ListSnapshots, csi_pb2.ListSnapshotsRequest())],
         R.GET_SNAPSHOT: [(c.ListSnapshots, csi_pb2.ListSnapshotsRequest(snapshot_id="nothing-here"))],
+        R.MODIFY_VOLUME: [(c.ControllerModifyVolume, csi_pb2.ControllerModifyVolumeRequest(volume_id="nothing-here"))],
     }
     for cap, calls in served.items():
         assert cap in caps
@@ -65,7 +67,6 @@ def test_controller_capabilities(plugin):
     unserved = [
         (c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(volume_id="v", node_id=NODE_ID)),
         (c.ControllerUnpublishVolume, csi_pb2.ControllerUnpublishVolumeRequest(volume_id="v")),
-        (c.ControllerModifyVolume, csi_pb2.ControllerModifyVolumeRequest(volume_id="v")),
     ]
     for call, request in unserved:
         assert code_of(call, request) == grpc.StatusCode.UNIMPLEMENTED, call

@@ -120,6 +120,21 @@ def test_grow_is_seen_by_the_initiator_and_never_shrinks(ctl):
     assert ctl.capacity("pvc-g1") == 100 * MiB
 
 
+def test_modify_reserves_the_targets_file_and_the_initiator_sees_the_same_lun(ctl):
+    ctl.create("pvc-m1", 64 * MiB)
+    path = os.path.join(ctl.storage, "volumes", "pvc-m1", "disk.img")
+    assert os.stat(path).st_blocks * 512 < 8 * MiB
+    ctl.plugin.controller.ControllerModifyVolume(csi_pb2.ControllerModifyVolumeRequest(
+        volume_id="pvc-m1", mutable_parameters={"provisioning": "thick"}))
+    assert os.stat(path).st_blocks * 512 >= 64 * MiB
+    assert ctl.capacity("pvc-m1") == 64 * MiB, "the LUN is unchanged"
+    assert code_of(ctl.plugin.controller.ControllerModifyVolume, csi_pb2.ControllerModifyVolumeRequest(
+        volume_id="pvc-m1", mutable_parameters={"tier": "gold"})) == grpc.StatusCode.INVALID_ARGUMENT
+    ctl.expand("pvc-m1", 96 * MiB)
+    assert os.stat(path).st_blocks * 512 >= 96 * MiB, "a thick target's grow is reserved too"
+    assert ctl.capacity("pvc-m1") == 96 * MiB
+
+
 def test_a_crash_between_growing_and_reexporting_converges(ctl):
     ctl.create("pvc-c1", 64 * MiB)
     ctl.plugin.stop()

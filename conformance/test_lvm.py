@@ -76,6 +76,9 @@ result lv_path_e4 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-e4)"
 expect_code RESOURCE_EXHAUSTED create --parameter backend=lvm --fs-type ext4 --bytes 134217728 pvc-big
 expect_code RESOURCE_EXHAUSTED expand --bytes 268435456 pvc-e4
 expect_code INVALID_ARGUMENT create --parameter backend=lvm --parameter pool=nope --bytes 1048576 pvc-nopool
+# A thin LV cannot become linear in place (ControllerModifyVolume); thin again changes nothing.
+result e4_modify_thick "$(expect_code INVALID_ARGUMENT modify --parameter provisioning=thick pvc-e4 | tr '\n' ' ')"
+result e4_modify_thin "$(csi modify --parameter provisioning=thin pvc-e4)"
 result capacity "$(csi capacity --parameter backend=lvm)"
 
 # Sizes are whole extents (4 MiB here): 65 MiB asked is 68 MiB made.
@@ -174,6 +177,7 @@ def test_vm_lvm_thin_lifecycle():
         # 600 MiB pool, overcommit 1.0, 528 MiB given out: GetCapacity says what is left.
         assert r["capacity"].startswith(f"available: {72 * MiB} bytes"), r["capacity"]
         assert r["odd_size"] == f"volume pvc-odd: {68 * MiB} bytes", r["odd_size"]
+        assert "in place" in r["e4_modify_thick"] and r["e4_modify_thin"] == "modified pvc-e4", r
         assert r["swell_lvs_left"] == "0"
         assert r["reactivated"] == "xfs"
         # Thin snapshots: one LV after a crash and a retry; restore and clone hold the data of

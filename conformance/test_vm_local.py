@@ -157,6 +157,9 @@ csi create --parameter backend=dir --bytes 16777216 pvc-d3
 result d3_project "$(project pvc-d3)"
 result d1_project_after_restart "$(project pvc-d1)"
 expect_code FAILED_PRECONDITION snapshot create snap-d1 pvc-d1   # staged: refused
+# A directory has nothing to preallocate: provisioning=thick is refused, thin changes nothing.
+result d2_modify_thick "$(expect_code INVALID_ARGUMENT modify --parameter provisioning=thick pvc-d2 | tr '\n' ' ')"
+result d2_modify_thin "$(csi modify --parameter provisioning=thin pvc-d2)"
 
 # Delete: refused while mounted; then the ID and its limit are freed and the next volume reuses it.
 expect_code FAILED_PRECONDITION delete pvc-d1
@@ -242,6 +245,9 @@ result vg_free "$(lvm vgs --noheadings --units b --nosuffix -o vg_free vg0 | tr 
 expect_code RESOURCE_EXHAUSTED create --parameter backend=lvm --parameter provisioning=thick --bytes 268435456 pvc-t2
 expect_code INVALID_ARGUMENT create --parameter backend=lvm --bytes 8388608 pvc-thin
 expect_code FAILED_PRECONDITION snapshot create snap-t1 pvc-t1
+# A VolumeAttributesClass cannot make a linear LV thin in place; its own value changes nothing.
+result t1_modify_thin "$(expect_code INVALID_ARGUMENT modify --parameter provisioning=thin pvc-t1 | tr '\n' ' ')"
+result t1_modify_thick "$(csi modify --parameter provisioning=thick pvc-t1)"
 expect_code INVALID_ARGUMENT create --parameter backend=lvm --parameter provisioning=thick --bytes 419430400 --from-volume pvc-t1 pvc-t3
 csi unstage pvc-t1 /tmp/csi/stage/pvc-t1
 csi delete pvc-t1
@@ -369,6 +375,8 @@ def test_vm_dir_and_thick_lvm_volumes():
         assert r["volumes_left"] == "0"
         # Thick LVM.
         assert r["t1_segtype"] == "linear" and r["t1_lvs"] == "1"
+        assert "in place" in r["t1_modify_thin"] and r["t1_modify_thick"] == "modified pvc-t1", r
+        assert "preallocate" in r["d2_modify_thick"] and r["d2_modify_thin"] == "modified pvc-d2", r
         assert r["t1_sha_after"] == r["t1_sha_before"]
         assert int(r["t1_dev_bytes"]) == 400 * MiB
         assert int(r["t1_fs_bytes"]) > int(r["t1_fs_before"]) + 64 * MiB, (r["t1_fs_before"], r["t1_fs_bytes"])

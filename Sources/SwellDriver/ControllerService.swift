@@ -23,13 +23,13 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let validating = ContinuousClock.now
     try Names.validateVolumeID(request.name, field: "name")
     let access = try Validation.access(request.volumeCapabilities)
-    try Validation.parameters(request.parameters, backends: backend.names)
-    let backendName = request.parameters["backend"] ?? backend.defaultName
+    // A VolumeAttributesClass's parameters take precedence over the StorageClass's (the spec).
+    _ = try Validation.mutableParameters(request.mutableParameters)
+    let parameters = request.parameters.merging(request.mutableParameters) { _, mutable in mutable }
+    try Validation.parameters(parameters, backends: backend.names)
+    let backendName = parameters["backend"] ?? backend.defaultName
     let target = try backend.backend(named: backendName)
     let source = request.hasVolumeContentSource ? try Validation.contentSource(request.volumeContentSource) : nil
-    if !request.mutableParameters.isEmpty {
-      throw SwellError.invalid("mutable_parameters are not supported")
-    }
     if request.hasAccessibilityRequirements, target.isLocal {
       try Validation.accessibility(request.accessibilityRequirements, config: config)
     }
@@ -46,8 +46,8 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     var spec = VolumeSpec(
       id: request.name, capacityBytes: size, requiredBytes: request.capacityRange.requiredBytes,
       limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
-      pool: request.parameters["pool"], source: source, thick: try Validation.thick(request.parameters))
-    spec.overcommit = try Validation.overcommit(request.parameters)
+      pool: parameters["pool"], source: source, thick: try Validation.thick(parameters))
+    spec.overcommit = try Validation.overcommit(parameters)
     if backendName == IscsiBackend.name { spec.chap = try ChapCredentials(secrets: request.secrets) }
     Spans.recorder?.record("validate", ContinuousClock.now - validating)
     var record = try await locks.withLock(request.name) {
@@ -57,7 +57,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     // The node formats with the class's options, and grows a copied filesystem to its volume:
     // both travel in the volume context.
-    if let options = request.parameters["mkfsOptions"] { record.context["mkfsOptions"] = options }
+    if let options = parameters["mkfsOptions"] { record.context["mkfsOptions"] = options }
     if let source = record.source { record.context["contentSource"] = source.encoded }
     return .with { $0.volume = csiVolume(record) }
   }
@@ -112,6 +112,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     }
     do {
       try Validation.parameters(request.parameters, backends: backend.names)
+      _ = try Validation.mutableParameters(request.mutableParameters)
       let access = try Validation.access(request.volumeCapabilities)
       if access.kind != record.access {
         return .with { $0.message = "volume \(record.id) is a \(record.access.rawValue) volume, not \(access.kind.rawValue)" }
@@ -127,6 +128,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
         $0.volumeContext = request.volumeContext
         $0.volumeCapabilities = request.volumeCapabilities
         $0.parameters = request.parameters
+        $0.mutableParameters = request.mutableParameters
       }
     }
   }
@@ -177,7 +179,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   ) async throws -> Csi_V1_ControllerGetCapabilitiesResponse {
     let types: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
       .createDeleteVolume, .expandVolume, .listVolumes, .getCapacity, .getVolume, .volumeCondition,
-      .singleNodeMultiWriter, .createDeleteSnapshot, .listSnapshots, .getSnapshot, .cloneVolume,
+      .singleNodeMultiWriter, .createDeleteSnapshot, .listSnapshots, .getSnapshot, .cloneVolume, .modifyVolume,
     ]
     return .with { $0.capabilities = types.map { t in .with { $0.rpc.type = t } } }
   }
@@ -208,12 +210,6 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     request: Csi_V1_ControllerUnpublishVolumeRequest, context: ServerContext
   ) async throws -> Csi_V1_ControllerUnpublishVolumeResponse {
     throw unimplemented("ControllerUnpublishVolume")
-  }
-
-  public func controllerModifyVolume(
-    request: Csi_V1_ControllerModifyVolumeRequest, context: ServerContext
-  ) async throws -> Csi_V1_ControllerModifyVolumeResponse {
-    throw unimplemented("ControllerModifyVolume")
   }
 
   // MARK: Helpers

@@ -91,6 +91,19 @@ enum Validation {
     }
   }
 
+  /// The parameters a VolumeAttributesClass may set, at CreateVolume (`mutable_parameters`) and
+  /// later through ControllerModifyVolume: those a backend can change on a live volume.
+  static let mutableKeys = ["provisioning"]
+
+  /// The changes `mutable_parameters` ask for; an unknown key or a bad value is INVALID_ARGUMENT.
+  static func mutableParameters(_ parameters: [String: String]) throws -> VolumeChanges {
+    for key in parameters.keys.sorted() where !mutableKeys.contains(key) {
+      throw SwellError.invalid(
+        "mutable parameter \(key.debugDescription) is not one a volume can change; mutable: \(mutableKeys.joined(separator: ", "))")
+    }
+    return VolumeChanges(thick: parameters["provisioning"] == nil ? nil : try thick(parameters))
+  }
+
   /// `provisioning`: `thin` (the default: sparse files, thin LVs) or `thick` (files preallocated with
   /// fallocate; linear LVs with their extents allocated at creation).
   static func thick(_ parameters: [String: String]) throws -> Bool {

@@ -116,6 +116,10 @@ public protocol ControllerBackend: Sendable {
   /// Grows the volume to at least `bytes` and returns its real size; never shrinks, so a repeat,
   /// or a smaller request, returns the current size.
   func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord
+  /// Changes what a VolumeAttributesClass may change on a live volume (ControllerModifyVolume).
+  /// A missing volume is NOT_FOUND; a change this backend cannot make is INVALID_ARGUMENT and
+  /// changes nothing; a repeat, or a value the volume already has, does nothing.
+  func modify(_ id: String, _ changes: VolumeChanges) async throws
   /// The volume, or nil when it does not exist.
   func volume(_ id: String) async throws -> VolumeRecord?
   /// Every volume, sorted by ID.
@@ -188,4 +192,13 @@ public struct PoolUsage: Sendable, Equatable {
     let usage = try await BlockingIO.run { try FileSystemUsage.of(path) }
     return PoolUsage(name: path, sizeBytes: usage.totalBytes, availableBytes: usage.availableBytes)
   }
+}
+
+/// What ControllerModifyVolume asks to change; nil leaves a property as it is (the spec: keys that
+/// are absent change nothing).
+public struct VolumeChanges: Sendable, Equatable {
+  /// `provisioning`: true for thick (every block reserved), false for thin.
+  public var thick: Bool?
+
+  public init(thick: Bool? = nil) { self.thick = thick }
 }

@@ -60,6 +60,11 @@ public struct ControllerBackends: ControllerBackend {
     return try await owner.expand(id, to: bytes)
   }
 
+  public func modify(_ id: String, _ changes: VolumeChanges) async throws {
+    guard let owner = try await owner(of: id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    try await owner.modify(id, changes)
+  }
+
   public func volume(_ id: String) async throws -> VolumeRecord? {
     try await owner(of: id)?.volume(id)
   }

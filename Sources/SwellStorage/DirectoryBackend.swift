@@ -244,6 +244,14 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
 
   public func pools() async throws -> [PoolUsage] { [try await .fileSystem(volumesDir)] }
 
+  /// A directory has nothing to preallocate: provisioning=thick is INVALID_ARGUMENT, thin changes nothing.
+  public func modify(_ id: String, _ changes: VolumeChanges) async throws {
+    guard try await volume(id) != nil else { throw SwellError.notFound("volume \(id) does not exist") }
+    if changes.thick == true {
+      throw SwellError.invalid("volume \(id) is a directory with a quota: it has no blocks to preallocate (provisioning=thick)")
+    }
+  }
+
   /// FAILED_PRECONDITION, naming the mount option, unless project quotas are enforced on the
   /// data filesystem.
   public func checkReady() async throws {

@@ -131,6 +131,11 @@ public struct IscsiBackend: ControllerBackend {
     try await files.availableBytes()
   }
 
+  /// The target's file is preallocated or not, as for loop volumes; the LUN does not change.
+  public func modify(_ id: String, _ changes: VolumeChanges) async throws {
+    try await files.modify(id, changes)
+  }
+
   /// The target's files live on the storage host: its own monitoring watches that disk.
   public func pools() async throws -> [PoolUsage] { [] }
 

@@ -197,6 +197,32 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     try await BlockingIO.run { try self.load(id) }
   }
 
+  public func modify(_ id: String, _ changes: VolumeChanges) async throws {
+    try await BlockingIO.run { try self.change(id, changes) }
+  }
+
+  /// Thin to thick reserves every block of the file now (fallocate keeps the data), after checking
+  /// that the room is there, and records it only then, so that a crash in between converges on the
+  /// retry. Thick to thin is recorded only: reserved blocks stay reserved, later grows are sparse.
+  private func change(_ id: String, _ changes: VolumeChanges) throws {
+    guard var record = try load(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    guard let thick = changes.thick, thick != record.thick else { return }
+    if thick {
+      let path = diskPath(id)
+      let needed = record.capacityBytes - (try allocatedBytes(path))
+      let available = try FileSystemUsage.of(volumesDir).availableBytes
+      guard needed < available else {
+        throw SwellError(
+          .resourceExhausted,
+          "making volume \(id) thick needs \(needed) more bytes and \(root) has \(available) free; nothing was changed")
+      }
+      try preallocate(path, from: 0, to: record.capacityBytes, volume: id)
+      Failpoints.hit("modify-after-preallocate")
+    }
+    record.thick = thick
+    try writeMeta(record)
+  }
+
   public func list() async throws -> [VolumeRecord] {
     try await BlockingIO.run {
       try listDirectory(volumesDir).filter { !$0.hasPrefix(".") }.sorted().compactMap { try? self.load($0) }

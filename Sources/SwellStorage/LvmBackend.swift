@@ -261,6 +261,16 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     return out
   }
 
+  /// A thin LV cannot become a linear one in place, nor the reverse: INVALID_ARGUMENT, as the spec
+  /// asks for a change the volume cannot support.
+  public func modify(_ id: String, _ changes: VolumeChanges) async throws {
+    guard let record = try await volume(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    guard let thick = changes.thick, thick != record.thick else { return }
+    throw SwellError.invalid(
+      "volume \(id) is a \(record.thick ? "linear (thick)" : "thin") LV, and LVM cannot make it "
+        + "\(thick ? "linear" : "thin") in place: restore a snapshot or copy the data into a volume of that class")
+  }
+
   /// Nothing to sweep: one `lvcreate` makes a whole volume or snapshot, or nothing.
   public func sweepLeftovers() throws -> [String] { [] }
 

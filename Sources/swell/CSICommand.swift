@@ -12,6 +12,7 @@ struct CSICommand: AsyncParsableCommand {
     commandName: "csi", abstract: "Call a running plugin over its socket.",
     subcommands: [
       CSIProbe.self, CSIInfo.self, CSICapabilities.self, CSICreate.self, CSICapacity.self, CSIDelete.self, CSIExpand.self,
+      CSIModify.self,
       CSIList.self, CSIStats.self, CSIStage.self, CSIPublish.self, CSIUnstage.self, CSIUnpublish.self,
       CSINodeExpand.self, CSISnapshot.self,
     ])
@@ -127,10 +128,13 @@ struct CSICreate: AsyncParsableCommand {
   var parameters: [String] = []
   @Option(help: "Restore this snapshot into the new volume.") var fromSnapshot: String?
   @Option(help: "Clone this volume into the new volume.") var fromVolume: String?
+  @Option(name: .customLong("mutable-parameter"), help: "A VolumeAttributesClass parameter, KEY=VALUE (such as provisioning=thick); repeatable.")
+  var mutableParameters: [String] = []
   @Option(help: "A file of KEY=VALUE lines sent as the request's secrets (such as iSCSI CHAP username and password); kept off the command line.")
   var secretsFile: String?
   func run() async throws {
     let params = try keyValues(parameters, option: "--parameter")
+    let mutable = try keyValues(mutableParameters, option: "--mutable-parameter")
     let secrets = try secretsFile.map(readSecrets) ?? [:]
     guard fromSnapshot == nil || fromVolume == nil else {
       throw ValidationError("--from-snapshot and --from-volume exclude each other")
@@ -138,6 +142,7 @@ struct CSICreate: AsyncParsableCommand {
     try await connection.call({
       var request = CSIRequests.create(name: name, bytes: bytes, capability: volume.capability)
       request.parameters = params
+      request.mutableParameters = mutable
       request.secrets = secrets
       if let fromSnapshot { request.volumeContentSource.snapshot.snapshotID = fromSnapshot }
       if let fromVolume { request.volumeContentSource.volume.volumeID = fromVolume }
@@ -186,6 +191,24 @@ struct CSIExpand: AsyncParsableCommand {
         $0.capacityRange.requiredBytes = bytes
       })
     }) { "capacity: \($0.capacityBytes) bytes, node expansion required: \($0.nodeExpansionRequired)" }
+  }
+}
+
+struct CSIModify: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "modify", abstract: "ControllerModifyVolume: apply a VolumeAttributesClass's parameters.")
+  @OptionGroup var connection: Connection
+  @Argument var volumeID: String
+  @Option(name: .customLong("parameter"), help: "A mutable parameter, KEY=VALUE (such as provisioning=thick); repeatable.")
+  var parameters: [String] = []
+  func run() async throws {
+    let params = try keyValues(parameters, option: "--parameter")
+    try await connection.call({
+      try await $0.controller.controllerModifyVolume(.with {
+        $0.volumeID = volumeID
+        $0.mutableParameters = params
+      })
+    }) { _ in "modified \(volumeID)" }
   }
 }
 
