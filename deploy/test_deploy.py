@@ -1,6 +1,7 @@
 """deploy/: every overlay renders, validates against Kubernetes 1.33 (strict) and passes yamllint;
 the image's build stage (scripts/build-release.sh) produces a runnable static binary."""
 import os
+import re
 import subprocess
 
 import pytest
@@ -36,6 +37,25 @@ def test_examples_validate():
         r = subprocess.run(["kubernetes-validate", "-k", "1.33.0", "--strict", "--quiet", path],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_attributes_class_example_validates_and_names_only_mutable_parameters():
+    """VolumeAttributesClass is storage.k8s.io/v1 from Kubernetes 1.34; its parameters must be ones
+    the plugin can change on a live volume (Validation.mutableKeys)."""
+    path = os.path.join(HERE, "examples", "attributes-classes", "attributes-classes.yaml")
+    r = subprocess.run(["kubernetes-validate", "-k", "1.34.0", "--strict", "--quiet", path],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(os.path.join(ROOT, "Sources", "SwellDriver", "Validation.swift")) as f:
+        mutable = re.findall(r'"([a-zA-Z]+)"', re.search(r"static let mutableKeys = \[([^\]]+)\]", f.read()).group(1))
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    classes = [d for d in docs if d["kind"] == "VolumeAttributesClass"]
+    assert len(classes) == 2
+    for vac in classes:
+        assert vac["driverName"] == "swell.csi.dev" and set(vac["parameters"]) <= set(mutable), vac
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    assert claim["spec"]["volumeAttributesClassName"] in {v["metadata"]["name"] for v in classes}
 
 
 def test_snapshot_examples_match_the_plugin():

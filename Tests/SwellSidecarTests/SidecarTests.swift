@@ -121,3 +121,32 @@ struct ClaimTests {
     #expect(pvc[path: "status", "allocatedResourceStatuses"] == nil)
   }
 }
+
+/// The modify decision, on the claim states recorded from csi-resizer (../shared/k8s-samples/10*).
+struct ModifyStepTests {
+  func claim(_ wanted: String?, current: String?, status: JSON? = nil) -> JSON {
+    var c: JSON = ["spec": [:], "status": ["phase": "Bound"]]
+    if let wanted { c[path: "spec", "volumeAttributesClassName"] = .string(wanted) }
+    if let current { c[path: "status", "currentVolumeAttributesClassName"] = .string(current) }
+    if let status { c[path: "status", "modifyVolumeStatus"] = status }
+    return c
+  }
+
+  @Test func decidesAsTheRecordedResizer() {
+    let exists: (String) -> Bool = { $0 != "rec-vac-later" }
+    // 10b: bound at its class, nothing outstanding.
+    #expect(Reconciler.modifyStep(claim("rec-vac-silver", current: "rec-vac-silver"), classExists: exists) == nil)
+    #expect(Reconciler.modifyStep(claim(nil, current: nil), classExists: exists) == nil)
+    // 10c: a new class name.
+    #expect(Reconciler.modifyStep(claim("rec-vac-gold", current: "rec-vac-silver"), classExists: exists) == .apply("rec-vac-gold"))
+    // 10d: a class that does not exist yet.
+    #expect(Reconciler.modifyStep(claim("rec-vac-later", current: "rec-vac-gold"), classExists: exists) == .pending("rec-vac-later"))
+    // 10e: Infeasible is sticky for its target...
+    let infeasible: JSON = ["targetVolumeAttributesClassName": "rec-vac-bad", "status": "Infeasible"]
+    #expect(Reconciler.modifyStep(claim("rec-vac-bad", current: "rec-vac-silver", status: infeasible), classExists: exists) == nil)
+    // ...and going back to the current class applies it again.
+    #expect(
+      Reconciler.modifyStep(claim("rec-vac-silver", current: "rec-vac-silver", status: infeasible), classExists: exists)
+        == .apply("rec-vac-silver"))
+  }
+}

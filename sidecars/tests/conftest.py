@@ -152,12 +152,15 @@ class Api:
             "provisioner": DRIVER, "reclaimPolicy": reclaim, "volumeBindingMode": binding,
             "allowVolumeExpansion": expansion, "parameters": params or {"csi.storage.k8s.io/fstype": "xfs"}})
 
-    def create_claim(self, name, size="1Gi", sc="swell", ns="default", annotations=None, mode="Filesystem"):
+    def create_claim(self, name, size="1Gi", sc="swell", ns="default", annotations=None, mode="Filesystem",
+                     attributes_class=None):
+        spec = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}},
+                "storageClassName": sc, "volumeMode": mode}
+        if attributes_class:
+            spec["volumeAttributesClassName"] = attributes_class
         return self.ok("POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}},
-                     "storageClassName": sc, "volumeMode": mode}})
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}}, "spec": spec})
 
     def update_claim(self, name, change, ns="default"):
         """Read, change, write, retrying on 409 like any client."""

@@ -46,6 +46,8 @@ RESOURCES = {
     ("", "v1", "nodes"): ("Node", False, True),
     ("storage.k8s.io", "v1", "storageclasses"): ("StorageClass", False, False),
     ("storage.k8s.io", "v1", "csinodes"): ("CSINode", False, False),
+    # GA since 1.34; shapes in ../shared/k8s-samples/10*.
+    ("storage.k8s.io", "v1", "volumeattributesclasses"): ("VolumeAttributesClass", False, False),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
     ("", "v1", "secrets"): ("Secret", True, False),
     ("", "v1", "pods"): ("Pod", True, True),
@@ -870,6 +872,9 @@ class ControllerManager(threading.Thread):
         new = s.update(self.PVC, ns, name, new)
         new["status"] = {"phase": "Bound", "accessModes": pv["spec"]["accessModes"],
                          "capacity": dict(pv["spec"]["capacity"])}
+        # kube-controller-manager sets the current attributes class when it binds (10b samples).
+        if pvc["spec"].get("volumeAttributesClassName"):
+            new["status"]["currentVolumeAttributesClassName"] = pvc["spec"]["volumeAttributesClassName"]
         s.update(self.PVC, ns, name, new, "status")
 
 

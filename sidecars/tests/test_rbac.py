@@ -10,6 +10,7 @@ from conftest import NODE, ROOT, TOPOLOGY_KEY, csiconf
 from test_backends import iscsi, tgtd  # noqa: F401 (tgtd is a fixture)
 from test_capacity import NS, capacities, owned_pod, stale_pair
 from test_sidecar import pv_for, repeated_failure, wait_bound
+from test_vac import create_vac
 
 
 def granted(path, role, kind="ClusterRole"):
@@ -42,7 +43,7 @@ def snapshot_restore_delete(api, claim_name, handle, sc="swell", size="600Mi", a
 
 
 def test_node_rbac_matches_the_calls(cluster):
-    """Provision, auto-grow, resize and delete: everything the per-node sidecar does."""
+    """Provision (with an attributes class), auto-grow, resize and delete: everything the per-node sidecar does."""
     api = cluster.api
     port = csiconf.free_port()
     cluster.plugin.stop()
@@ -54,7 +55,8 @@ def test_node_rbac_matches_the_calls(cluster):
     sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{port}",
                               "--autogrow-max-interval", "0.5", "--snapshots", "--enable-capacity",
                               "--pod-name", pod, "--pod-namespace", NS)
-    claim = api.create_claim("r", size="400Mi", annotations={
+    create_vac(api, "thin", {"provisioning": "thin"})
+    claim = api.create_claim("r", size="400Mi", attributes_class="thin", annotations={
         "volume.kubernetes.io/selected-node": NODE, "autogrow.swell.dev/enabled": "true",
         "autogrow.swell.dev/threshold": "99%", "autogrow.swell.dev/max": "600Mi"})
     pv = wait_bound(api, "r") and pv_for(api, claim)
@@ -96,7 +98,9 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
                               "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
                               "--leader-election-retry-period", "0.3", "--snapshots", "--enable-capacity",
                               "--pod-name", pod, "--pod-namespace", NS)
-    claim = api.create_claim("c", sc="net", size="64Mi", annotations={"volume.kubernetes.io/selected-node": "worker-1"})
+    create_vac(api, "thin", {"provisioning": "thin"})
+    claim = api.create_claim("c", sc="net", size="64Mi", attributes_class="thin",
+                             annotations={"volume.kubernetes.io/selected-node": "worker-1"})
     pv = wait_bound(api, "c") and pv_for(api, claim)
     assert "nodeAffinity" not in pv["spec"]
     api.update_claim("c", lambda c: c["spec"]["resources"]["requests"].update(storage="96Mi"))

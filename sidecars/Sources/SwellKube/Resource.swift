@@ -22,6 +22,10 @@ public struct KubeResource: Sendable, Hashable, CustomStringConvertible {
   public static let csiNodes = KubeResource(
     group: "storage.k8s.io", version: "v1", plural: "csinodes", kind: "CSINode", namespaced: false)
 
+  /// The mutable parameters a claim asks for by name (storage.k8s.io/v1, GA since Kubernetes 1.34).
+  public static let volumeAttributesClasses = KubeResource(
+    group: "storage.k8s.io", version: "v1", plural: "volumeattributesclasses", kind: "VolumeAttributesClass",
+    namespaced: false)
   /// What a node's storage can still hold, for the scheduler (storage.k8s.io/v1).
   public static let csiStorageCapacities = KubeResource(
     group: "storage.k8s.io", version: "v1", plural: "csistoragecapacities", kind: "CSIStorageCapacity",

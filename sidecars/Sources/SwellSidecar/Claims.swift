@@ -12,6 +12,9 @@ public enum K8sNames {
   public static let provisionerFinalizer = "external-provisioner.volume.kubernetes.io/finalizer"
   public static let csiParameterPrefix = "csi.storage.k8s.io/"
   public static let fsTypeParameter = "csi.storage.k8s.io/fstype"
+  /// Where csi-provisioner records the class's controller-modify secret on the PV, for the resizer.
+  public static let modifySecretName = "volume.kubernetes.io/controller-modify-secret-name"
+  public static let modifySecretNamespace = "volume.kubernetes.io/controller-modify-secret-namespace"
 }
 
 /// What the sidecar reads from a PVC and its StorageClass, and what it builds from them: the
@@ -135,7 +138,8 @@ public enum Claims {
   /// The PersistentVolume for a provisioned volume, bound in advance to its claim.
   public static func persistentVolume(
     claim: JSON, storageClass: JSON, volume: Csi_V1_Volume, driver: String, requestedBytes: Int64,
-    defaultFSType: String, nodeStageSecret: (namespace: String, name: String)? = nil
+    defaultFSType: String, nodeStageSecret: (namespace: String, name: String)? = nil,
+    modifySecret: (namespace: String, name: String)? = nil
   ) -> JSON {
     let reclaim = storageClass["reclaimPolicy"]?.string ?? "Delete"
     let capacity = volume.capacityBytes > 0 ? volume.capacityBytes : requestedBytes
@@ -158,6 +162,9 @@ public enum Claims {
     ]
     let options = mountOptions(storageClass)
     if !options.isEmpty { spec["mountOptions"] = .strings(options) }
+    if let attributes = claim[path: "spec", "volumeAttributesClassName"]?.string, !attributes.isEmpty {
+      spec["volumeAttributesClassName"] = .string(attributes)
+    }
     if !volume.accessibleTopology.isEmpty {
       let terms: [JSON] = volume.accessibleTopology.map { topology in
         let exprs: [JSON] = topology.segments.keys.sorted().map { key in
@@ -167,10 +174,12 @@ public enum Claims {
       }
       spec["nodeAffinity"] = ["required": ["nodeSelectorTerms": .array(terms)]]
     }
-    var metadata: JSON = [
-      "name": .string(volumeName(claim)),
-      "annotations": [.init(stringLiteral: K8sNames.provisionedBy): .string(driver)],
-    ]
+    var annotations: JSON = [.init(stringLiteral: K8sNames.provisionedBy): .string(driver)]
+    if let ref = modifySecret {
+      annotations[K8sNames.modifySecretName] = .string(ref.name)
+      annotations[K8sNames.modifySecretNamespace] = .string(ref.namespace)
+    }
+    var metadata: JSON = ["name": .string(volumeName(claim)), "annotations": annotations]
     if reclaim == "Delete" { metadata["finalizers"] = [.string(K8sNames.provisionerFinalizer)] }
     return ["apiVersion": "v1", "kind": "PersistentVolume", "metadata": metadata, "spec": spec]
   }

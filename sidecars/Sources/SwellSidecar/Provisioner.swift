@@ -33,6 +33,7 @@ extension Reconciler {
     let started = ContinuousClock.now
     var request: Csi_V1_CreateVolumeRequest
     let nodeStageSecret: (namespace: String, name: String)?
+    let modifySecret: (namespace: String, name: String)?
     do {
       // As external-provisioner: a selector cannot be honoured by a new volume. A data source (a
       // snapshot, or a claim to clone) is resolved to its handle, or refused: never an empty volume.
@@ -49,6 +50,11 @@ extension Reconciler {
         request.secrets = try await readSecret(ref, what: "provisioner")
       }
       nodeStageSecret = try Claims.secretReference("node-stage", storageClass: storageClass, claim: claim)
+      modifySecret = try Claims.secretReference("controller-modify", storageClass: storageClass, claim: claim)
+      // A VolumeAttributesClass's parameters go to CreateVolume as its mutable parameters.
+      if let name = claim[path: "spec", "volumeAttributesClassName"]?.string, !name.isEmpty {
+        request.mutableParameters = try await attributesClassParameters(name)
+      }
     } catch {
       events.record(claim, .warning, reason: "ProvisioningFailed", message: "failed to provision volume: \(error)")
       throw error
@@ -72,7 +78,7 @@ extension Reconciler {
     let pv = Claims.persistentVolume(
       claim: claim, storageClass: storageClass, volume: volume, driver: driver,
       requestedBytes: request.capacityRange.requiredBytes, defaultFSType: defaultFSType,
-      nodeStageSecret: nodeStageSecret)
+      nodeStageSecret: nodeStageSecret, modifySecret: modifySecret)
     do {
       try await kube.create(.persistentVolumes, pv)
     } catch let error as KubeError where error.isAlreadyExists {

@@ -125,6 +125,7 @@ public final class Reconciler: Sendable {
       }
       if claim[path: "spec", "volumeName"]?.string?.isEmpty == false {
         try await resizeIfNeeded(claim)
+        try await modifyIfNeeded(claim)
       } else {
         try await provisionIfNeeded(claim, key: key)
       }

@@ -15,7 +15,7 @@ public final class SidecarMetrics: Sendable {
 
   static var operations: MetricNameDescriptor { MetricNameDescriptor(
     namespace: "swell", subsystem: "sidecar", metricName: "operations", unitName: "total",
-    helpText: "Provision, delete and resize steps finished, by operation and result") }
+    helpText: "Provision, delete, resize, modify and snapshot steps finished, by operation and result") }
   static var duration: MetricNameDescriptor { MetricNameDescriptor(
     namespace: "swell", subsystem: "sidecar", metricName: "operation_duration", unitName: "seconds",
     helpText: "Time taken by provision, delete and resize steps, by operation") }
@@ -36,7 +36,8 @@ public final class SidecarMetrics: Sendable {
   static var deferred: MetricNameDescriptor { MetricNameDescriptor(
     namespace: "swell", subsystem: "sidecar", metricName: "deferred", unitName: "total",
     helpText: "Looks at an object of the driver's that left it as it was, by operation and reason "
-      + "(a claim waiting for its node, another node's claim, a retained volume, an invalid auto-grow policy)") }
+      + "(a claim waiting for its node, another node's claim, a retained volume, an invalid auto-grow policy, "
+      + "an Infeasible attributes class)") }
   static var passes: MetricNameDescriptor { MetricNameDescriptor(
     namespace: "swell", subsystem: "sidecar", metricName: "passes", unitName: "total",
     helpText: "Passes of the periodic loops finished, by loop (autogrow, capacity, health)") }
