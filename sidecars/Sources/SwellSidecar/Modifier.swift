@@ -33,11 +33,9 @@ extension Reconciler {
     return classExists(wanted) ? .apply(wanted) : .pending(wanted)
   }
 
-  func attributesClassParameters(_ name: String) async throws -> [String: String] {
-    guard let vac = try await kube.get(.volumeAttributesClasses, name: name) else {
-      throw Claims.Invalid(description: "VolumeAttributesClass \"\(name)\" does not exist")
-    }
-    return vac["parameters"]?.stringMap ?? [:]
+  /// A VolumeAttributesClass's parameters, or nil when the class does not exist.
+  func attributesClassParameters(_ name: String) async throws -> [String: String]? {
+    try await kube.get(.volumeAttributesClasses, name: name).map { $0["parameters"]?.stringMap ?? [:] }
   }
 
   /// A bound claim of ours whose `spec.volumeAttributesClassName` differs from its current class:
@@ -104,8 +102,7 @@ extension Reconciler {
           .string(infeasible ? ModifyStatus.infeasible : ModifyStatus.inProgress)
         ResizeStatus.setCondition(
           &object, ModifyStatus.modifying, message: "Modifying volume to \"\(className)\" failed. Waiting for retry.")
-        ResizeStatus.setCondition(&object, ModifyStatus.modifyError, message: detail)
-        Self.setConditionReason(&object, ModifyStatus.modifyError, code)
+        ResizeStatus.setCondition(&object, ModifyStatus.modifyError, message: detail, reason: code)
       }
       events.record(marked, .warning, reason: "VolumeModifyFailed", message: CSICodes.describe(error))
       if infeasible { return }  // sticky until the claim names another class
@@ -128,13 +125,5 @@ extension Reconciler {
       done, .normal, reason: "VolumeModifySuccessful",
       message: "external resizer modified volume \(claim.name) with vac \(className) successfully")
     metrics.record(operation: "modify", success: true, duration: ContinuousClock.now - started)
-  }
-
-  static func setConditionReason(_ claim: inout JSON, _ type: String, _ reason: String) {
-    guard var conditions = claim[path: "status", "conditions"]?.array,
-      let index = conditions.firstIndex(where: { $0["type"]?.string == type })
-    else { return }
-    conditions[index]["reason"] = .string(reason)
-    claim[path: "status", "conditions"] = .array(conditions)
   }
 }

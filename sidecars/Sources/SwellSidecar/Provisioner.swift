@@ -53,7 +53,10 @@ extension Reconciler {
       modifySecret = try Claims.secretReference("controller-modify", storageClass: storageClass, claim: claim)
       // A VolumeAttributesClass's parameters go to CreateVolume as its mutable parameters.
       if let name = claim[path: "spec", "volumeAttributesClassName"]?.string, !name.isEmpty {
-        request.mutableParameters = try await attributesClassParameters(name)
+        guard let parameters = try await attributesClassParameters(name) else {
+          throw Claims.Invalid(description: "VolumeAttributesClass \"\(name)\" does not exist")
+        }
+        request.mutableParameters = parameters
       }
     } catch {
       events.record(claim, .warning, reason: "ProvisioningFailed", message: "failed to provision volume: \(error)")

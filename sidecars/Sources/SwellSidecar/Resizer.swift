@@ -15,7 +15,7 @@ enum ResizeStatus {
   static let waitingForNode = "Waiting for user to (re-)start a pod to finish file system resize of volume on node."
 
   /// Sets a condition to True, keeping its transition time when it already was True.
-  static func setCondition(_ claim: inout JSON, _ type: String, message: String? = nil) {
+  static func setCondition(_ claim: inout JSON, _ type: String, message: String? = nil, reason: String? = nil) {
     var conditions = claim[path: "status", "conditions"]?.array ?? []
     let existing = conditions.firstIndex { $0["type"]?.string == type }
     var condition: JSON = ["type": .string(type), "status": "True", "lastProbeTime": nil]
@@ -26,6 +26,7 @@ enum ResizeStatus {
     } else {
       condition["lastTransitionTime"] = .string(Timestamp.now())
     }
+    if let reason { condition["reason"] = .string(reason) }
     if let message { condition["message"] = .string(message) }
     if let existing { conditions[existing] = condition } else { conditions.append(condition) }
     claim[path: "status", "conditions"] = .array(conditions)
