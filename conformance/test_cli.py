@@ -51,3 +51,24 @@ def test_cli_errors_name_the_grpc_code(plugin):
 def test_version():
     out = subprocess.run([SWELL, "version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("swell ") and "CSI spec 1.12.0" in out
+
+
+def test_cli_takes_gets_and_deletes_a_group_snapshot(plugin):
+    def group(*args, check=True):
+        r = subprocess.run([SWELL, "csi", "group-snapshot", args[0], "--endpoint", f"unix://{plugin.socket}",
+                            *args[1:]], capture_output=True, text=True, timeout=60)
+        assert not check or r.returncode == 0, (args, r.stdout, r.stderr)
+        return r
+    assert "group controller: CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT" in cli(plugin, "capabilities").stdout
+    for v in ("ga", "gb"):
+        cli(plugin, "create", v, "--bytes", str(16 * MiB))
+    made = group("create", "gc", "gb", "ga").stdout.splitlines()
+    assert made[0].startswith("gc\t") and "ready: true" in made[0]
+    assert sorted(line.split("\t")[0].strip() for line in made[1:]) == ["gc.0", "gc.1"]
+    assert all("group: gc" in line for line in made[1:])
+    got = json.loads(group("get", "gc", "--json").stdout)["group_snapshot"]
+    assert sorted(s["source_volume_id"] for s in got["snapshots"]) == ["ga", "gb"]
+    r = group("delete", "gc", "gc.0", check=False)
+    assert r.returncode == 2 and r.stdout.startswith("error: INVALID_ARGUMENT: "), "the list must be the group's"
+    assert group("delete", "gc", "gc.0", "gc.1").stdout.strip() == "deleted group snapshot gc"
+    assert group("get", "gc", check=False).stdout.startswith("error: NOT_FOUND: ")

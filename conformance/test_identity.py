@@ -14,12 +14,12 @@ def test_capabilities(plugin):
     services = {c.service.type for c in caps if c.HasField("service")}
     expansion = {c.volume_expansion.type for c in caps if c.HasField("volume_expansion")}
     S = csi_pb2.PluginCapability.Service
-    # The whole set: no GROUP_CONTROLLER_SERVICE while that service answers UNIMPLEMENTED.
-    assert services == {S.CONTROLLER_SERVICE, S.VOLUME_ACCESSIBILITY_CONSTRAINTS}
+    # The whole set, each service advertised only where it answers.
+    assert services == {S.CONTROLLER_SERVICE, S.GROUP_CONTROLLER_SERVICE, S.VOLUME_ACCESSIBILITY_CONSTRAINTS}
     assert expansion == {csi_pb2.PluginCapability.VolumeExpansion.ONLINE}
-    assert len(caps) == 3, caps
+    assert len(caps) == 4, caps
     assert code_of(plugin.group.GroupControllerGetCapabilities,
-                   csi_pb2.GroupControllerGetCapabilitiesRequest()) == grpc.StatusCode.UNIMPLEMENTED
+                   csi_pb2.GroupControllerGetCapabilitiesRequest()) == grpc.StatusCode.OK
 
 
 def test_probe_is_ready_with_an_explicit_value(plugin):

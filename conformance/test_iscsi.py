@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import grpc
 import pytest
@@ -192,6 +193,58 @@ def test_snapshot_restore_and_clone_of_iscsi_volumes(ctl):
     for name in ("pvc-r1", "pvc-k1"):
         ctl.delete(name)
     assert ctl.tgtd.targets() == {}
+    assert os.listdir(os.path.join(ctl.storage, "snapshots")) == []
+
+
+def test_iscsi_group_snapshots(ctl):
+    """LUNs no initiator is logged in to are quiet, so the storage host takes them at one instant: a
+    group of two restores each member's bytes. With an initiator logged in to one (libiscsi's
+    iscsi-perf reading it), the storage host cannot hold that initiator's writes: a group of two is
+    FAILED_PRECONDITION naming it, and leaves no member. A group across backends (a loop volume with
+    an iSCSI one) is FAILED_PRECONDITION too."""
+    import hashlib
+    payloads = {}
+    for name in ("pvc-ga", "pvc-gb"):
+        ctl.create(name, 16 * MiB)
+        payloads[name] = os.urandom(MiB)
+        with open(os.path.join(ctl.storage, "volumes", name, "disk.img"), "r+b") as f:
+            f.seek(4 * MiB)
+            f.write(payloads[name])
+    G = ctl.plugin.group
+    group = G.CreateVolumeGroupSnapshot(csi_pb2.CreateVolumeGroupSnapshotRequest(
+        name="gs", source_volume_ids=["pvc-ga", "pvc-gb"])).group_snapshot
+    assert sorted(s.source_volume_id for s in group.snapshots) == ["pvc-ga", "pvc-gb"]
+    for s in group.snapshots:
+        assert s.group_snapshot_id == "gs"
+        req = create_req(f"{s.source_volume_id}-back", 0, params={"backend": "iscsi"})
+        req.volume_content_source.snapshot.snapshot_id = s.snapshot_id
+        ctl.plugin.controller.CreateVolume(req)
+        with open(os.path.join(ctl.storage, "volumes", f"{s.source_volume_id}-back", "disk.img"), "rb") as f:
+            f.seek(4 * MiB)
+            assert hashlib.sha256(f.read(MiB)).digest() == hashlib.sha256(payloads[s.source_volume_id]).digest()
+    reader = subprocess.Popen(["iscsi-perf", "-t", "60", f"iscsi://127.0.0.1:{ctl.tgtd.port}/{IQN}:pvc-ga/1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while ctl.tgtd.targets().get(f"{IQN}:pvc-ga", 0) == 0:
+            assert reader.poll() is None and time.monotonic() < deadline, "iscsi-perf never logged in"
+            time.sleep(0.1)
+        with pytest.raises(grpc.RpcError) as err:
+            G.CreateVolumeGroupSnapshot(csi_pb2.CreateVolumeGroupSnapshotRequest(
+                name="gs2", source_volume_ids=["pvc-ga", "pvc-gb"]))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "pvc-ga" in err.value.details() and "iSCSI initiator" in err.value.details(), err.value.details()
+    finally:
+        reader.kill()
+        reader.wait()
+    ctl.plugin.controller.CreateVolume(create_req("loop-g", 16 * MiB, params={"backend": "loop"}))
+    with pytest.raises(grpc.RpcError) as err:
+        G.CreateVolumeGroupSnapshot(csi_pb2.CreateVolumeGroupSnapshotRequest(
+            name="gs3", source_volume_ids=["pvc-gb", "loop-g"]))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "backend" in err.value.details()
+    assert sorted(os.listdir(os.path.join(ctl.storage, "snapshots"))) == ["gs.0", "gs.1"], "no member of a refusal"
+    G.DeleteVolumeGroupSnapshot(csi_pb2.DeleteVolumeGroupSnapshotRequest(
+        group_snapshot_id="gs", snapshot_ids=[s.snapshot_id for s in group.snapshots]))
     assert os.listdir(os.path.join(ctl.storage, "snapshots")) == []
 
 

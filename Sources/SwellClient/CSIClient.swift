@@ -2,16 +2,18 @@ import CSIProto
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 
-/// A CSI client for a plugin on a unix socket: the three services over one connection.
+/// A CSI client for a plugin on a unix socket: the four services over one connection.
 public struct CSIClient: Sendable {
   public typealias Transport = HTTP2ClientTransport.Posix
   public let identity: Csi_V1_Identity.Client<Transport>
   public let controller: Csi_V1_Controller.Client<Transport>
+  public let groupController: Csi_V1_GroupController.Client<Transport>
   public let node: Csi_V1_Node.Client<Transport>
 
   init(_ client: GRPCClient<Transport>) {
     identity = .init(wrapping: client)
     controller = .init(wrapping: client)
+    groupController = .init(wrapping: client)
     node = .init(wrapping: client)
   }
 }

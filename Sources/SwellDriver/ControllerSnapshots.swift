@@ -27,6 +27,11 @@ extension ControllerService {
   ) async throws -> Csi_V1_DeleteSnapshotResponse {
     try Names.validateVolumeID(request.snapshotID, field: "snapshot_id")
     try await locks.withLock(Self.lockKey(.snapshot(request.snapshotID))) {
+      if let group = try await backend.snapshot(request.snapshotID)?.groupID {
+        throw SwellError.invalid(
+          "snapshot \(request.snapshotID) is a member of group snapshot \(group) and cannot be deleted alone: "
+            + "delete the group (DeleteVolumeGroupSnapshot)")
+      }
       try await backend.deleteSnapshot(request.snapshotID)
     }
     return .init()
@@ -38,10 +43,10 @@ extension ControllerService {
     var snapshots: [SnapshotRecord]
     if !request.snapshotID.isEmpty {
       // A snapshot ID this plugin could never have issued matches nothing.
-      let found = (try? Names.validateVolumeID(request.snapshotID)) == nil ? nil : try await backend.snapshot(request.snapshotID)
+      let found = (try? Names.validateVolumeID(request.snapshotID)) == nil ? nil : try await visibleSnapshot(request.snapshotID)
       snapshots = found.map { [$0] } ?? []
     } else {
-      snapshots = try await backend.listSnapshots()
+      snapshots = GroupSnapshots.visible(try await backend.listSnapshots())
     }
     if !request.sourceVolumeID.isEmpty {
       snapshots = snapshots.filter { $0.sourceVolumeID == request.sourceVolumeID }
@@ -58,14 +63,24 @@ extension ControllerService {
     request: Csi_V1_GetSnapshotRequest, context: ServerContext
   ) async throws -> Csi_V1_GetSnapshotResponse {
     try Names.validateVolumeID(request.snapshotID, field: "snapshot_id")
-    guard let record = try await backend.snapshot(request.snapshotID) else {
+    guard let record = try await visibleSnapshot(request.snapshotID) else {
       throw SwellError.notFound("snapshot \(request.snapshotID) does not exist")
     }
     return .with { $0.snapshot = csiSnapshot(record) }
   }
 
+  /// The snapshot, or nil when it does not exist or is a member of a group that is not whole (a
+  /// group being taken or deleted).
+  func visibleSnapshot(_ id: String) async throws -> SnapshotRecord? {
+    guard let record = try await backend.snapshot(id) else { return nil }
+    guard let group = record.groupID else { return record }
+    let members = try await backend.listSnapshots().filter { $0.groupID == group }
+    return GroupSnapshots.whole(members) == nil ? nil : record
+  }
+
   func csiSnapshot(_ record: SnapshotRecord) -> Csi_V1_Snapshot {
     .with {
+      $0.groupSnapshotID = record.groupID ?? ""
       $0.snapshotID = record.id
       $0.sourceVolumeID = record.sourceVolumeID
       $0.sizeBytes = record.sizeBytes

@@ -32,6 +32,7 @@ public struct IdentityService: Csi_V1_Identity.SimpleServiceProtocol {
     ]
     if config.mode.servesController {
       caps.insert(.with { $0.service.type = .controllerService }, at: 0)
+      caps.insert(.with { $0.service.type = .groupControllerService }, at: 1)
     }
     return .with { $0.capabilities = caps }
   }

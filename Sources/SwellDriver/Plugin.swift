@@ -90,7 +90,10 @@ public struct Plugin {
     let mode = config.mode
     services.append(
       IdentityService(config: config) { try await checkReady(mode: mode, backends: backends, exec: exec) })
-    if mode.servesController { services.append(ControllerService(config: config, backends: backends.controller)) }
+    if mode.servesController {
+      let controller = ControllerService(config: config, backends: backends.controller)
+      services += [controller, GroupControllerService(controller: controller)]
+    }
     if mode.servesNode {
       services.append(NodeService(config: config, backend: backends.node, mounter: Mounter(exec: exec), logger: logger))
     }

@@ -16,4 +16,16 @@ public final class VolumeLocks: Sendable {
     defer { _ = busy.withLock { $0.remove(id) } }
     return try await body()
   }
+
+  /// Holds every key in `ids` for the call, or none: ABORTED naming the first busy one.
+  public func withLocks<T: Sendable>(_ ids: [String], _ body: () async throws -> T) async throws -> T {
+    let busyOne: String? = busy.withLock { held in
+      if let taken = ids.first(where: held.contains) { return taken }
+      held.formUnion(ids)
+      return nil
+    }
+    if let busyOne { throw SwellError(.aborted, "an operation on \(busyOne) is already in progress") }
+    defer { _ = busy.withLock { $0.subtract(ids) } }
+    return try await body()
+  }
 }

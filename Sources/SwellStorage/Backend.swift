@@ -145,6 +145,12 @@ public protocol ControllerBackend: Sendable {
   /// the same; another source is ALREADY_EXISTS, a missing source NOT_FOUND, no room
   /// RESOURCE_EXHAUSTED. Whatever was written to the volume before the call is in the snapshot.
   func createSnapshot(_ spec: SnapshotSpec) async throws -> SnapshotRecord
+  /// Takes one snapshot of each source volume, all at one instant (every volume's writes are held
+  /// from before the first copy until after the last), or returns the group when it exists whole
+  /// with the same sources; other sources are ALREADY_EXISTS, a missing source NOT_FOUND, volumes
+  /// that cannot be held together FAILED_PRECONDITION, no room RESOURCE_EXHAUSTED. A failed call
+  /// leaves no member behind. The members carry the group's ID (``SnapshotRecord/groupID``).
+  func createGroupSnapshot(_ group: GroupSnapshotSpec) async throws -> [SnapshotRecord]
   /// Removes a snapshot; a missing one is success.
   func deleteSnapshot(_ id: String) async throws
   /// The snapshot, or nil when it does not exist.

@@ -122,6 +122,32 @@ public struct ControllerBackends: ControllerBackend {
     return try await owner.createSnapshot(spec)
   }
 
+  /// Goes to the backend that holds every source; volumes in different backends cannot share one
+  /// instant (FAILED_PRECONDITION), a missing one is NOT_FOUND. A group's ID, like a snapshot's,
+  /// is unique across backends: a group found whole in any backend is the answer, or ALREADY_EXISTS.
+  public func createGroupSnapshot(_ group: GroupSnapshotSpec) async throws -> [SnapshotRecord] {
+    for entry in backends {
+      let found = try await entry.backend.listSnapshots().filter { $0.groupID == group.id }
+      if GroupSnapshots.whole(found) != nil { return try await entry.backend.createGroupSnapshot(group) }
+    }
+    var owners: [String: [String]] = [:]
+    var owner: (any ControllerBackend)?
+    for source in group.sourceVolumeIDs {
+      guard let entry = try await backends.asyncFirst(where: { try await $0.backend.volume(source) != nil }) else {
+        throw SwellError.notFound("source volume \(source) does not exist")
+      }
+      owners[entry.name, default: []].append(source)
+      owner = entry.backend
+    }
+    guard owners.count == 1, let owner else {
+      let parts = owners.sorted { $0.key < $1.key }.map { "\($0.value.joined(separator: ", ")) in \($0.key)" }
+      throw SwellError.precondition(
+        "a group snapshot's volumes must be in one backend to be held at one instant; these are in several: "
+          + parts.joined(separator: "; "))
+    }
+    return try await owner.createGroupSnapshot(group)
+  }
+
   /// Deletes from the backend that holds it, or from every backend (each sweeps its own half-done work).
   public func deleteSnapshot(_ id: String) async throws {
     for entry in backends where try await entry.backend.snapshot(id) != nil {
@@ -219,5 +245,13 @@ public struct NodeBackends: NodeBackend {
   public func checkReady() async throws {
     try await loop.checkReady()
     for entry in others { try await entry.backend.checkReady() }
+  }
+}
+
+extension Array {
+  /// The first element that satisfies an async predicate.
+  func asyncFirst(where predicate: (Element) async throws -> Bool) async rethrows -> Element? {
+    for element in self where try await predicate(element) { return element }
+    return nil
   }
 }

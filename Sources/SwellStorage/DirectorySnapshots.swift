@@ -62,6 +62,13 @@ extension DirectoryBackend {
     }
   }
 
+  /// Directory volumes share the host's filesystem: holding their writes would freeze the host's.
+  public func createGroupSnapshot(_ group: GroupSnapshotSpec) async throws -> [SnapshotRecord] {
+    try refuseGroupSnapshot(
+      group, backend: Self.name,
+      because: "they share the host's filesystem, which Swell will not freeze; use loop or iscsi volumes for a group")
+  }
+
   public func deleteSnapshot(_ id: String) async throws {
     try await BlockingIO.run {
       let trash = "\(snapshotsDir)/.\(id).deleting"

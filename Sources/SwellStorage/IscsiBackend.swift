@@ -155,6 +155,14 @@ public struct IscsiBackend: ControllerBackend {
     return decorate(try await files.createSnapshot(spec, inUseElsewhere: !sessions.isEmpty))
   }
 
+  /// A group may hold LUNs no initiator is logged in to, and at most one volume in all when one is:
+  /// the storage host cannot hold an initiator's writes (``LoopBackend/createGroupSnapshot(_:)``).
+  public func createGroupSnapshot(_ group: GroupSnapshotSpec) async throws -> [SnapshotRecord] {
+    let targets = try await tgt.targets()
+    let inUse = Set(group.sourceVolumeIDs.filter { id in targets.contains { $0.iqn == iqn(id) && !$0.sessions.isEmpty } })
+    return try await BlockingIO.run { try files.createGroupSnapshot(group, inUseElsewhere: inUse) }.map(decorate)
+  }
+
   public func deleteSnapshot(_ id: String) async throws { try await files.deleteSnapshot(id) }
 
   public func snapshot(_ id: String) async throws -> SnapshotRecord? { try await files.snapshot(id).map(decorate) }

@@ -281,7 +281,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
         removed.append(name)
       }
     }
-    return removed
+    return removed + (try sweepGroupStrays())
   }
 
   // MARK: Node

@@ -65,7 +65,9 @@ extension LoopBackend {
     return record
   }
 
-  public func deleteSnapshot(_ id: String) async throws {
+  public func deleteSnapshot(_ id: String) async throws { try deleteSnapshotNow(id) }
+
+  func deleteSnapshotNow(_ id: String) throws {
     let trash = "\(snapshotsDir)/.\(id).deleting"
     if try FileInfo.of(snapshotDir(id), followLinks: false) != nil {
       try removeTree(trash)
@@ -82,9 +84,7 @@ extension LoopBackend {
     try loadSnapshot(id)
   }
 
-  public func listSnapshots() async throws -> [SnapshotRecord] {
-    try listDirectory(snapshotsDir).filter { !$0.hasPrefix(".") }.sorted().compactMap { try? loadSnapshot($0) }
-  }
+  public func listSnapshots() async throws -> [SnapshotRecord] { try allSnapshots() }
 
   // MARK: Helpers
 
@@ -98,9 +98,12 @@ extension LoopBackend {
   }
 
   static func snapshotRecord(_ id: String, _ meta: SnapshotMeta) -> SnapshotRecord {
-    SnapshotRecord(
+    var record = SnapshotRecord(
       id: id, sourceVolumeID: meta.sourceVolumeID, sizeBytes: meta.sizeBytes, createdUnixNanos: meta.createdUnixNanos,
       readyToUse: true, backend: name, method: meta.method.rawValue)
+    record.groupID = meta.group?.id
+    record.groupSize = meta.group?.size ?? 0
+    return record
   }
 
   /// Fills a new volume's staging directory from its source, then grows the file to `size`.

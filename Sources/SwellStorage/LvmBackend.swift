@@ -320,6 +320,12 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     return record
   }
 
+  public func createGroupSnapshot(_ group: GroupSnapshotSpec) async throws -> [SnapshotRecord] {
+    try refuseGroupSnapshot(
+      group, backend: Self.name,
+      because: "each thin snapshot suspends its own LV, one after the other; use loop or iscsi volumes for a group")
+  }
+
   public func deleteSnapshot(_ id: String) async throws {
     let name = try Self.snapshotLVName(id)
     guard let lv = try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }), snapshotRecord(lv) != nil else { return }

@@ -46,6 +46,10 @@ public struct SnapshotRecord: Sendable, Equatable {
   public var backend: String
   /// How the bytes were captured (reflink, copy, thin snapshot), for logs and the CLI.
   public var method: String
+  /// The group snapshot it belongs to (CSI's `group_snapshot_id`), nil for a snapshot of its own.
+  public var groupID: String? = nil
+  /// How many members its group has: the group is whole only when that many carry its ID.
+  public var groupSize: Int = 0
 
   public init(
     id: String, sourceVolumeID: String, sizeBytes: Int64, createdUnixNanos: Int64, readyToUse: Bool, backend: String,
@@ -68,6 +72,16 @@ public struct SnapshotMeta: Sendable, Equatable {
   public var sizeBytes: Int64
   public var createdUnixNanos: Int64
   public var method: CloneMethod
+  /// The group it belongs to and the group's size, for a member of a group snapshot.
+  public var group: (id: String, size: Int)? {
+    get { groupID.map { ($0, groupSize) } }
+    set {
+      groupID = newValue?.id
+      groupSize = newValue?.size ?? 0
+    }
+  }
+  var groupID: String?
+  var groupSize = 0
 
   public init(sourceVolumeID: String, sizeBytes: Int64, createdUnixNanos: Int64, method: CloneMethod) {
     self.sourceVolumeID = sourceVolumeID
@@ -79,6 +93,7 @@ public struct SnapshotMeta: Sendable, Equatable {
   public func encoded() -> String {
     "version=\(Self.version)\nsource_volume=\(sourceVolumeID)\nsize_bytes=\(sizeBytes)\n"
       + "created_unix_nanos=\(createdUnixNanos)\nmethod=\(method.rawValue)\n"
+      + (groupID.map { "group=\($0)\ngroup_size=\(groupSize)\n" } ?? "")
   }
 
   public static func decode(_ text: String) throws -> SnapshotMeta {
@@ -88,6 +103,13 @@ public struct SnapshotMeta: Sendable, Equatable {
       let created = fields["created_unix_nanos"].flatMap(Int64.init),
       let method = fields["method"].flatMap(CloneMethod.init(rawValue:))
     else { throw SwellError(.internal, "snapshot metadata is incomplete") }
-    return SnapshotMeta(sourceVolumeID: source, sizeBytes: size, createdUnixNanos: created, method: method)
+    var meta = SnapshotMeta(sourceVolumeID: source, sizeBytes: size, createdUnixNanos: created, method: method)
+    if let group = fields["group"] {
+      guard !group.isEmpty, let size = fields["group_size"].flatMap(Int.init), size > 0 else {
+        throw SwellError(.internal, "snapshot metadata names a group without its size")
+      }
+      meta.group = (group, size)
+    }
+    return meta
   }
 }

@@ -14,7 +14,7 @@ struct CSICommand: AsyncParsableCommand {
       CSIProbe.self, CSIInfo.self, CSICapabilities.self, CSICreate.self, CSICapacity.self, CSIDelete.self, CSIExpand.self,
       CSIModify.self,
       CSIList.self, CSIStats.self, CSIStage.self, CSIPublish.self, CSIUnstage.self, CSIUnpublish.self,
-      CSINodeExpand.self, CSISnapshot.self,
+      CSINodeExpand.self, CSISnapshot.self, CSIGroupSnapshot.self,
     ])
 }
 
@@ -101,6 +101,12 @@ struct CSICapabilities: AsyncParsableCommand {
     }
     if let controller, !connection.json {
       print(controller.capabilities.map { "controller: \(protoName($0.rpc.type))" }.joined(separator: "\n"))
+    }
+    let group: Csi_V1_GroupControllerGetCapabilitiesResponse? = try? await connection.quietCall {
+      try await $0.groupController.groupControllerGetCapabilities(.init())
+    }
+    if let group, !connection.json {
+      print(group.capabilities.map { "group controller: \(protoName($0.rpc.type))" }.joined(separator: "\n"))
     }
     try await connection.call({ try await $0.node.nodeGetCapabilities(.init()) }) {
       $0.capabilities.map { "node: \(protoName($0.rpc.type))" }.joined(separator: "\n")
