@@ -32,22 +32,25 @@ class Server:
         self.sockdir = os.path.join(os.path.dirname(datadir), f"pgsock-{port}")
         self.log = os.path.join(os.path.dirname(datadir), f"pg-{port}.log")
 
-    def initdb(self):
-        os.makedirs(self.datadir, exist_ok=True)
-        open_path_for_postgres(self.datadir)
-        shutil.chown(self.datadir, "postgres", "postgres")
-        os.chmod(self.datadir, 0o700)
-        as_postgres([f"{PG_BIN}/initdb", "-D", self.datadir, "-A", "trust", "-U", "postgres", "--no-sync"],
+    def initdb(self, waldir=None):
+        """initdb; `waldir` puts pg_wal on another directory (another volume), as `initdb --waldir`."""
+        for d in [self.datadir] + ([waldir] if waldir else []):
+            os.makedirs(d, exist_ok=True)
+            open_path_for_postgres(d)
+            shutil.chown(d, "postgres", "postgres")
+            os.chmod(d, 0o700)
+        extra = ["--waldir", waldir] if waldir else []
+        as_postgres([f"{PG_BIN}/initdb", "-D", self.datadir, "-A", "trust", "-U", "postgres", "--no-sync", *extra],
                     check=True, capture_output=True)
 
-    def start(self):
+    def start(self, settings=""):
         open_path_for_postgres(self.datadir)
         os.makedirs(self.sockdir, exist_ok=True)
         shutil.chown(self.sockdir, "postgres", "postgres")
         for path in (self.log,):
             open(path, "a").close()
             shutil.chown(path, "postgres", "postgres")
-        opts = f"-k {self.sockdir} -p {self.port} -c listen_addresses='' -c fsync=on -c synchronous_commit=on"
+        opts = f"-k {self.sockdir} -p {self.port} -c listen_addresses='' -c fsync=on -c synchronous_commit=on {settings}"
         as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.datadir, "-l", self.log, "-o", opts, "-w", "-t", "120", "start"],
                     check=True, capture_output=True)
 

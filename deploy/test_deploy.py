@@ -88,6 +88,27 @@ def test_snapshot_examples_match_the_plugin():
         assert "--snapshots" in sidecar["args"], name
 
 
+def test_group_snapshot_examples_match_the_plugin():
+    """The group snapshot CRDs are not in kubernetes-validate's schemas either: the v1 fields the
+    examples use, and what the plugin's GroupController accepts (only the sidecar's own
+    csi.storage.k8s.io/* parameters). Both sidecars serve group snapshots."""
+    d = os.path.join(HERE, "examples", "group-snapshots")
+    with open(os.path.join(d, "volumegroupsnapshotclass.yaml")) as f:
+        (cls,) = [c for c in yaml.safe_load_all(f) if c]
+    assert cls["apiVersion"] == "groupsnapshot.storage.k8s.io/v1" and cls["kind"] == "VolumeGroupSnapshotClass"
+    assert cls["driver"] == "swell.csi.dev" and cls["deletionPolicy"] in {"Delete", "Retain"}
+    assert all(k.startswith("csi.storage.k8s.io/") for k in cls.get("parameters", {}))
+    with open(os.path.join(d, "group-snapshot.yaml")) as f:
+        (vgs,) = [o for o in yaml.safe_load_all(f) if o]
+    assert vgs["apiVersion"] == "groupsnapshot.storage.k8s.io/v1" and vgs["kind"] == "VolumeGroupSnapshot"
+    assert vgs["spec"]["volumeGroupSnapshotClassName"] == cls["metadata"]["name"]
+    assert list(vgs["spec"]["source"]) == ["selector"] and vgs["spec"]["source"]["selector"]["matchLabels"]
+    objs = objects("overlays/production")
+    for kind, name in [("DaemonSet", "swell-node"), ("Deployment", "swell-controller")]:
+        sidecar = next(c for c in objs[(kind, name)]["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+        assert "--group-snapshots" in sidecar["args"], name
+
+
 def test_yamllint():
     r = subprocess.run(["yamllint", "-c", os.path.join(ROOT, ".yamllint"), HERE], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

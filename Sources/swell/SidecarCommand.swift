@@ -78,6 +78,9 @@ struct SidecarCommand: AsyncParsableCommand {
   @Flag(help: "Be the snapshotter too: take VolumeSnapshotContents of this driver to the plugin, and restore claims from VolumeSnapshots. Needs the snapshot CRDs and the common snapshot-controller.")
   var snapshots = false
 
+  @Flag(help: "Take VolumeGroupSnapshotContents of this driver to the plugin's GroupController too (csi-snapshotter's group role). Needs the group snapshot CRDs and the common snapshot-controller with its group feature.")
+  var groupSnapshots = false
+
   @Option(help: "Seconds between looks at every volume's health (ListVolumes; NodeGetVolumeStats for staged volumes with --autogrow-plugin-address); an abnormal condition becomes a Warning Event on the claim. 0 turns it off.")
   var healthInterval = 60.0
 
@@ -147,6 +150,7 @@ struct SidecarCommand: AsyncParsableCommand {
       config.autoGrowMaxInterval = .milliseconds(Int64(autogrowMaxInterval * 1000))
       config.autoGrowHorizon = .seconds(autogrowHorizon)
       config.snapshots = snapshots
+      config.groupSnapshots = groupSnapshots
       if enableCapacity {
         let env = environment()
         guard let pod = podName ?? env["POD_NAME"], let ns = podNamespace ?? env["POD_NAMESPACE"], !pod.isEmpty, !ns.isEmpty

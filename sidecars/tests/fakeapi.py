@@ -60,9 +60,13 @@ RESOURCES = {
     ("snapshot.storage.k8s.io", "v1", "volumesnapshots"): ("VolumeSnapshot", True, True),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents"): ("VolumeSnapshotContent", False, True),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses"): ("VolumeSnapshotClass", False, False),
+    # The group snapshot CRDs of external-snapshotter v8, served at v1 (shapes in ../shared/k8s-samples/09*).
+    ("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshots"): ("VolumeGroupSnapshot", True, True),
+    ("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotcontents"): ("VolumeGroupSnapshotContent", False, True),
+    ("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshotclasses"): ("VolumeGroupSnapshotClass", False, False),
 }
 # Custom resources: their list items keep kind and apiVersion, and the list carries "continue": "".
-CUSTOM_GROUPS = {"snapshot.storage.k8s.io"}
+CUSTOM_GROUPS = {"snapshot.storage.k8s.io", "groupsnapshot.storage.k8s.io"}
 
 BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "": 1}

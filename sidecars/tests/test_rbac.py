@@ -9,6 +9,7 @@ import yaml
 from conftest import NODE, ROOT, TOPOLOGY_KEY, csiconf
 from test_backends import iscsi, tgtd  # noqa: F401 (tgtd is a fixture)
 from test_capacity import NS, capacities, owned_pod, stale_pair
+from test_group_snapshots import group_snapshot_and_delete
 from test_sidecar import pv_for, repeated_failure, wait_bound
 from test_vac import create_vac
 
@@ -53,7 +54,7 @@ def test_node_rbac_matches_the_calls(cluster):
     stale_pair(api, "swell", f"external-provisioner-{NODE}", {TOPOLOGY_KEY: NODE})
     api.create_class("fresh", binding="WaitForFirstConsumer")  # no object yet: one is created
     sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{port}",
-                              "--autogrow-max-interval", "0.5", "--snapshots", "--enable-capacity",
+                              "--autogrow-max-interval", "0.5", "--snapshots", "--group-snapshots", "--enable-capacity",
                               "--pod-name", pod, "--pod-namespace", NS)
     create_vac(api, "thin", {"provisioning": "thin"})
     claim = api.create_claim("r", size="400Mi", attributes_class="thin", annotations={
@@ -69,6 +70,7 @@ def test_node_rbac_matches_the_calls(cluster):
         cluster.unstage(pv["spec"]["csi"]["volumeHandle"], staging)
     snapshot_restore_delete(api, "r", pv["spec"]["csi"]["volumeHandle"], annotations={
         "volume.kubernetes.io/selected-node": NODE})
+    group_snapshot_and_delete(api, [pv["spec"]["csi"]["volumeHandle"]])
     api.ok("DELETE", api.pvc_path("r"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     api.wait("events", lambda: api.events_for("r"))
@@ -96,7 +98,7 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     api.create_class("net-fresh", params={"backend": "iscsi"})  # no object yet: one is created
     sidecar = cluster.sidecar("--backend", "iscsi", "--leader-election", "--leader-election-namespace", "swell-system",
                               "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
-                              "--leader-election-retry-period", "0.3", "--snapshots", "--enable-capacity",
+                              "--leader-election-retry-period", "0.3", "--snapshots", "--group-snapshots", "--enable-capacity",
                               "--pod-name", pod, "--pod-namespace", NS)
     create_vac(api, "thin", {"provisioning": "thin"})
     claim = api.create_claim("c", sc="net", size="64Mi", attributes_class="thin",
@@ -107,6 +109,7 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     api.wait("the PV grown", lambda: pv_for(api, claim)["spec"]["capacity"]["storage"] == "96Mi")
     snapshot_restore_delete(api, "c", pv["spec"]["csi"]["volumeHandle"], sc="net", size="96Mi",
                             annotations={"volume.kubernetes.io/selected-node": "worker-1"})
+    group_snapshot_and_delete(api, [pv["spec"]["csi"]["volumeHandle"]])
     api.ok("DELETE", api.pvc_path("c"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     repeated_failure(api, sc="net", annotations={"volume.kubernetes.io/selected-node": "worker-1"}, count=2)

@@ -46,6 +46,17 @@ public struct KubeResource: Sendable, Hashable, CustomStringConvertible {
     group: "snapshot.storage.k8s.io", version: "v1", plural: "volumesnapshotclasses", kind: "VolumeSnapshotClass",
     namespaced: false)
 
+  /// The group snapshot CRDs of external-snapshotter v8 (`groupsnapshot.storage.k8s.io/v1`).
+  public static let volumeGroupSnapshots = KubeResource(
+    group: "groupsnapshot.storage.k8s.io", version: "v1", plural: "volumegroupsnapshots", kind: "VolumeGroupSnapshot",
+    namespaced: true)
+  public static let volumeGroupSnapshotContents = KubeResource(
+    group: "groupsnapshot.storage.k8s.io", version: "v1", plural: "volumegroupsnapshotcontents",
+    kind: "VolumeGroupSnapshotContent", namespaced: false)
+  public static let volumeGroupSnapshotClasses = KubeResource(
+    group: "groupsnapshot.storage.k8s.io", version: "v1", plural: "volumegroupsnapshotclasses",
+    kind: "VolumeGroupSnapshotClass", namespaced: false)
+
   /// The collection path, or an object's path when `name` is given.
   public func path(namespace: String? = nil, name: String? = nil, subresource: String? = nil) -> String {
     var path = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"

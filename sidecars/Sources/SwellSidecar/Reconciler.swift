@@ -32,6 +32,8 @@ public final class Reconciler: Sendable {
   let classes: Informer
   /// VolumeSnapshotContents and VolumeSnapshotClasses, when the sidecar serves snapshots.
   let snapshotCaches: SnapshotCaches?
+  /// VolumeGroupSnapshotContents and VolumeGroupSnapshotClasses, when the sidecar serves group snapshots.
+  let groupCaches: GroupSnapshotCaches?
   let queue: WorkQueue
   let events: EventRecorder
   let metrics: SidecarMetrics
@@ -49,6 +51,7 @@ public final class Reconciler: Sendable {
   init(
     kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, backends: Set<String> = [], defaultFSType: String,
     multiWriter: Bool = false, csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: SnapshotCaches? = nil,
+    groupCaches: GroupSnapshotCaches? = nil,
     queue: WorkQueue, events: EventRecorder, metrics: SidecarMetrics, capacityChanged: Nudge = Nudge(), logger: Logger
   ) {
     self.capacityChanged = capacityChanged
@@ -64,6 +67,7 @@ public final class Reconciler: Sendable {
     self.volumes = volumes
     self.classes = classes
     self.snapshotCaches = snapshotCaches
+    self.groupCaches = groupCaches
     self.queue = queue
     self.events = events
     self.metrics = metrics
@@ -78,6 +82,8 @@ public final class Reconciler: Sendable {
       object = claims.get(String(key.dropFirst("claim/".count)))
     } else if key.hasPrefix("content/") {
       object = snapshotCaches?.contents.get(String(key.dropFirst("content/".count)))
+    } else if key.hasPrefix("groupcontent/") {
+      object = groupCaches?.contents.get(String(key.dropFirst("groupcontent/".count)))
     } else {
       object = volumes.get(String(key.dropFirst("volume/".count)))
     }
@@ -85,6 +91,10 @@ public final class Reconciler: Sendable {
     if key.hasPrefix("content/") {
       // The snapshotter's own markers on a content are its writes, like a claim's status.
       object[path: "metadata", "annotations", SnapshotNames.beingCreated] = nil
+      object[path: "metadata", "annotations", SnapshotNames.nodeAnnotation] = nil
+    }
+    if key.hasPrefix("groupcontent/") {
+      object[path: "metadata", "annotations", GroupSnapshotNames.beingCreated] = nil
       object[path: "metadata", "annotations", SnapshotNames.nodeAnnotation] = nil
     }
     return [
@@ -133,6 +143,10 @@ public final class Reconciler: Sendable {
       if let pv = volumes.get(String(key.dropFirst("volume/".count))) { try await deleteIfReleased(pv) }
     } else if key.hasPrefix("content/") {
       if let content = snapshotCaches?.contents.get(String(key.dropFirst("content/".count))) { try await syncContent(content) }
+    } else if key.hasPrefix("groupcontent/") {
+      if let content = groupCaches?.contents.get(String(key.dropFirst("groupcontent/".count))) {
+        try await syncGroupContent(content)
+      }
     }
   }
 

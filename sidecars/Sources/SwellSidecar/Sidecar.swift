@@ -41,6 +41,9 @@ public struct SidecarConfig: Sendable {
   /// Serve VolumeSnapshotContents (the snapshot CRDs and the common snapshot-controller must be
   /// installed) and restores from VolumeSnapshots.
   public var snapshots = false
+  /// Serve VolumeGroupSnapshotContents (the group snapshot CRDs, and the common snapshot-controller
+  /// with its group feature, must be installed).
+  public var groupSnapshots = false
   /// How often the volumes' health is looked at (ListVolumes, and NodeGetVolumeStats for staged
   /// volumes when auto-grow has the plugin's address); nil turns health reporting off.
   public var healthInterval: Duration? = .seconds(60)
@@ -156,11 +159,28 @@ public struct SidecarService: Service {
     } else {
       snapshotCaches = nil
     }
+    let groupCaches: GroupSnapshotCaches?
+    if config.groupSnapshots {
+      let contents = Informer(client: kube, resource: .volumeGroupSnapshotContents, logger: logger) { old, new in
+        if let content = new ?? old { Task { await queue.add(Reconciler.groupContentKey(content)) } }
+      }
+      let groupClasses = Informer(client: kube, resource: .volumeGroupSnapshotClasses, logger: logger) { _, new in
+        guard let name = new?.name else { return }
+        Task {
+          for content in contents.list() where content[path: "spec", "volumeGroupSnapshotClassName"]?.string == name {
+            await queue.add(Reconciler.groupContentKey(content))
+          }
+        }
+      }
+      groupCaches = GroupSnapshotCaches(contents: contents, classes: groupClasses)
+    } else {
+      groupCaches = nil
+    }
     let reconciler = Reconciler(
       kube: kube, csi: csi, driver: config.driverName, scope: scope, backends: Set(config.backends),
       defaultFSType: config.defaultFSType, multiWriter: multiWriter,
       csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, snapshotCaches: snapshotCaches,
-      queue: queue, events: events, metrics: metrics, capacityChanged: capacityChanged, logger: logger)
+      groupCaches: groupCaches, queue: queue, events: events, metrics: metrics, capacityChanged: capacityChanged, logger: logger)
     let publisher: CapacityPublisher?
     if let capacity = config.capacity {
       let owner = try await CapacityPublisher.owner(
@@ -175,7 +195,8 @@ public struct SidecarService: Service {
     // The snapshot CRDs are optional, as for external-provisioner: provisioning, resizing and capacity
     // start once the core caches are filled; the snapshot informers wait for their CRDs on their own.
     let core = [claims, volumes, classes]
-    let optional = snapshotCaches.map { [$0.contents, $0.classes] } ?? []
+    let optional = (snapshotCaches.map { [$0.contents, $0.classes] } ?? [])
+      + (groupCaches.map { [$0.contents, $0.classes] } ?? [])
     let informers = core + optional
     state.attach(queue: queue, core: core, optional: optional)
 
@@ -213,6 +234,7 @@ public struct SidecarService: Service {
               for claim in claims.list() { await queue.add(Reconciler.claimKey(claim)) }
               for pv in volumes.list() { await queue.add(Reconciler.volumeKey(pv)) }
               for content in snapshotCaches?.contents.list() ?? [] { await queue.add(Reconciler.contentKey(content)) }
+              for content in groupCaches?.contents.list() ?? [] { await queue.add(Reconciler.groupContentKey(content)) }
             }
           }
           try await workers.next()

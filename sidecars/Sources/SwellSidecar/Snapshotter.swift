@@ -23,6 +23,8 @@ extension Reconciler {
     if content[path: "status", "readyToUse"]?.bool == true, content[path: "status", "snapshotHandle"]?.string != nil {
       return
     }
+    // A group's member: the common controller fills its status from the group's (09i samples).
+    if GroupSnapshots.isMember(content) { return }
     if let volumeHandle = content[path: "spec", "source", "volumeHandle"]?.string {
       try await createSnapshot(content, of: volumeHandle)
     } else if let handle = content[path: "spec", "source", "snapshotHandle"]?.string {
@@ -36,7 +38,10 @@ extension Reconciler {
     guard Snapshots.shouldFinalize(content), content.finalizers.contains(SnapshotNames.boundFinalizer),
       try await holdsSnapshot(content)
     else { return }
-    if content[path: "spec", "deletionPolicy"]?.string == "Delete", let handle = Snapshots.handle(content) {
+    // A group's member is deleted with its group (DeleteVolumeGroupSnapshot), never alone (09z).
+    if content[path: "spec", "deletionPolicy"]?.string == "Delete", !GroupSnapshots.isMember(content),
+      let handle = Snapshots.handle(content)
+    {
       let secrets = try await snapshotterSecrets(content)
       let started = ContinuousClock.now
       do {
