@@ -164,7 +164,8 @@ def test_the_install_comes_up_as_shipped_without_the_snapshot_crds(cluster):
     caps = wait_for("CSIStorageCapacity for the local classes", published, 60)
     assert caps["swell-local"]["nodeTopology"]["matchLabels"] == {f"topology.{DRIVER}/node": NODE}
     logs = container_logs(c, node_pod(c)["metadata"]["name"], "sidecar")
-    assert logs.count("waiting for it") <= 2, "said once per snapshot resource, not in a loop:\n" + logs
+    assert logs.count("waiting for it") <= 4, \
+        "said once per snapshot and group snapshot resource (contents, classes), not in a loop:\n" + logs
     no_restarts(c)
 
 
@@ -219,10 +220,13 @@ def test_the_scheduler_reads_swells_capacity(cluster):
 def test_snapshot_and_restore_once_the_crds_are_applied(cluster):
     c = cluster
     crds = os.path.join(os.environ["SWELL_KUBE_KIT"], "crds")
-    for name in ("volumesnapshotclasses", "volumesnapshotcontents", "volumesnapshots"):
-        c.kubectl("apply", "-f", os.path.join(crds, f"snapshot.storage.k8s.io_{name}.yaml"))
-    for name in ("volumesnapshotclasses", "volumesnapshotcontents", "volumesnapshots"):
-        c.kubectl("wait", "--for=condition=Established", f"crd/{name}.snapshot.storage.k8s.io", "--timeout=60s")
+    kinds = [("snapshot.storage.k8s.io", n) for n in ("volumesnapshotclasses", "volumesnapshotcontents", "volumesnapshots")]
+    kinds += [("groupsnapshot.storage.k8s.io", n)
+              for n in ("volumegroupsnapshotclasses", "volumegroupsnapshotcontents", "volumegroupsnapshots")]
+    for group, name in kinds:
+        c.kubectl("apply", "-f", os.path.join(crds, f"{group}_{name}.yaml"))
+    for group, name in kinds:
+        c.kubectl("wait", "--for=condition=Established", f"crd/{name}.{group}", "--timeout=60s")
     # The sidecar notices the CRDs without a restart.
     wait_for("the sidecar serving snapshots", lambda: "not served" not in sidecar_health()[1], timeout=60)
     c.kubectl("apply", "-f", os.path.join(ROOT, "deploy", "examples", "snapshots", "volumesnapshotclass.yaml"))
@@ -267,6 +271,50 @@ def test_snapshot_and_restore_once_the_crds_are_applied(cluster):
     c.kubectl("delete", "volumesnapshotcontent", content_name, "--wait=true", "--timeout=60s")
     wait_for("the snapshot gone from the node", lambda: not os.path.exists(f"/var/lib/swell/snapshots/snapshot-{uid}"),
              timeout=60)
+    no_restarts(c)
+
+
+def test_a_group_snapshot_of_two_claims_in_use(cluster):
+    """The group role against the real API server and the v1 group CRDs, whose schema checks the
+    status the sidecar writes. The test plays the common controller: the content, its finalizer, and
+    its deletion."""
+    c = cluster
+    c.kubectl("apply", "-f", os.path.join(ROOT, "deploy", "examples", "group-snapshots", "volumegroupsnapshotclass.yaml"))
+    handles = []
+    for name in ("ga", "gb"):
+        apply(c, claim(name, "256Mi", sc="swell-local"), pod(name, name))
+    for name in ("ga", "gb"):
+        running(c, name)
+        sh(c, name, "head -c 4M /dev/urandom > /data/f && sync")
+        handles.append(pv_of(c, name)["spec"]["csi"]["volumeHandle"])
+    apply(c, {"apiVersion": "groupsnapshot.storage.k8s.io/v1", "kind": "VolumeGroupSnapshot",
+              "metadata": {"name": "group", "namespace": "default"},
+              "spec": {"source": {"selector": {"matchLabels": {"app": "group"}}},
+                       "volumeGroupSnapshotClassName": "swell-group-snapshots"}})
+    uid = c.get("volumegroupsnapshot", "group", "-n", "default")["metadata"]["uid"]
+    content_name = f"groupsnapcontent-{uid}"
+    apply(c, {"apiVersion": "groupsnapshot.storage.k8s.io/v1", "kind": "VolumeGroupSnapshotContent",
+              "metadata": {"name": content_name,
+                           "finalizers": ["groupsnapshot.storage.kubernetes.io/volumegroupsnapshotcontent-bound-protection"]},
+              "spec": {"deletionPolicy": "Delete", "driver": DRIVER, "source": {"volumeHandles": handles},
+                       "volumeGroupSnapshotClassName": "swell-group-snapshots",
+                       "volumeGroupSnapshotRef": {"apiVersion": "groupsnapshot.storage.k8s.io/v1",
+                                                  "kind": "VolumeGroupSnapshot", "name": "group",
+                                                  "namespace": "default", "uid": uid}}})
+    content = wait_for("the group content ready", lambda: (lambda x: x if x.get("status", {}).get("readyToUse") else None)(
+        c.get("volumegroupsnapshotcontent", content_name)), timeout=60)
+    st = content["status"]
+    assert st["volumeGroupSnapshotHandle"] == f"groupsnapshot-{uid}"
+    assert [i["volumeHandle"] for i in st["volumeSnapshotInfoList"]] == handles
+    for info in st["volumeSnapshotInfoList"]:
+        assert info["restoreSize"] == 256 * MiB and os.path.exists(f"/var/lib/swell/snapshots/{info['snapshotHandle']}")
+    delete_and_check_gone(c, ["ga", "gb"], ["ga", "gb"])
+    c.kubectl("annotate", "volumegroupsnapshotcontent", content_name,
+              "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-deleted=yes")
+    c.kubectl("delete", "volumegroupsnapshot", "group", "-n", "default", "--wait=false")
+    c.kubectl("delete", "volumegroupsnapshotcontent", content_name, "--wait=true", "--timeout=60s")
+    for info in st["volumeSnapshotInfoList"]:
+        assert not os.path.exists(f"/var/lib/swell/snapshots/{info['snapshotHandle']}")
     no_restarts(c)
 
 

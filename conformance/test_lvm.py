@@ -20,7 +20,7 @@ GUEST_SCRIPT = r'''
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
 result() { echo "$1=$2" >> /share/results; }
 ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
-csi() { if [ "$1" = snapshot ]; then sub="snapshot $2"; shift 2; else sub=$1; shift; fi
+csi() { case "$1" in snapshot|group-snapshot) sub="$1 $2"; shift 2 ;; *) sub=$1; shift ;; esac
   /tmp/swell csi $sub --endpoint unix:///tmp/csi.sock "$@"; }
 expect_code() { code=$1; shift; if out=$(csi "$@" 2>&1); then echo "expected $code: $*"; exit 1; fi
   case "$out" in *"$code"*) ;; *) echo "expected $code, got: $out"; exit 1 ;; esac; echo "$out"; }
@@ -129,6 +129,9 @@ csi create --parameter backend=lvm --fs-type ext4 --bytes 67108864 --from-volume
 csi stage --fs-type ext4 --context backend=lvm --context contentSource=volume:pvc-sn pvc-cl /tmp/csi/stage/pvc-cl
 result sha_clone "$(sha256sum /tmp/csi/stage/pvc-cl/data | cut -d' ' -f1)"
 dd if=/dev/urandom of=/tmp/csi/stage/pvc-sn/after bs=1M count=1 conv=fsync 2>/dev/null   # the source is not frozen
+# A group of thin LVs cannot be held at one instant: refused, naming why, with nothing made.
+result group_refused "$(expect_code FAILED_PRECONDITION group-snapshot create grp pvc-sn pvc-cl)"
+result group_lvs "$(lvm lvs --noheadings -o lv_name vg0 | grep -c grp || true)"
 expect_code OUT_OF_RANGE create --parameter backend=lvm --fs-type ext4 --bytes 33554432 --from-snapshot snap-sn pvc-small
 # The pool guards apply to snapshots: 64 + 64 + 96 + 64 MiB are given out, 300 more fit once, not twice.
 csi create --parameter backend=lvm --block --bytes 314572800 pvc-bigsrc
@@ -191,6 +194,8 @@ def test_vm_lvm_thin_lifecycle():
         assert int(r["fs_bytes_restored"]) > 80 * MiB, "the restored ext4 was grown online at stage"
         assert r["snap_after_source_delete"].startswith("snap-sn\tof pvc-sn"), r["snap_after_source_delete"]
         assert r["lvs_left_after_snapshots"] == "0"
+        assert "lvm volumes" in r["group_refused"] and "frozen" in r["group_refused"], r["group_refused"]
+        assert r["group_lvs"] == "0"
     finally:
         if vm is not None:
             vm.close()

@@ -33,7 +33,7 @@ result() { echo "$1=$2" >> /share/results; }
 ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
 SOCK=/tmp/csi.sock
 AS_POD="/usr/bin/setpriv --reuid=1000 --regid=1000 --clear-groups"
-csi() { if [ "$1" = snapshot ]; then sub="snapshot $2"; shift 2; else sub=$1; shift; fi
+csi() { case "$1" in snapshot|group-snapshot) sub="$1 $2"; shift 2 ;; *) sub=$1; shift ;; esac
   /tmp/swell csi $sub --endpoint unix://$SOCK "$@"; }
 expect_code() { code=$1; shift; if out=$(csi "$@" 2>&1); then echo "expected $code: $*"; exit 1; fi
   case "$out" in *"$code"*) ;; *) echo "expected $code, got: $out"; exit 1 ;; esac; echo "$out"; }
@@ -160,6 +160,9 @@ expect_code FAILED_PRECONDITION snapshot create snap-d1 pvc-d1   # staged: refus
 # A directory has nothing to preallocate: provisioning=thick is refused, thin changes nothing.
 result d2_modify_thick "$(expect_code INVALID_ARGUMENT modify --parameter provisioning=thick pvc-d2 | tr '\n' ' ')"
 result d2_modify_thin "$(csi modify --parameter provisioning=thin pvc-d2)"
+# Dir volumes share the host's filesystem: no group snapshot of them, and nothing made.
+result d_group "$(expect_code FAILED_PRECONDITION group-snapshot create grp-d pvc-d1 pvc-d2 | tr '\n' ' ')"
+result d_group_dirs "$(ls /data/xfs/swell/snapshots | grep -c grp-d || true)"
 
 # Delete: refused while mounted; then the ID and its limit are freed and the next volume reuses it.
 expect_code FAILED_PRECONDITION delete pvc-d1
@@ -377,6 +380,8 @@ def test_vm_dir_and_thick_lvm_volumes():
         assert r["t1_segtype"] == "linear" and r["t1_lvs"] == "1"
         assert "in place" in r["t1_modify_thin"] and r["t1_modify_thick"] == "modified pvc-t1", r
         assert "preallocate" in r["d2_modify_thick"] and r["d2_modify_thin"] == "modified pvc-d2", r
+        assert "dir volumes" in r["d_group"] and "host's filesystem" in r["d_group"], r["d_group"]
+        assert r["d_group_dirs"] == "0"
         assert r["t1_sha_after"] == r["t1_sha_before"]
         assert int(r["t1_dev_bytes"]) == 400 * MiB
         assert int(r["t1_fs_bytes"]) > int(r["t1_fs_before"]) + 64 * MiB, (r["t1_fs_before"], r["t1_fs_bytes"])

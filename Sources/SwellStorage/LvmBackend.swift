@@ -320,10 +320,15 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     return record
   }
 
+  /// Refused: each `lvcreate -s` suspends its own LV, one after the other, and holding the members'
+  /// filesystems frozen across them does not work: an `lvcreate -s` of a thin LV whose filesystem is
+  /// FIFREEZE-frozen never returned on Debian 12's kernel (6.1) in the VM tier, stuck in the
+  /// device-mapper suspend, which freezes the filesystem itself.
   public func createGroupSnapshot(_ group: GroupSnapshotSpec) async throws -> [SnapshotRecord] {
     try refuseGroupSnapshot(
       group, backend: Self.name,
-      because: "each thin snapshot suspends its own LV, one after the other; use loop or iscsi volumes for a group")
+      because: "each thin snapshot suspends its own LV, one after the other, and an LV cannot be snapshotted while "
+        + "its filesystem is held frozen; use loop or iscsi volumes for a group")
   }
 
   public func deleteSnapshot(_ id: String) async throws {
