@@ -46,6 +46,10 @@ def test_modify_errors_change_nothing(plugin, kind):
     assert modify_code(plugin, "m", XXX_FakeKey="XXX_FakeValue") == C.INVALID_ARGUMENT
     assert modify_code(plugin, "m", provisioning="thick", tier="platinum") == C.INVALID_ARGUMENT
     assert modify_code(plugin, "m", provisioning="eager") == C.INVALID_ARGUMENT
+    # An inode limit is a dir volume's (its project quota's); a loop volume's filesystem has its own.
+    assert modify_code(plugin, "m", inodeLimit="1000") == C.INVALID_ARGUMENT
+    assert modify_code(plugin, "m", inodeLimit="many") == C.INVALID_ARGUMENT
+    assert modify_code(plugin, "m", provisioning="thick", inodeLimit="1000") == C.INVALID_ARGUMENT
     assert recorded(plugin, "m") == "thin" and allocated(disk_of(plugin, "m")) == before
     # No keys: nothing to change, and success (a volume made without a class).
     modify(plugin, "m")
@@ -103,6 +107,9 @@ def test_create_takes_mutable_parameters_over_parameters(plugin, kind):
     req = create_req("c", required=96 * MiB, cap=cap)
     req.mutable_parameters["iops"] = "3000"
     assert code_of(plugin.controller.CreateVolume, req) == C.INVALID_ARGUMENT
+    req = create_req("c", required=96 * MiB, cap=cap)
+    req.mutable_parameters["inodeLimit"] = "1000"
+    assert code_of(plugin.controller.CreateVolume, req) == C.INVALID_ARGUMENT, "inodeLimit is for dir volumes"
     assert not os.path.exists(os.path.join(plugin.data, "volumes", "c"))
     # ValidateVolumeCapabilities confirms the mutable parameters it was asked about.
     r = plugin.controller.ValidateVolumeCapabilities(csi_pb2.ValidateVolumeCapabilitiesRequest(

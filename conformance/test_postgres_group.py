@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import MiB, create_req, csi_pb2, free_port, host_mounts_under, loops_under, mount_cap
-from test_postgres import APPEND, staged_and_published
+from test_postgres import APPEND, assert_a_consistent_copy, staged_and_published
 import pg
 
 
@@ -91,18 +91,7 @@ def test_a_group_snapshot_of_data_and_wal_restores_a_consistent_database_and_two
         made += ["pgdata-group", "pgwal-group"]
         copy = pg.Server(datadir, free_port())
         copies.append(copy)
-        try:
-            copy.start()
-        except subprocess.CalledProcessError:
-            pytest.fail("the group's copy did not start:\n" + open(copy.log).read()[-3000:])
-        copy.wait_ready()
-        rows = int(copy.psql("SELECT count(*) FROM appendonly"))
-        assert committed_before <= rows <= committed_after, (committed_before, rows, committed_after)
-        assert copy.psql("SELECT count(*) FROM pgbench_accounts") == "500000"
-        code, report = copy.amcheck()
-        assert code == 0, report
-        log = open(copy.log).read()
-        assert "database system was not properly shut down" in log, "the copy needed crash recovery"
+        assert_a_consistent_copy(copy, committed_before, committed_after)
         copy.stop()
 
         datadir = restore(plugin, cap, {"data": "pg-data-alone", "wal": "pg-wal-alone"}, "alone")

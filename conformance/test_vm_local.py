@@ -163,6 +163,23 @@ result d2_modify_thin "$(csi modify --parameter provisioning=thin pvc-d2)"
 # Dir volumes share the host's filesystem: no group snapshot of them, and nothing made.
 result d_group "$(expect_code FAILED_PRECONDITION group-snapshot create grp-d pvc-d1 pvc-d2 | tr '\n' ' ')"
 result d_group_dirs "$(ls /data/xfs/swell/snapshots | grep -c grp-d || true)"
+# An inode limit (the project quota's), set at create from a VolumeAttributesClass and changed while
+# the volume is staged; a grow keeps it.
+fill() { i=$1; while [ $i -lt $2 ] && touch /tmp/csi/stage/pvc-in/f$i 2>/dev/null; do i=$((i+1)); done; echo $i; }
+csi create --parameter backend=dir --mutable-parameter inodeLimit=40 --bytes 16777216 pvc-in
+csi stage --context backend=dir pvc-in /tmp/csi/stage/pvc-in
+n=$(fill 0 1000); result in_files_40 $n
+result in_statfs_40 "$(stat -f -c %c /tmp/csi/stage/pvc-in)"
+result in_below "$(expect_code INVALID_ARGUMENT modify --parameter inodeLimit=10 pvc-in | tr '\n' ' ')"
+result in_modify "$(csi modify --parameter inodeLimit=200 pvc-in)"
+m=$(fill $n 1000); result in_files_200 $m
+csi expand --bytes 33554432 pvc-in
+result in_statfs_after_expand "$(stat -f -c %c /tmp/csi/stage/pvc-in)"
+result in_meta "$(grep inode_limit /data/xfs/swell/volumes/pvc-in/meta)"
+csi modify --parameter inodeLimit=0 pvc-in
+result in_files_none "$(fill $m $((m + 100)))"
+csi unstage pvc-in /tmp/csi/stage/pvc-in
+csi delete pvc-in
 
 # Delete: refused while mounted; then the ID and its limit are freed and the next volume reuses it.
 expect_code FAILED_PRECONDITION delete pvc-d1
@@ -382,6 +399,13 @@ def test_vm_dir_and_thick_lvm_volumes():
         assert "preallocate" in r["d2_modify_thick"] and r["d2_modify_thin"] == "modified pvc-d2", r
         assert "dir volumes" in r["d_group"] and "host's filesystem" in r["d_group"], r["d_group"]
         assert r["d_group_dirs"] == "0"
+        # inodeLimit: the volume's own directory is one of its inodes.
+        files_40, files_200 = int(r["in_files_40"]), int(r["in_files_200"])
+        assert 35 <= files_40 < 40 and 195 <= files_200 < 200, (files_40, files_200)
+        assert r["in_statfs_40"] == "40" and r["in_statfs_after_expand"] == "200", r
+        assert "already holds" in r["in_below"] and r["in_modify"] == "modified pvc-in", r
+        assert r["in_meta"] == "inode_limit=200"
+        assert int(r["in_files_none"]) == files_200 + 100, "no limit once it is set to 0"
         assert r["t1_sha_after"] == r["t1_sha_before"]
         assert int(r["t1_dev_bytes"]) == 400 * MiB
         assert int(r["t1_fs_bytes"]) > int(r["t1_fs_before"]) + 64 * MiB, (r["t1_fs_before"], r["t1_fs_bytes"])

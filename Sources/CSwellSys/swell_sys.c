@@ -27,22 +27,23 @@ int swell_project_set(int fd, uint32_t project) {
 }
 
 int swell_quota_get(const char *device, uint32_t project, uint64_t *limit_bytes, uint64_t *used_bytes,
-                    uint64_t *used_inodes) {
+                    uint64_t *used_inodes, uint64_t *limit_inodes) {
   struct dqblk q;
   memset(&q, 0, sizeof q);
   if (quotactl(QCMD(Q_GETQUOTA, PRJQUOTA), device, (int)project, (caddr_t)&q) != 0) return -errno;
   *limit_bytes = q.dqb_bhardlimit * QIF_DQBLKSIZE;
   *used_bytes = q.dqb_curspace;
   *used_inodes = q.dqb_curinodes;
+  *limit_inodes = q.dqb_ihardlimit;
   return 0;
 }
 
-int swell_quota_set(const char *device, uint32_t project, uint64_t limit_bytes) {
+int swell_quota_set(const char *device, uint32_t project, uint64_t limit_bytes, uint64_t limit_inodes) {
   struct dqblk q;
   memset(&q, 0, sizeof q);
   q.dqb_bhardlimit = limit_bytes / QIF_DQBLKSIZE;
   q.dqb_bsoftlimit = 0;
-  q.dqb_ihardlimit = 0;
+  q.dqb_ihardlimit = limit_inodes;
   q.dqb_isoftlimit = 0;
   q.dqb_valid = QIF_LIMITS;
   if (quotactl(QCMD(Q_SETQUOTA, PRJQUOTA), device, (int)project, (caddr_t)&q) != 0) return -errno;

@@ -67,7 +67,7 @@ enum Validation {
   /// (a thin pool, with the lvm backend), `mkfsOptions`, `provisioning` (thin or thick). Keys under `csi.storage.k8s.io/` are the
   /// provisioner's own and are accepted and ignored.
   static func parameters(_ parameters: [String: String], backends: [String]) throws {
-    let known = ["backend", "pool", "mkfsOptions", "provisioning", "overcommit"]
+    let known = ["backend", "pool", "mkfsOptions", "provisioning", "overcommit", "inodeLimit"]
     for key in parameters.keys.sorted() where !key.hasPrefix("csi.storage.k8s.io/") {
       guard known.contains(key) else {
         throw SwellError.invalid("unknown parameter \(key.debugDescription); known: \(known.joined(separator: ", "))")
@@ -77,6 +77,12 @@ enum Validation {
     guard backends.contains(backend) else {
       throw SwellError.invalid(
         "parameter backend=\(backend.debugDescription) is not one of \(backends.sorted().joined(separator: ", "))")
+    }
+    if parameters["inodeLimit"] != nil {
+      guard backend == "dir" else {
+        throw SwellError.invalid("parameter inodeLimit is only for backend dir (other volumes have the inodes mkfs gives them)")
+      }
+      _ = try inodeLimit(parameters)
     }
     if let pool = parameters["pool"] {
       guard backend == "lvm" else { throw SwellError.invalid("parameter pool is only for backend lvm") }
@@ -93,7 +99,7 @@ enum Validation {
 
   /// The parameters a VolumeAttributesClass may set, at CreateVolume (`mutable_parameters`) and
   /// later through ControllerModifyVolume: those a backend can change on a live volume.
-  static let mutableKeys = ["provisioning"]
+  static let mutableKeys = ["provisioning", "inodeLimit"]
 
   /// The changes `mutable_parameters` ask for; an unknown key or a bad value is INVALID_ARGUMENT.
   static func mutableParameters(_ parameters: [String: String]) throws -> VolumeChanges {
@@ -101,7 +107,18 @@ enum Validation {
       throw SwellError.invalid(
         "mutable parameter \(key.debugDescription) is not one a volume can change; mutable: \(mutableKeys.joined(separator: ", "))")
     }
-    return VolumeChanges(thick: parameters["provisioning"] == nil ? nil : try thick(parameters))
+    return VolumeChanges(
+      thick: parameters["provisioning"] == nil ? nil : try thick(parameters), inodeLimit: try inodeLimit(parameters))
+  }
+
+  /// `inodeLimit`: the most files and directories a dir volume may hold, a whole number up to 2^40;
+  /// `0` for no limit. Nil when absent.
+  static func inodeLimit(_ parameters: [String: String]) throws -> Int64? {
+    guard let text = parameters["inodeLimit"] else { return nil }
+    guard let value = Int64(text), value >= 0, value <= 1 << 40 else {
+      throw SwellError.invalid("parameter inodeLimit=\(text.debugDescription) is not a whole number of inodes (0 for no limit)")
+    }
+    return value
   }
 
   /// `provisioning`: `thin` (the default: sparse files, thin LVs) or `thick` (files preallocated with

@@ -8,15 +8,18 @@ public struct ProjectUsage: Sendable, Equatable {
   public var limitBytes: Int64
   public var usedBytes: Int64
   public var usedInodes: Int64
+  /// The hard inode limit; 0: none.
+  public var limitInodes: Int64
 
-  public init(limitBytes: Int64, usedBytes: Int64, usedInodes: Int64) {
+  public init(limitBytes: Int64, usedBytes: Int64, usedInodes: Int64, limitInodes: Int64 = 0) {
     self.limitBytes = limitBytes
     self.usedBytes = usedBytes
     self.usedInodes = usedInodes
+    self.limitInodes = limitInodes
   }
 
   /// Nothing charged and nothing limited: an ID no one uses.
-  public var isUnused: Bool { limitBytes == 0 && usedBytes == 0 && usedInodes == 0 }
+  public var isUnused: Bool { limitBytes == 0 && usedBytes == 0 && usedInodes == 0 && limitInodes == 0 }
 }
 
 /// Project quotas on the filesystem that holds a directory (xfs or ext4 mounted with `prjquota`):
@@ -78,19 +81,20 @@ public struct ProjectQuotas: Sendable {
   }
 
   public func usage(project: UInt32) throws -> ProjectUsage {
-    var limit: UInt64 = 0, used: UInt64 = 0, inodes: UInt64 = 0
+    var limit: UInt64 = 0, used: UInt64 = 0, inodes: UInt64 = 0, inodeLimit: UInt64 = 0
     let device = try device
-    let rc = swell_quota_get(device, project, &limit, &used, &inodes)
+    let rc = swell_quota_get(device, project, &limit, &used, &inodes, &inodeLimit)
     // No quota record yet for this ID: nothing charged, nothing limited.
     if rc == -ENOENT { return ProjectUsage(limitBytes: 0, usedBytes: 0, usedInodes: 0) }
     guard rc == 0 else { throw SystemCallError("quotactl(Q_GETQUOTA, project \(project))", device, errno: -rc) }
-    return ProjectUsage(limitBytes: Int64(limit), usedBytes: Int64(used), usedInodes: Int64(inodes))
+    return ProjectUsage(
+      limitBytes: Int64(limit), usedBytes: Int64(used), usedInodes: Int64(inodes), limitInodes: Int64(inodeLimit))
   }
 
-  /// Sets the project's hard byte limit (a multiple of 1 KiB; 0 removes it).
-  public func setLimit(project: UInt32, bytes: Int64) throws {
+  /// Sets the project's hard byte limit (a multiple of 1 KiB) and inode limit; 0 removes either.
+  public func setLimit(project: UInt32, bytes: Int64, inodes: Int64 = 0) throws {
     let device = try device
-    let rc = swell_quota_set(device, project, UInt64(bytes))
+    let rc = swell_quota_set(device, project, UInt64(bytes), UInt64(inodes))
     guard rc == 0 else { throw SystemCallError("quotactl(Q_SETQUOTA, project \(project))", device, errno: -rc) }
   }
 

@@ -30,6 +30,9 @@ public struct VolumeSpec: Sendable, Equatable {
   public var overcommit: Bool = false
   /// CHAP credentials for the volume's target (iscsi), from the request's secrets.
   public var chap: ChapCredentials?
+  /// The most files and directories a dir volume may hold (`inodeLimit`, its project quota's inode
+  /// limit); nil: no limit. Other backends have the inode count their filesystem was made with.
+  public var inodeLimit: Int64?
 
   public init(
     id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String,
@@ -205,6 +208,18 @@ public struct PoolUsage: Sendable, Equatable {
 public struct VolumeChanges: Sendable, Equatable {
   /// `provisioning`: true for thick (every block reserved), false for thin.
   public var thick: Bool?
+  /// `inodeLimit`: a dir volume's new inode limit; 0 removes it.
+  public var inodeLimit: Int64?
 
-  public init(thick: Bool? = nil) { self.thick = thick }
+  public init(thick: Bool? = nil, inodeLimit: Int64? = nil) {
+    self.thick = thick
+    self.inodeLimit = inodeLimit
+  }
+
+  /// INVALID_ARGUMENT for an inode limit on a volume with a filesystem of its own.
+  public func refuseInodeLimit(_ id: String, backend: String) throws {
+    guard inodeLimit != nil else { return }
+    throw SwellError.invalid(
+      "volume \(id) is a \(backend) volume, whose filesystem has the inodes mkfs gave it; inodeLimit is for dir volumes")
+  }
 }

@@ -91,6 +91,10 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
           .alreadyExists,
           "volume \(spec.id) exists with content source \(existing.source?.encoded ?? "none"), not \(spec.source?.encoded ?? "none")")
       }
+      if let meta = try loadMeta(spec.id), meta.inodeLimit != (spec.inodeLimit ?? 0) {
+        throw SwellError(
+          .alreadyExists, "volume \(spec.id) exists with inodeLimit \(meta.inodeLimit), not \(spec.inodeLimit ?? 0)")
+      }
       if existing.capacityBytes < spec.requiredBytes || (spec.limitBytes > 0 && existing.capacityBytes > spec.limitBytes) {
         throw SwellError(
           .alreadyExists,
@@ -121,10 +125,11 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
       guard mkdir(data, 0o777) == 0 else { throw SystemCallError("mkdir", data) }
     }
     try ProjectQuotas.tag(data, project: project!)
-    try quotas.setLimit(project: project!, bytes: spec.capacityBytes)
+    try quotas.setLimit(project: project!, bytes: spec.capacityBytes, inodes: spec.inodeLimit ?? 0)
     Failpoints.hit("dir-create-after-quota")
     let meta = DirectoryMeta(
-      project: project!, capacityBytes: spec.capacityBytes, source: spec.source, overcommit: spec.overcommit)
+      project: project!, capacityBytes: spec.capacityBytes, source: spec.source, overcommit: spec.overcommit,
+      inodeLimit: spec.inodeLimit ?? 0)
     try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
     // A volume made from a source stays `.creating` until its copy is whole (``populate``).
     if spec.source != nil { return (record(spec.id, meta, limit: spec.capacityBytes), true) }
@@ -192,7 +197,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
             .resourceExhausted,
             "growing \(id) by \(bytes - current.capacityBytes) bytes needs more than the \(available) bytes free and not promised")
         }
-        try quotas.setLimit(project: meta.project, bytes: bytes)
+        try quotas.setLimit(project: meta.project, bytes: bytes, inodes: meta.inodeLimit)
         Failpoints.hit("dir-expand-after-quota")
         meta.capacityBytes = bytes
         try writeFileAtomically(volumeDir(id) + "/meta", Array(meta.encoded().utf8))
@@ -244,11 +249,32 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
 
   public func pools() async throws -> [PoolUsage] { [try await .fileSystem(volumesDir)] }
 
-  /// A directory has nothing to preallocate: provisioning=thick is INVALID_ARGUMENT, thin changes nothing.
+  /// A directory has nothing to preallocate: provisioning=thick is INVALID_ARGUMENT, thin changes
+  /// nothing. `inodeLimit` sets the project's inode limit while the volume is in use; a limit below
+  /// the inodes it already holds is INVALID_ARGUMENT. The limit is set, then recorded: a crash in
+  /// between converges on the retry, which sets the same limit again.
   public func modify(_ id: String, _ changes: VolumeChanges) async throws {
     guard try await volume(id) != nil else { throw SwellError.notFound("volume \(id) does not exist") }
     if changes.thick == true {
       throw SwellError.invalid("volume \(id) is a directory with a quota: it has no blocks to preallocate (provisioning=thick)")
+    }
+    guard let inodes = changes.inodeLimit else { return }
+    try await BlockingIO.run {
+      try serial.run {
+        guard var meta = try loadMeta(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+        let usage = try quotas.usage(project: meta.project)
+        if usage.limitInodes == inodes && meta.inodeLimit == inodes { return }
+        guard inodes == 0 || inodes >= usage.usedInodes else {
+          throw SwellError.invalid(
+            "volume \(id) already holds \(usage.usedInodes) files and directories; an inode limit of \(inodes) is below "
+              + "that, and nothing was changed")
+        }
+        try requireQuotas()
+        try quotas.setLimit(project: meta.project, bytes: max(usage.limitBytes, meta.capacityBytes), inodes: inodes)
+        Failpoints.hit("dir-modify-after-quota")
+        meta.inodeLimit = inodes
+        try writeFileAtomically(volumeDir(id) + "/meta", Array(meta.encoded().utf8))
+      }
     }
   }
 
@@ -401,17 +427,23 @@ public struct DirectoryMeta: Sendable, Equatable {
   public var source: VolumeSource?
   /// Its limit is not reserved out of the free space (``VolumeSpec/overcommit``).
   public var overcommit: Bool
+  /// Its project's inode limit (``VolumeSpec/inodeLimit``); 0: none.
+  public var inodeLimit: Int64
 
-  public init(project: UInt32, capacityBytes: Int64, source: VolumeSource? = nil, overcommit: Bool = false) {
+  public init(
+    project: UInt32, capacityBytes: Int64, source: VolumeSource? = nil, overcommit: Bool = false, inodeLimit: Int64 = 0
+  ) {
     self.project = project
     self.capacityBytes = capacityBytes
     self.source = source
     self.overcommit = overcommit
+    self.inodeLimit = inodeLimit
   }
 
   public func encoded() -> String {
     "version=\(Self.version)\nproject=\(project)\ncapacity_bytes=\(capacityBytes)\n"
       + (source.map { "source=\($0.encoded)\n" } ?? "") + (overcommit ? "overcommit=true\n" : "")
+      + (inodeLimit > 0 ? "inode_limit=\(inodeLimit)\n" : "")
   }
 
   public static func decode(_ text: String) throws -> DirectoryMeta {
@@ -424,7 +456,9 @@ public struct DirectoryMeta: Sendable, Equatable {
       guard let decoded = VolumeSource(encoded: text) else { throw SwellError(.internal, "directory volume metadata names source \(text)") }
       source = decoded
     }
-    return DirectoryMeta(project: project, capacityBytes: capacity, source: source, overcommit: fields["overcommit"] == "true")
+    return DirectoryMeta(
+      project: project, capacityBytes: capacity, source: source, overcommit: fields["overcommit"] == "true",
+      inodeLimit: fields["inode_limit"].flatMap(Int64.init) ?? 0)
   }
 }
 

@@ -133,6 +133,7 @@ public struct IscsiBackend: ControllerBackend {
 
   /// The target's file is preallocated or not, as for loop volumes; the LUN does not change.
   public func modify(_ id: String, _ changes: VolumeChanges) async throws {
+    try changes.refuseInodeLimit(id, backend: Self.name)
     try await files.modify(id, changes)
   }
 

@@ -206,6 +206,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   /// retry. Thick to thin is recorded only: reserved blocks stay reserved, later grows are sparse.
   private func change(_ id: String, _ changes: VolumeChanges) throws {
     guard var record = try load(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    try changes.refuseInodeLimit(id, backend: record.backend)
     guard let thick = changes.thick, thick != record.thick else { return }
     if thick {
       let path = diskPath(id)

@@ -265,6 +265,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   /// asks for a change the volume cannot support.
   public func modify(_ id: String, _ changes: VolumeChanges) async throws {
     guard let record = try await volume(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    try changes.refuseInodeLimit(id, backend: Self.name)
     guard let thick = changes.thick, thick != record.thick else { return }
     throw SwellError.invalid(
       "volume \(id) is a \(record.thick ? "linear (thick)" : "thin") LV, and LVM cannot make it "

@@ -128,6 +128,9 @@ import SwellStorage
     #expect(try DirectoryMeta.decode(meta.encoded()) == meta)
     let restored = DirectoryMeta(project: 7, capacityBytes: 1 << 20, source: .snapshot("snap-1"), overcommit: true)
     #expect(try DirectoryMeta.decode(restored.encoded()) == restored)
+    let limited = DirectoryMeta(project: 9, capacityBytes: 1 << 20, inodeLimit: 200)
+    #expect(limited.encoded().contains("inode_limit=200\n") && !meta.encoded().contains("inode_limit"))
+    #expect(try DirectoryMeta.decode(limited.encoded()) == limited)
     #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=1\nproject=1\ncapacity_bytes=1\nsource=x\n") }
     #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=1\ncapacity_bytes=1\n") }
     #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=2\nproject=1\ncapacity_bytes=1\n") }

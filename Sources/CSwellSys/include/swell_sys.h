@@ -13,9 +13,9 @@ int swell_project_set(int fd, uint32_t project);
 /// A project's hard byte limit (0: none) and the bytes and inodes it uses, on the filesystem
 /// whose block device is `device`.
 int swell_quota_get(const char *device, uint32_t project, uint64_t *limit_bytes, uint64_t *used_bytes,
-                    uint64_t *used_inodes);
-/// Sets a project's hard byte limit (0 removes it) and clears its other limits.
-int swell_quota_set(const char *device, uint32_t project, uint64_t limit_bytes);
+                    uint64_t *used_inodes, uint64_t *limit_inodes);
+/// Sets a project's hard byte and inode limits (0 removes one) and clears its soft limits.
+int swell_quota_set(const char *device, uint32_t project, uint64_t limit_bytes, uint64_t limit_inodes);
 /// Whether project quotas are accounted (bit 0) and enforced (bit 1) on that filesystem.
 int swell_quota_project_state(const char *device, int *state);
 
