@@ -38,8 +38,10 @@ public struct GroupControllerService: Csi_V1_GroupController.SimpleServiceProtoc
     request: Csi_V1_DeleteVolumeGroupSnapshotRequest, context: ServerContext
   ) async throws -> Csi_V1_DeleteVolumeGroupSnapshotResponse {
     try Names.validateVolumeID(request.groupSnapshotID, field: "group_snapshot_id")
-    try await locks.withLock(Self.lockKey(request.groupSnapshotID)) {
-      let members = try await backend.listSnapshots().filter { $0.groupID == request.groupSnapshotID }
+    let members = try await backend.listSnapshots().filter { $0.groupID == request.groupSnapshotID }
+    // The group and each member, as DeleteSnapshot holds a snapshot: no restore copies one meanwhile.
+    let keys = [Self.lockKey(request.groupSnapshotID)] + members.map { ControllerService.lockKey(.snapshot($0.id)) }
+    try await locks.withLocks(keys) {
       // A group that is not whole is what an interrupted delete left: finish it.
       if GroupSnapshots.whole(members) != nil {
         try checkList(request.snapshotIds, members, group: request.groupSnapshotID, required: true)
