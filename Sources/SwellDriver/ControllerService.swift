@@ -48,7 +48,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       limitBytes: request.capacityRange.limitBytes, access: access.kind, fsType: access.fsType, backend: backendName,
       pool: parameters["pool"], source: source, thick: try Validation.thick(parameters))
     spec.overcommit = try Validation.overcommit(parameters)
-    spec.inodeLimit = try Validation.inodeLimit(parameters).flatMap { $0 == 0 ? nil : $0 }
+    spec.inodeLimit = try Validation.inodeLimit(parameters) ?? 0
     if backendName == IscsiBackend.name { spec.chap = try ChapCredentials(secrets: request.secrets) }
     Spans.recorder?.record("validate", ContinuousClock.now - validating)
     var record = try await locks.withLock(request.name) {

@@ -74,8 +74,7 @@ extension ControllerService {
   func visibleSnapshot(_ id: String) async throws -> SnapshotRecord? {
     guard let record = try await backend.snapshot(id) else { return nil }
     guard let group = record.groupID else { return record }
-    let members = try await backend.listSnapshots().filter { $0.groupID == group }
-    return GroupSnapshots.whole(members) == nil ? nil : record
+    return GroupSnapshots.whole(try await backend.groupMembers(group)) == nil ? nil : record
   }
 
   func csiSnapshot(_ record: SnapshotRecord) -> Csi_V1_Snapshot {

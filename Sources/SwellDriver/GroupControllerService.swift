@@ -38,7 +38,7 @@ public struct GroupControllerService: Csi_V1_GroupController.SimpleServiceProtoc
     request: Csi_V1_DeleteVolumeGroupSnapshotRequest, context: ServerContext
   ) async throws -> Csi_V1_DeleteVolumeGroupSnapshotResponse {
     try Names.validateVolumeID(request.groupSnapshotID, field: "group_snapshot_id")
-    let members = try await backend.listSnapshots().filter { $0.groupID == request.groupSnapshotID }
+    let members = try await backend.groupMembers(request.groupSnapshotID)
     // The group and each member, as DeleteSnapshot holds a snapshot: no restore copies one meanwhile.
     let keys = [Self.lockKey(request.groupSnapshotID)] + members.map { ControllerService.lockKey(.snapshot($0.id)) }
     try await locks.withLocks(keys) {
@@ -55,8 +55,7 @@ public struct GroupControllerService: Csi_V1_GroupController.SimpleServiceProtoc
     request: Csi_V1_GetVolumeGroupSnapshotRequest, context: ServerContext
   ) async throws -> Csi_V1_GetVolumeGroupSnapshotResponse {
     try Names.validateVolumeID(request.groupSnapshotID, field: "group_snapshot_id")
-    let found = try await backend.listSnapshots().filter { $0.groupID == request.groupSnapshotID }
-    guard let members = GroupSnapshots.whole(found) else {
+    guard let members = GroupSnapshots.whole(try await backend.groupMembers(request.groupSnapshotID)) else {
       throw SwellError.notFound("group snapshot \(request.groupSnapshotID) does not exist")
     }
     try checkList(request.snapshotIds, members, group: request.groupSnapshotID, required: false)

@@ -31,8 +31,8 @@ public struct VolumeSpec: Sendable, Equatable {
   /// CHAP credentials for the volume's target (iscsi), from the request's secrets.
   public var chap: ChapCredentials?
   /// The most files and directories a dir volume may hold (`inodeLimit`, its project quota's inode
-  /// limit); nil: no limit. Other backends have the inode count their filesystem was made with.
-  public var inodeLimit: Int64?
+  /// limit); 0: no limit. Other backends have the inode count their filesystem was made with.
+  public var inodeLimit: Int64 = 0
 
   public init(
     id: String, capacityBytes: Int64, requiredBytes: Int64, limitBytes: Int64, access: AccessKind, fsType: String,

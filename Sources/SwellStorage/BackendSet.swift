@@ -122,6 +122,11 @@ public struct ControllerBackends: ControllerBackend {
     return try await owner.createSnapshot(spec)
   }
 
+  /// Every snapshot that carries the group's ID, whole or not, from every backend.
+  public func groupMembers(_ group: String) async throws -> [SnapshotRecord] {
+    try await listSnapshots().filter { $0.groupID == group }
+  }
+
   /// Goes to the backend that holds every source; volumes in different backends cannot share one
   /// instant (FAILED_PRECONDITION), a missing one is NOT_FOUND. A group's ID, like a snapshot's,
   /// is unique across backends: a group found whole in any backend is the answer, or ALREADY_EXISTS.

@@ -91,9 +91,9 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
           .alreadyExists,
           "volume \(spec.id) exists with content source \(existing.source?.encoded ?? "none"), not \(spec.source?.encoded ?? "none")")
       }
-      if let meta = try loadMeta(spec.id), meta.inodeLimit != (spec.inodeLimit ?? 0) {
+      if let meta = try loadMeta(spec.id), meta.inodeLimit != spec.inodeLimit {
         throw SwellError(
-          .alreadyExists, "volume \(spec.id) exists with inodeLimit \(meta.inodeLimit), not \(spec.inodeLimit ?? 0)")
+          .alreadyExists, "volume \(spec.id) exists with inodeLimit \(meta.inodeLimit), not \(spec.inodeLimit)")
       }
       if existing.capacityBytes < spec.requiredBytes || (spec.limitBytes > 0 && existing.capacityBytes > spec.limitBytes) {
         throw SwellError(
@@ -125,11 +125,11 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
       guard mkdir(data, 0o777) == 0 else { throw SystemCallError("mkdir", data) }
     }
     try ProjectQuotas.tag(data, project: project!)
-    try quotas.setLimit(project: project!, bytes: spec.capacityBytes, inodes: spec.inodeLimit ?? 0)
+    try quotas.setLimit(project: project!, bytes: spec.capacityBytes, inodes: spec.inodeLimit)
     Failpoints.hit("dir-create-after-quota")
     let meta = DirectoryMeta(
       project: project!, capacityBytes: spec.capacityBytes, source: spec.source, overcommit: spec.overcommit,
-      inodeLimit: spec.inodeLimit ?? 0)
+      inodeLimit: spec.inodeLimit)
     try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
     // A volume made from a source stays `.creating` until its copy is whole (``populate``).
     if spec.source != nil { return (record(spec.id, meta, limit: spec.capacityBytes), true) }

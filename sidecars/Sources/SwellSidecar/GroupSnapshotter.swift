@@ -2,13 +2,6 @@ import CSIProto
 import GRPCCore
 import SwellKube
 
-/// The group snapshot informers, when the sidecar serves group snapshots (`--group-snapshots`; the
-/// group snapshot CRDs and the common snapshot-controller with its group feature must be installed).
-public struct GroupSnapshotCaches: Sendable {
-  let contents: Informer
-  let classes: Informer
-}
-
 /// csi-snapshotter's group role: the common snapshot-controller turns a VolumeGroupSnapshot into a
 /// VolumeGroupSnapshotContent; this loop takes the content to the plugin's GroupController (one
 /// CreateVolumeGroupSnapshot named from the group's UID) and writes the answer back, members
@@ -88,16 +81,8 @@ extension Reconciler {
       metrics.record(operation: "group-snapshot", success: false, duration: ContinuousClock.now - started)
       let message = "Failed to create group snapshot: \(CSICodes.describe(error))"
       events.record(content, .warning, reason: "GroupSnapshotCreationFailed", message: message)
-      if let latest = try? await kube.get(.volumeGroupSnapshotContents, name: content.name), latest.uid == content.uid {
-        current =
-          (try? await rewrite(.volumeGroupSnapshotContents, latest, status: true) { Snapshots.setError(&$0, message) })
-          ?? latest
-        if !CSICodes.mayStillBeRunning(error) {
-          _ = try? await rewrite(.volumeGroupSnapshotContents, current, status: false) { c in
-            c[path: "metadata", "annotations", GroupSnapshotNames.beingCreated] = nil
-          }
-        }
-      }
+      await recordCreateFailure(
+        .volumeGroupSnapshotContents, content, marker: GroupSnapshotNames.beingCreated, message: message, error: error)
       throw error
     }
   }

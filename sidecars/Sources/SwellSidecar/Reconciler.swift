@@ -31,9 +31,9 @@ public final class Reconciler: Sendable {
   let volumes: Informer
   let classes: Informer
   /// VolumeSnapshotContents and VolumeSnapshotClasses, when the sidecar serves snapshots.
-  let snapshotCaches: SnapshotCaches?
+  let snapshotCaches: ContentCaches?
   /// VolumeGroupSnapshotContents and VolumeGroupSnapshotClasses, when the sidecar serves group snapshots.
-  let groupCaches: GroupSnapshotCaches?
+  let groupCaches: ContentCaches?
   let queue: WorkQueue
   let events: EventRecorder
   let metrics: SidecarMetrics
@@ -50,8 +50,8 @@ public final class Reconciler: Sendable {
 
   init(
     kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, backends: Set<String> = [], defaultFSType: String,
-    multiWriter: Bool = false, csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: SnapshotCaches? = nil,
-    groupCaches: GroupSnapshotCaches? = nil,
+    multiWriter: Bool = false, csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: ContentCaches? = nil,
+    groupCaches: ContentCaches? = nil,
     queue: WorkQueue, events: EventRecorder, metrics: SidecarMetrics, capacityChanged: Nudge = Nudge(), logger: Logger
   ) {
     self.capacityChanged = capacityChanged

@@ -142,40 +142,16 @@ public struct SidecarService: Service {
         }
       }
     }
-    let snapshotCaches: SnapshotCaches?
-    if config.snapshots {
-      let contents = Informer(client: kube, resource: .volumeSnapshotContents, logger: logger) { old, new in
-        if let content = new ?? old { Task { await queue.add(Reconciler.contentKey(content)) } }
-      }
-      let snapshotClasses = Informer(client: kube, resource: .volumeSnapshotClasses, logger: logger) { _, new in
-        guard let name = new?.name else { return }
-        Task {
-          for content in contents.list() where content[path: "spec", "volumeSnapshotClassName"]?.string == name {
-            await queue.add(Reconciler.contentKey(content))
-          }
-        }
-      }
-      snapshotCaches = SnapshotCaches(contents: contents, classes: snapshotClasses)
-    } else {
-      snapshotCaches = nil
-    }
-    let groupCaches: GroupSnapshotCaches?
-    if config.groupSnapshots {
-      let contents = Informer(client: kube, resource: .volumeGroupSnapshotContents, logger: logger) { old, new in
-        if let content = new ?? old { Task { await queue.add(Reconciler.groupContentKey(content)) } }
-      }
-      let groupClasses = Informer(client: kube, resource: .volumeGroupSnapshotClasses, logger: logger) { _, new in
-        guard let name = new?.name else { return }
-        Task {
-          for content in contents.list() where content[path: "spec", "volumeGroupSnapshotClassName"]?.string == name {
-            await queue.add(Reconciler.groupContentKey(content))
-          }
-        }
-      }
-      groupCaches = GroupSnapshotCaches(contents: contents, classes: groupClasses)
-    } else {
-      groupCaches = nil
-    }
+    let snapshotCaches = config.snapshots
+      ? ContentCaches.watching(
+        .volumeSnapshotContents, classes: .volumeSnapshotClasses, classField: "volumeSnapshotClassName", kube: kube,
+        queue: queue, logger: logger, key: Reconciler.contentKey)
+      : nil
+    let groupCaches = config.groupSnapshots
+      ? ContentCaches.watching(
+        .volumeGroupSnapshotContents, classes: .volumeGroupSnapshotClasses, classField: "volumeGroupSnapshotClassName",
+        kube: kube, queue: queue, logger: logger, key: Reconciler.groupContentKey)
+      : nil
     let reconciler = Reconciler(
       kube: kube, csi: csi, driver: config.driverName, scope: scope, backends: Set(config.backends),
       defaultFSType: config.defaultFSType, multiWriter: multiWriter,

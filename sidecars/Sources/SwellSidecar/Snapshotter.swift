@@ -1,12 +1,33 @@
 import CSIProto
 import GRPCCore
+import Logging
 import SwellKube
 
-/// The snapshot informers, when the sidecar serves snapshots (`--snapshots`; the snapshot CRDs and
-/// the common snapshot-controller must be installed).
-public struct SnapshotCaches: Sendable {
+/// A kind of content and its classes, each behind an informer: the snapshot informers
+/// (`--snapshots`) or the group snapshot ones (`--group-snapshots`). Their CRDs are optional.
+public struct ContentCaches: Sendable {
   let contents: Informer
   let classes: Informer
+
+  /// Informers that queue a content's key on each of its changes, and the keys of every content
+  /// naming a class (in `spec.<classField>`) when that class changes.
+  static func watching(
+    _ contentResource: KubeResource, classes classResource: KubeResource, classField: String, kube: KubeClient,
+    queue: WorkQueue, logger: Logger, key: @escaping @Sendable (JSON) -> String
+  ) -> ContentCaches {
+    let contents = Informer(client: kube, resource: contentResource, logger: logger) { old, new in
+      if let content = new ?? old { Task { await queue.add(key(content)) } }
+    }
+    let classes = Informer(client: kube, resource: classResource, logger: logger) { _, new in
+      guard let name = new?.name else { return }
+      Task {
+        for content in contents.list() where content[path: "spec", classField]?.string == name {
+          await queue.add(key(content))
+        }
+      }
+    }
+    return ContentCaches(contents: contents, classes: classes)
+  }
 }
 
 /// The csi-snapshotter half of snapshots: the common snapshot-controller turns a VolumeSnapshot into
@@ -129,14 +150,8 @@ extension Reconciler {
       metrics.record(operation: "snapshot", success: false, duration: ContinuousClock.now - started)
       let message = "Failed to check and update snapshot content: \(CSICodes.describe(error))"
       events.record(content, .warning, reason: "SnapshotCreationFailed", message: message)
-      if let latest = try? await kube.get(.volumeSnapshotContents, name: content.name), latest.uid == content.uid {
-        current = (try? await rewrite(.volumeSnapshotContents, latest, status: true) { Snapshots.setError(&$0, message) }) ?? latest
-        if !CSICodes.mayStillBeRunning(error) {
-          _ = try? await rewrite(.volumeSnapshotContents, current, status: false) { c in
-            c[path: "metadata", "annotations", SnapshotNames.beingCreated] = nil
-          }
-        }
-      }
+      await recordCreateFailure(
+        .volumeSnapshotContents, content, marker: SnapshotNames.beingCreated, message: message, error: error)
       throw error
     }
   }
@@ -160,6 +175,16 @@ extension Reconciler {
       }
     }
     try await rewrite(.volumeSnapshotContents, current, status: true) { Snapshots.setStatus(&$0, found) }
+  }
+
+  /// After a failed create: the error in the content's status and, unless the call may still be
+  /// running, its being-created marker removed. Best effort: the retry writes both again.
+  func recordCreateFailure(_ resource: KubeResource, _ content: JSON, marker: String, message: String, error: Error) async {
+    guard let latest = try? await kube.get(resource, name: content.name), latest.uid == content.uid else { return }
+    let current = (try? await rewrite(resource, latest, status: true) { Snapshots.setError(&$0, message) }) ?? latest
+    if !CSICodes.mayStillBeRunning(error) {
+      _ = try? await rewrite(resource, current, status: false) { c in c[path: "metadata", "annotations", marker] = nil }
+    }
   }
 
   func snapshotClass(of content: JSON) throws -> JSON? {
