@@ -155,7 +155,7 @@ kill $plugin_pid
 def run_lvm_vm(swell, root):
     """Boots the guest with a 1 GiB virtio disk and runs GUEST_SCRIPT; returns the VM (the caller
     closes it), guest.sh's exit status, its results and the guest plugin's log."""
-    return iscsi.run_guest(root, GUEST_SCRIPT, [1 << 30], 540, binaries=[swell])
+    return iscsi.run_guest(root, GUEST_SCRIPT, [1 << 30], 900, binaries=[swell])
 
 
 def test_vm_lvm_thin_lifecycle():

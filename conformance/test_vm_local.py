@@ -325,7 +325,7 @@ def run_local_vm(swell, root):
     """Boots the guest with a 512 MiB disk for the volume group, a 512 MiB one for the xfs data
     filesystem and a 256 MiB one for the ext4; returns the VM (the caller closes it), guest.sh's
     exit status, its results and the guest plugin's log."""
-    return iscsi.run_guest(root, GUEST_SCRIPT, [512 * MiB, 512 * MiB, 256 * MiB], 480, binaries=[swell])
+    return iscsi.run_guest(root, GUEST_SCRIPT, [512 * MiB, 512 * MiB, 256 * MiB], 900, binaries=[swell])
 
 
 def test_vm_dir_and_thick_lvm_volumes():
