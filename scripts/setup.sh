@@ -37,6 +37,12 @@ if [ "${1:-}" = "--tests" ]; then
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
   done
   [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+  # The rbd backend's tier: a private Ceph cluster (a monitor, a manager, memstore OSDs) that the
+  # tests start themselves; ceph-common has the rbd and ceph clients. Installing starts no daemon.
+  for pair in ceph-mon:ceph-mon ceph-osd:ceph-osd ceph-mgr:ceph-mgr rbd:ceph-common ceph:ceph-common; do
+    cmd=${pair%%:*} pkg=${pair##*:}
+    command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+  done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   # One name per package (mkfs.xfs and xfs_growfs both come from xfsprogs).

@@ -25,6 +25,12 @@ leftovers() {
   if pgrep -f "prometheus --config.file=/tmp/swell-" >/dev/null; then
     echo "leaked Prometheus:"; pgrep -af "prometheus --config.file=/tmp/swell-"; found=1
   fi
+  # The rbd tests' private Ceph clusters (any Ceph daemon at all: the machine's own must not run
+  # either), and their directories. Zombies waiting to be reaped are not processes left running.
+  if ps -eo stat=,comm= | awk '$1 !~ /^Z/ && $2 ~ /^ceph-(mon|mgr|osd|mds)$/ {found=1} END {exit !found}'; then
+    echo "leaked Ceph daemons:"; ps -eo pid=,stat=,args= | grep -E "ceph-(mon|mgr|osd|mds)" | grep -v grep; found=1
+  fi
+  if compgen -G "/tmp/swell-ceph-*" >/dev/null; then echo "leaked:" /tmp/swell-ceph-*; found=1; fi
   # The real-node tier: its cluster's processes, kubelet's root and the node's host paths.
   if pgrep -f "swell-kube-" >/dev/null || pgrep -x containerd >/dev/null || pgrep -f containerd-shim-runc-v2 >/dev/null; then
     echo "leaked cluster processes:"; pgrep -af "swell-kube-|containerd"; found=1
@@ -119,4 +125,4 @@ fi
 
 stage "leftovers"
 leftovers
-echo "no loop device, mount, tgtd, VM, PostgreSQL or MariaDB left behind"
+echo "no loop device, mount, tgtd, VM, Ceph daemon, PostgreSQL or MariaDB left behind"

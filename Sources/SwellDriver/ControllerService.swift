@@ -51,10 +51,12 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     spec.inodeLimit = try Validation.inodeLimit(parameters) ?? 0
     if backendName == IscsiBackend.name { spec.chap = try ChapCredentials(secrets: request.secrets) }
     Spans.recorder?.record("validate", ContinuousClock.now - validating)
-    var record = try await locks.withLock(request.name) {
-      // The source is held too, so that it is neither deleted nor grown while it is copied.
-      guard let source else { return try await backend.create(spec) }
-      return try await locks.withLock(Self.lockKey(source)) { try await backend.create(spec) }
+    var record = try await CallSecrets.$current.withValue(request.secrets) {
+      try await locks.withLock(request.name) {
+        // The source is held too, so that it is neither deleted nor grown while it is copied.
+        guard let source else { return try await backend.create(spec) }
+        return try await locks.withLock(Self.lockKey(source)) { try await backend.create(spec) }
+      }
     }
     // The node formats with the class's options, and grows a copied filesystem to its volume:
     // both travel in the volume context.
@@ -67,7 +69,9 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     request: Csi_V1_DeleteVolumeRequest, context: ServerContext
   ) async throws -> Csi_V1_DeleteVolumeResponse {
     try Names.validateVolumeID(request.volumeID)
-    try await locks.withLock(request.volumeID) { try await backend.delete(request.volumeID) }
+    try await CallSecrets.$current.withValue(request.secrets) {
+      try await locks.withLock(request.volumeID) { try await backend.delete(request.volumeID) }
+    }
     return .init()
   }
 
@@ -87,14 +91,14 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw SwellError(.outOfRange, "required_bytes \(required) rounds up to \(target), over limit_bytes \(limit)")
     }
     let asked = request.hasVolumeCapability ? try Validation.access(request.volumeCapability) : nil
-    let record = try await locks.withLock(request.volumeID) {
+    let record = try await CallSecrets.$current.withValue(request.secrets) { try await locks.withLock(request.volumeID) {
       // "Exceeds capabilities": a capability the volume was not made for is INVALID_ARGUMENT.
       if let asked, let existing = try await backend.volume(request.volumeID), existing.access != asked.kind {
         throw SwellError.invalid(
           "volume_capability asks for \(asked.kind.rawValue) access; volume \(existing.id) is a \(existing.access.rawValue) volume")
       }
       return try await backend.expand(request.volumeID, to: target)
-    }
+    } }
     return .with {
       $0.capacityBytes = record.capacityBytes
       // The node must see the new size (loop set-capacity, iSCSI rescan) and grow the filesystem;

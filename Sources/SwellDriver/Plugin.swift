@@ -18,11 +18,18 @@ public struct PluginOptions: Sendable {
   public var lvm: LvmConfig?
   /// Where directory volumes live; nil when the dir backend is off.
   public var directory: DirectoryConfig?
+  /// The Ceph cluster the controller's rbd backend makes images in; nil when it is off.
+  public var rbd: RbdConfig?
+  /// The node's own Ceph client, for stages whose class gives no node-stage secret.
+  public var rbdNodeCredentials: CephCredentials?
 
   public init(
     endpoint: String, dataDir: String, config: DriverConfig, metricsAddress: String? = nil,
-    iscsiTarget: IscsiTargetConfig? = nil, lvm: LvmConfig? = nil, directory: DirectoryConfig? = nil
+    iscsiTarget: IscsiTargetConfig? = nil, lvm: LvmConfig? = nil, directory: DirectoryConfig? = nil,
+    rbd: RbdConfig? = nil, rbdNodeCredentials: CephCredentials? = nil
   ) {
+    self.rbd = rbd
+    self.rbdNodeCredentials = rbdNodeCredentials
     self.directory = directory
     self.endpoint = endpoint
     self.dataDir = dataDir
@@ -52,11 +59,15 @@ struct OpenBackends: Sendable {
     if let lvm { controllers.append((LvmBackend.name, lvm)) }
     dir = try options.directory.map { try DirectoryBackend(config: $0, exec: exec) }
     if let dir { controllers.append((DirectoryBackend.name, dir)) }
+    // Last: a name that no local backend holds is the only one that costs a call to the cluster.
+    if let rbd = options.rbd { controllers.append((RbdBackend.name, try RbdBackend(config: rbd, exec: exec))) }
     controller = ControllerBackends(controllers)
     iscsiNode = try IscsiNodeBackend(dataDir: options.dataDir, exec: exec)
     var others: [(name: String, backend: any NodeBackend)] = [(IscsiBackend.name, iscsiNode)]
     if let lvm { others.append((LvmBackend.name, lvm)) }
     if let dir { others.append((DirectoryBackend.name, dir)) }
+    others.append(
+      (RbdBackend.name, try RbdNodeBackend(exec: exec, credentials: options.rbdNodeCredentials, keyDir: "\(options.dataDir)/.rbd-keys")))
     node = NodeBackends(loop: loop, others: others)
   }
 

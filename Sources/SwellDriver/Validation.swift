@@ -85,7 +85,7 @@ enum Validation {
       _ = try inodeLimit(parameters)
     }
     if let pool = parameters["pool"] {
-      guard backend == "lvm" else { throw SwellError.invalid("parameter pool is only for backend lvm") }
+      guard backend == "lvm" || backend == "rbd" else { throw SwellError.invalid("parameter pool is only for backends lvm and rbd") }
       try Names.validateVolumeID(pool, field: "parameter pool")
     }
     if let options = parameters["mkfsOptions"] { _ = try mkfsOptions(options) }

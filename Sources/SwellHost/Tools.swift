@@ -14,6 +14,7 @@ public enum Tools {
     "mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
     "mkfs.xfs": "xfsprogs", "xfs_growfs": "xfsprogs",
     "iscsiadm": "open-iscsi", "tgtadm": "tgt", "lvm": "lvm2",
+    "rbd": "ceph-common", "ceph": "ceph-common",
   ]
 
   /// What every node needs for loop volumes: attach, probe, format, mount and grow ext4 and xfs.

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import SwellDriver
+import SwellHost
 import SwellStorage
 
 #if canImport(Glibc)
@@ -73,7 +74,25 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "The lowest project ID dir volumes take.")
   var dirFirstProject: UInt32 = 0x5E11_0000
 
+  @Option(help: "Controller: offer the rbd backend: RBD images in a Ceph cluster whose monitors are HOST:PORT[,HOST:PORT…].")
+  var rbdMonitors: String?
+
+  @Option(help: "Controller: a Ceph pool for rbd volumes; repeatable; the first is the default, a class picks another with pool.")
+  var rbdPool: [String] = []
+
+  @Option(help: "The Ceph client (without client.) for calls that carry no secret; with --rbd-key-file.")
+  var rbdUser: String?
+
+  @Option(help: "A file holding that client's key (the key alone, or a keyring).")
+  var rbdKeyFile: String?
+
+  @Option(help: "Controller: flatten a new rbd clone whose chain of parents would be deeper than this.")
+  var rbdMaxCloneDepth = 4
+
   func validate() throws {
+    if rbdMonitors != nil, rbdPool.isEmpty { throw ValidationError("--rbd-monitors needs --rbd-pool") }
+    if (rbdUser == nil) != (rbdKeyFile == nil) { throw ValidationError("--rbd-user and --rbd-key-file go together") }
+    guard rbdMaxCloneDepth >= 1, rbdMaxCloneDepth <= 16 else { throw ValidationError("--rbd-max-clone-depth must be 1 to 16") }
     guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
     guard PluginMode(rawValue: mode) != nil else {
       throw ValidationError("--mode must be controller, node or all")
@@ -88,6 +107,19 @@ struct PluginCommand: AsyncParsableCommand {
     if let nodeId, nodeId.isEmpty || nodeId.utf8.count > 128 {
       throw ValidationError("--node-id must be 1 to 128 bytes")
     }
+  }
+
+  /// The client named by --rbd-user with the key in --rbd-key-file (the key alone, or the `key = …`
+  /// line of a keyring).
+  func rbdCredentials() throws -> CephCredentials? {
+      guard let rbdUser, let rbdKeyFile else { return nil }
+      let text = try readSmallFile(rbdKeyFile)
+      let key = text.split(separator: "\n").compactMap { line -> String? in
+        let parts = line.split(separator: "=", maxSplits: 1)
+        return parts.count == 2 && parts[0].trimmingWhitespace() == "key" ? parts[1].trimmingWhitespace() : nil
+      }.first ?? text.trimmingWhitespace()
+      guard let credentials = try CephCredentials(secrets: ["userID": rbdUser, "userKey": key]) else { return nil }
+      return credentials
   }
 
   func run() async throws {
@@ -105,13 +137,19 @@ struct PluginCommand: AsyncParsableCommand {
     if iscsi != nil, iscsiAllowedInitiator.isEmpty {
       logger.warning("iSCSI targets admit any initiator; restrict them with --iscsi-allowed-initiator")
     }
+    let rbdCredentials = try rbdCredentials()
     let plugin = Plugin(
       options: PluginOptions(
         endpoint: endpoint, dataDir: dataDir, config: config, metricsAddress: metricsAddress, iscsiTarget: iscsi,
         lvm: lvmVg.map {
           LvmConfig(
             volumeGroup: $0, thinPools: lvmThinPool, overcommitRatio: lvmOvercommitRatio, fullPercent: lvmFullPercent)
-        }, directory: dirRoot.map { DirectoryConfig(root: $0, firstProject: dirFirstProject) }),
+        }, directory: dirRoot.map { DirectoryConfig(root: $0, firstProject: dirFirstProject) },
+        rbd: rbdMonitors.map {
+          RbdConfig(
+            monitors: $0, pools: rbdPool, credentials: rbdCredentials, keyDir: "\(dataDir)/.rbd-keys",
+            maxCloneDepth: rbdMaxCloneDepth)
+        }, rbdNodeCredentials: rbdCredentials),
       logger: logger)
     do {
       try await plugin.run()

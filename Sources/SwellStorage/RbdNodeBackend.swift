@@ -1,0 +1,111 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+import SwellHost
+
+/// The node side of rbd volumes: the kernel's RBD client (krbd, `rbd device map`), not rbd-nbd.
+/// A krbd mapping lives in the kernel, so it survives a restart or an upgrade of the node plugin's
+/// pod; an rbd-nbd mapping is served by a process in that pod, and dies with it.
+///
+/// Images are mapped with `--exclusive`: the node takes the image's exclusive lock and does not
+/// hand it over, so a second node's map of a ReadWriteOnce image fails instead of the two taking
+/// turns writing one filesystem. What is mapped where is read from sysfs (`/sys/bus/rbd/devices`),
+/// which needs no credentials; only the map itself talks to the cluster.
+public struct RbdNodeBackend: NodeBackend {
+  let exec: any Executor
+  /// The node's own client, when the class gives no node-stage secret.
+  let credentials: CephCredentials?
+  let keyDir: String
+  let sysfs: String
+  /// How long a grow may take to reach the mapping (krbd rereads the header when told).
+  let resizeWait: Duration = .seconds(30)
+
+  public init(exec: any Executor, credentials: CephCredentials?, keyDir: String, sysfs: String = "/sys/bus/rbd/devices") throws {
+    try makeDirectories(keyDir, mode: 0o700)
+    guard chmod(keyDir, 0o700) == 0 else { throw SystemCallError("chmod", keyDir) }
+    self.exec = exec
+    self.credentials = credentials
+    self.keyDir = keyDir
+    self.sysfs = sysfs
+  }
+
+  /// The kernel's mapping of volume `id`: its device ID under /sys/bus/rbd/devices.
+  func mapping(_ id: String) throws -> String? {
+    let image = RbdBackend.imageName(id)
+    guard let entries = try? listDirectory(sysfs) else { return nil }
+    for entry in entries.sorted() {
+      guard let name = try? readSmallFile("\(sysfs)/\(entry)/name").trimmingWhitespace(), name == image,
+        (try? readSmallFile("\(sysfs)/\(entry)/current_snap").trimmingWhitespace()) ?? "-" == "-"
+      else { continue }
+      return entry
+    }
+    return nil
+  }
+
+  func device(_ entry: String) throws -> AttachedDevice {
+    let path = "/dev/rbd\(entry)"
+    guard let info = try FileInfo.of(path), info.isBlockDevice else {
+      throw SwellError(.internal, "rbd device \(entry) is mapped but \(path) is not a block device")
+    }
+    let sectors = try readSmallFile("/sys/block/rbd\(entry)/size").trimmingWhitespace()
+    return AttachedDevice(
+      path: path, major: Int(info.rdevMajor), minor: Int(info.rdevMinor), sizeBytes: (Int64(sectors) ?? 0) * 512)
+  }
+
+  public func exists(_ id: String) async throws -> Bool { try mapping(id) != nil }
+
+  public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
+    if let entry = try mapping(id) { return try device(entry) }
+    let image = RbdBackend.imageName(id)
+    guard let pool = context.volumeContext["pool"], let monitors = context.volumeContext["monitors"] else {
+      throw SwellError.invalid("the volume context of rbd volume \(id) lacks pool or monitors")
+    }
+    try Names.validateVolumeID(pool, field: "volume context pool")
+    guard context.volumeContext["image"] ?? image == image else {
+      throw SwellError.invalid("the volume context names image \(context.volumeContext["image"]!.debugDescription), not \(image)")
+    }
+    guard !monitors.hasPrefix("-"), monitors.utf8.allSatisfy({ $0.isLetterOrDigit || ":.,[]-_v".utf8.contains($0) }) else {
+      throw SwellError.invalid("the volume context's monitors \(monitors.debugDescription) are not host:port addresses")
+    }
+    guard let credentials = try CephCredentials(secrets: context.secrets) ?? credentials else {
+      throw SwellError.precondition("no Ceph credentials: give the class a node-stage secret (userID, userKey) or the plugin --rbd-user and --rbd-key-file")
+    }
+    let rbd = Rbd(exec: exec, monitors: monitors, credentials: credentials, keyDir: keyDir)
+    try await rbd.rbd("device", "map", "--exclusive", "\(pool)/\(image)")
+    guard let entry = try mapping(id) else {
+      throw SwellError(.internal, "rbd device map of \(pool)/\(image) succeeded but no mapping is in \(sysfs)")
+    }
+    return try device(entry)
+  }
+
+  public func attachedDevice(_ id: String) async throws -> AttachedDevice? {
+    try mapping(id).map(device)
+  }
+
+  public func detach(_ id: String) async throws {
+    guard let entry = try mapping(id) else { return }
+    try await exec.run(["rbd", "device", "unmap", "/dev/rbd\(entry)"])
+  }
+
+  public func rescan(_ id: String, atLeast: Int64) async throws -> AttachedDevice {
+    guard let entry = try mapping(id) else { throw SwellError.notFound("rbd volume \(id) is not mapped on this node") }
+    let deadline = ContinuousClock.now + resizeWait
+    while true {
+      let found = try device(entry)
+      if found.sizeBytes >= atLeast { return found }
+      if ContinuousClock.now > deadline {
+        throw SwellError(.unavailable, "rbd\(entry) still shows \(found.sizeBytes) bytes, not \(atLeast), after \(resizeWait)")
+      }
+      try await Task.sleep(for: .milliseconds(200))
+    }
+  }
+
+  public func health(_ id: String) async -> VolumeHealth {
+    guard let entry = try? mapping(id) else { return .abnormal("rbd volume \(id) is not mapped on this node") }
+    return (try? FileInfo.of("/dev/rbd\(entry)")) != nil ? .normal : .abnormal("/dev/rbd\(entry) is gone")
+  }
+
+  /// Nothing to check until an rbd volume is staged: a node without ceph-common serves every other
+  /// backend, and a map there is FAILED_PRECONDITION naming the package.
+  public func checkReady() async throws {}
+}

@@ -1,0 +1,444 @@
+"""The rbd backend's controller side against a real Ceph 16 cluster of its own (conformance/ceph.py:
+one monitor, one manager, three memstore OSDs on 127.0.0.1; one cluster for the module), through
+the plugin's gRPC socket. Bytes are written into images with `rbd import-diff` and read back with
+`rbd export`, so snapshots, restores and clones are checked by checksum without mapping (this
+kernel has no rbd module; the node side runs in the VM tier).
+
+The plugin's own client (--rbd-user) is limited to the test pools (`profile rbd`); the classes'
+secrets carry a second such client, as a provisioner secret would."""
+import concurrent.futures
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import grpc
+import pytest
+
+import ceph
+from conftest import (MiB, Plugin, block_cap, clean_host, code_of, create_req, csi_pb2, mount_cap,
+                      require_root)
+
+POOL = "swell-a"
+POOL2 = "swell-b"
+
+
+def have_ceph():
+    from shutil import which
+    return all(which(t) for t in ("ceph-mon", "ceph-osd", "ceph-mgr", "rbd", "ceph"))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require_root()
+    if not have_ceph():
+        pytest.fail("Ceph is not installed (scripts/setup.sh --tests installs ceph-mon, ceph-osd, ceph-mgr, ceph-common)")
+    c = ceph.Cluster(osds=3, pool_size=2)
+    c.start()
+    try:
+        c.create_pool(POOL)
+        c.create_pool(POOL2)
+        # The plugin's own client and the class's secret: each limited to the two pools.
+        c.plugin_key, c.class_key = (c.create_user(name, POOL, POOL2) for name in ("swell-plugin", "swell-class"))
+        yield c
+    finally:
+        c.stop()
+
+
+class RbdPlugin(Plugin):
+    def __init__(self, root, cluster):
+        super().__init__(root)
+        self.cluster = cluster
+        self.key_file = os.path.join(root, "plugin.key")
+        with open(self.key_file, "w") as f:
+            f.write(f"[client.swell-plugin]\n\tkey = {cluster.plugin_key}\n")
+
+    def start(self, failpoints=None, extra_args=()):
+        return super().start(failpoints=failpoints, extra_args=[
+            "--rbd-monitors", self.cluster.monitors, "--rbd-pool", POOL, "--rbd-pool", POOL2,
+            "--rbd-user", "swell-plugin", "--rbd-key-file", self.key_file, "--log-level", "debug", *extra_args])
+
+
+@pytest.fixture
+def rbd_plugin(cluster):
+    root = tempfile.mkdtemp(prefix="swell-rbd-")
+    p = RbdPlugin(root, cluster)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+        clean_host(root)
+        # Every test leaves the pools as it found them: no image, no snapshot.
+        for pool in (POOL, POOL2):
+            for image in cluster.run("rbd", "ls", pool).stdout.split():
+                cluster.run("rbd", "snap", "purge", f"{pool}/{image}", check=False)
+                cluster.run("rbd", "rm", "--no-progress", f"{pool}/{image}", check=False)
+
+
+def secrets(cluster):
+    return {"userID": "swell-class", "userKey": cluster.class_key}
+
+
+def rbd_req(name, cluster, required=64 * MiB, params=None, cap=None, source=None):
+    req = create_req(name, required=required, cap=cap, params={"backend": "rbd", **(params or {})})
+    req.secrets.update(secrets(cluster))
+    if source is not None:
+        kind, ident = source
+        if kind == "snapshot":
+            req.volume_content_source.snapshot.snapshot_id = ident
+        else:
+            req.volume_content_source.volume.volume_id = ident
+    return req
+
+
+def images(cluster, pool=POOL):
+    return sorted(cluster.run("rbd", "ls", pool).stdout.split())
+
+
+def snaps(cluster, image, pool=POOL):
+    import json
+    return sorted(s["name"] for s in json.loads(cluster.run("rbd", "snap", "ls", "--format", "json", f"{pool}/{image}").stdout))
+
+
+def info(cluster, image, pool=POOL):
+    import json
+    return json.loads(cluster.run("rbd", "info", "--format", "json", f"{pool}/{image}").stdout)
+
+
+def digest(cluster, image, pool=POOL):
+    return hashlib.sha256(ceph.image_read(cluster, f"{pool}/{image}")).hexdigest()
+
+
+def write(cluster, image, offset, data, pool=POOL):
+    ceph.image_write(cluster, f"{pool}/{image}", offset, data)
+
+
+# ---- lifecycle ---------------------------------------------------------------------------------
+
+def test_rbd_lifecycle_grow_never_shrink(rbd_plugin, cluster):
+    c = rbd_plugin.controller
+    vol = c.CreateVolume(rbd_req("pvc-r1", cluster)).volume
+    assert vol.volume_id == "pvc-r1" and vol.capacity_bytes == 64 * MiB
+    ctx = dict(vol.volume_context)
+    assert ctx["backend"] == "rbd" and ctx["pool"] == POOL and ctx["image"] == "swell-vol-pvc-r1", ctx
+    assert ctx["monitors"] == cluster.monitors
+    assert not vol.accessible_topology, "a network volume is reachable from every node"
+    assert info(cluster, "swell-vol-pvc-r1")["size"] == 64 * MiB
+    meta = cluster.run("rbd", "image-meta", "get", f"{POOL}/swell-vol-pvc-r1", "swell.record").stdout.strip()
+    assert "volume=pvc-r1" in meta and "access=mount" in meta and "fstype=ext4" in meta, meta
+
+    again = c.CreateVolume(rbd_req("pvc-r1", cluster)).volume
+    assert again == vol, "a repeated CreateVolume returns the same volume"
+    assert code_of(c.CreateVolume, rbd_req("pvc-r1", cluster, required=256 * MiB)) == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(c.CreateVolume, rbd_req("pvc-r1", cluster, cap=block_cap())) == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(c.CreateVolume, rbd_req("pvc-r1", cluster, params={"pool": POOL2})) == grpc.StatusCode.ALREADY_EXISTS
+
+    listed = [e.volume.volume_id for e in c.ListVolumes(csi_pb2.ListVolumesRequest()).entries]
+    assert "pvc-r1" in listed
+    got = c.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-r1"))
+    assert got.volume.capacity_bytes == 64 * MiB
+    assert not got.status.volume_condition.abnormal, got.status.volume_condition.message
+
+    grown = c.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-r1", capacity_range=csi_pb2.CapacityRange(required_bytes=160 * MiB), secrets=secrets(cluster)))
+    assert grown.capacity_bytes == 160 * MiB and grown.node_expansion_required
+    assert info(cluster, "swell-vol-pvc-r1")["size"] == 160 * MiB
+    # Never shrink: a smaller request answers the current size and leaves the image alone.
+    smaller = c.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-r1", capacity_range=csi_pb2.CapacityRange(required_bytes=32 * MiB)))
+    assert smaller.capacity_bytes == 160 * MiB
+    assert info(cluster, "swell-vol-pvc-r1")["size"] == 160 * MiB
+
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-r1", secrets=secrets(cluster)))
+    assert images(cluster) == []
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-r1", secrets=secrets(cluster)))
+    assert code_of(c.ControllerExpandVolume, csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-r1", capacity_range=csi_pb2.CapacityRange(required_bytes=MiB))) == grpc.StatusCode.NOT_FOUND
+
+
+def test_rbd_second_pool_capacity_and_key_hidden(rbd_plugin, cluster):
+    c = rbd_plugin.controller
+    vol = c.CreateVolume(rbd_req("pvc-p2", cluster, params={"pool": POOL2}, cap=block_cap())).volume
+    assert vol.volume_context["pool"] == POOL2 and images(cluster, POOL2) == ["swell-vol-pvc-p2"]
+    assert images(cluster, POOL) == []
+    import json
+    df = {p["name"]: p["stats"]["max_avail"] for p in json.loads(cluster.run("ceph", "df", "--format", "json").stdout)["pools"]}
+    cap = c.GetCapacity(csi_pb2.GetCapacityRequest(parameters={"backend": "rbd", "pool": POOL2})).available_capacity
+    # max_avail moves as the OSDs' memstore fills; within 8 MiB of what ceph df said a moment ago.
+    assert cap > 0 and abs(cap - df[POOL2]) <= 8 * MiB, (cap, df)
+    assert code_of(c.GetCapacity, csi_pb2.GetCapacityRequest(parameters={"backend": "rbd", "pool": "nope"})) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-p2", secrets=secrets(cluster)))
+    assert images(cluster, POOL2) == []
+    # The debug log shows every rbd command line; no key is on any of them.
+    with open(rbd_plugin.log_path) as f:
+        log = f.read()
+    assert "rbd" in log and "--keyfile" in log, "the debug log shows the commands"
+    assert cluster.class_key not in log and cluster.plugin_key not in log
+    assert os.listdir(os.path.join(rbd_plugin.data, ".rbd-keys")) == [], "key files live only for one command"
+
+
+def test_rbd_error_rows(rbd_plugin, cluster):
+    c = rbd_plugin.controller
+    code = lambda req: code_of(c.CreateVolume, req)
+    assert code(rbd_req("pvc-e1", cluster, params={"pool": "other"})) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code(rbd_req("pvc-e1", cluster, params={"provisioning": "thick"})) == grpc.StatusCode.INVALID_ARGUMENT
+    bad = rbd_req("pvc-e1", cluster)
+    bad.secrets["userID"] = "--admin"
+    assert code(bad) == grpc.StatusCode.INVALID_ARGUMENT
+    half = rbd_req("pvc-e1", cluster)
+    del half.secrets["userKey"]
+    assert code(half) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code(rbd_req("pvc-e1", cluster, source=("snapshot", "snap-none"))) == grpc.StatusCode.NOT_FOUND
+    assert code(rbd_req("pvc-e1", cluster, source=("volume", "pvc-none"))) == grpc.StatusCode.NOT_FOUND
+    assert code_of(c.CreateSnapshot, csi_pb2.CreateSnapshotRequest(
+        name="snap-e1", source_volume_id="pvc-none", secrets=secrets(cluster))) == grpc.StatusCode.NOT_FOUND
+    assert images(cluster) == [], "no refused call made an image"
+
+    c.CreateVolume(rbd_req("pvc-e2", cluster))
+    # A mapped image has a watcher: `rbd watch` holds one as a node's mapping would.
+    # (stdin held open: `rbd watch` ends when it reads EOF.)
+    watcher = subprocess.Popen(["rbd", "-c", cluster.conf, "watch", f"{POOL}/swell-vol-pvc-e2"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cluster.env())
+    try:
+        ceph.Cluster.wait(lambda: "watcher=" in cluster.run("rbd", "status", f"{POOL}/swell-vol-pvc-e2").stdout, 30,
+                          "the watch is registered")
+        with pytest.raises(grpc.RpcError) as err:
+            c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-e2", secrets=secrets(cluster)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "mapped by" in err.value.details()
+        assert images(cluster) == ["swell-vol-pvc-e2"]
+    finally:
+        watcher.kill()
+        watcher.wait()
+    ceph.Cluster.wait(lambda: "watcher=" not in cluster.run("rbd", "status", f"{POOL}/swell-vol-pvc-e2").stdout, 60,
+                      "the killed watcher's watch expires")
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-e2", secrets=secrets(cluster)))
+    assert images(cluster) == []
+
+
+def test_rbd_refused_key_is_permission_denied(rbd_plugin, cluster):
+    """A key that is not one is INVALID_ARGUMENT at once; a real key the cluster does not know is
+    PERMISSION_DENIED after the client's mount timeout (15 s, not its default 300 s). Neither key
+    is in the message."""
+    req = rbd_req("pvc-k1", cluster)
+    req.secrets["userKey"] = "AQBp" + "A" * 36 + "=="
+    with pytest.raises(grpc.RpcError) as err:
+        rbd_plugin.controller.CreateVolume(req, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert req.secrets["userKey"] not in err.value.details()
+    req.secrets["userKey"] = subprocess.run(["ceph-authtool", "--gen-print-key"], capture_output=True, text=True,
+                                            check=True).stdout.strip()
+    with pytest.raises(grpc.RpcError) as err:
+        rbd_plugin.controller.CreateVolume(req, timeout=60)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value.details()
+    assert req.secrets["userKey"] not in err.value.details()
+    assert images(cluster) == []
+
+
+def test_rbd_sixteen_parallel_creates_of_one_name(rbd_plugin, cluster):
+    """One call makes the image; the others, arriving while it works, are ABORTED (the spec's
+    "operation pending"), and each of them, retried as a CO would, gets the same volume."""
+    c = rbd_plugin.controller
+    barrier = threading.Barrier(16)
+
+    def create(_):
+        barrier.wait()
+        try:
+            return ("ok", c.CreateVolume(rbd_req("pvc-par", cluster)).volume)
+        except grpc.RpcError as e:
+            return ("err", e.code())
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(create, range(16)))
+    oks = [r[1] for r in results if r[0] == "ok"]
+    assert oks and all(r == ("err", grpc.StatusCode.ABORTED) for r in results if r[0] == "err"), results
+    assert all(v == oks[0] for v in oks)
+    for r in results:
+        if r[0] == "err":
+            assert c.CreateVolume(rbd_req("pvc-par", cluster)).volume == oks[0]
+    assert images(cluster) == ["swell-vol-pvc-par"]
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-par"))
+    assert images(cluster) == []
+
+
+# ---- snapshots, restores, clones ----------------------------------------------------------------
+
+def test_rbd_snapshots_restores_and_clones_by_checksum(rbd_plugin, cluster):
+    c = rbd_plugin.controller
+    s = secrets(cluster)
+    c.CreateVolume(rbd_req("pvc-src", cluster, cap=block_cap()))
+    write(cluster, "swell-vol-pvc-src", 0, os.urandom(3 * MiB))
+    write(cluster, "swell-vol-pvc-src", 40 * MiB, os.urandom(MiB))
+    at_snapshot = digest(cluster, "swell-vol-pvc-src")
+    snap = c.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="snap-1", source_volume_id="pvc-src", secrets=s)).snapshot
+    assert snap.ready_to_use and snap.size_bytes == 64 * MiB and snap.source_volume_id == "pvc-src"
+    assert c.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="snap-1", source_volume_id="pvc-src")).snapshot == snap
+    c.CreateVolume(rbd_req("pvc-other", cluster, cap=block_cap()))
+    assert code_of(c.CreateSnapshot, csi_pb2.CreateSnapshotRequest(name="snap-1", source_volume_id="pvc-other")) \
+        == grpc.StatusCode.ALREADY_EXISTS
+    listed = [e.snapshot.snapshot_id for e in c.ListSnapshots(csi_pb2.ListSnapshotsRequest(source_volume_id="pvc-src")).entries]
+    assert listed == ["snap-1"]
+    # Writes after the snapshot are in the volume and its clone, not in the snapshot's restore.
+    write(cluster, "swell-vol-pvc-src", MiB, os.urandom(2 * MiB))
+    now = digest(cluster, "swell-vol-pvc-src")
+    assert now != at_snapshot
+    restored = c.CreateVolume(rbd_req("pvc-rest", cluster, cap=block_cap(), source=("snapshot", "snap-1"))).volume
+    assert restored.content_source.snapshot.snapshot_id == "snap-1"
+    assert digest(cluster, "swell-vol-pvc-rest") == at_snapshot
+    clone = c.CreateVolume(rbd_req("pvc-clone", cluster, cap=block_cap(), required=96 * MiB, source=("volume", "pvc-src"))).volume
+    assert clone.capacity_bytes == 96 * MiB
+    data = ceph.image_read(cluster, f"{POOL}/swell-vol-pvc-clone")
+    assert hashlib.sha256(data[:64 * MiB]).hexdigest() == now and data[64 * MiB:] == bytes(32 * MiB)
+    assert code_of(c.CreateVolume, rbd_req("pvc-small", cluster, required=32 * MiB, source=("volume", "pvc-src"))) \
+        == grpc.StatusCode.OUT_OF_RANGE
+
+    # The source goes while its snapshot and clone live on: they are flattened first and keep their bytes.
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-src", secrets=s))
+    assert "swell-vol-pvc-src" not in images(cluster)
+    assert "parent" not in info(cluster, "swell-snap-snap-1") and "parent" not in info(cluster, "swell-vol-pvc-clone")
+    assert digest(cluster, "swell-vol-pvc-rest") == at_snapshot
+    again = c.CreateVolume(rbd_req("pvc-rest2", cluster, cap=block_cap(), source=("snapshot", "snap-1"))).volume
+    assert digest(cluster, "swell-vol-pvc-rest2") == at_snapshot and again.capacity_bytes == 64 * MiB
+    # Deleting the snapshot flattens its restores; its RBD snapshots go with it.
+    c.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id="snap-1", secrets=s))
+    c.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id="snap-1", secrets=s))
+    assert "swell-snap-snap-1" not in images(cluster)
+    assert digest(cluster, "swell-vol-pvc-rest") == at_snapshot and digest(cluster, "swell-vol-pvc-rest2") == at_snapshot
+    for name in ("pvc-rest", "pvc-rest2", "pvc-clone", "pvc-other"):
+        c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=name, secrets=s))
+    assert images(cluster) == []
+
+
+def test_rbd_clone_chains_are_flattened_past_the_depth(rbd_plugin, cluster):
+    """Each clone of a clone adds a parent; past --rbd-max-clone-depth (4) the new image is flattened."""
+    c = rbd_plugin.controller
+    c.CreateVolume(rbd_req("pvc-d0", cluster, cap=block_cap()))
+    write(cluster, "swell-vol-pvc-d0", 0, os.urandom(MiB))
+    first = digest(cluster, "swell-vol-pvc-d0")
+    depths = []
+    for i in range(1, 6):
+        c.CreateVolume(rbd_req(f"pvc-d{i}", cluster, cap=block_cap(), source=("volume", f"pvc-d{i - 1}")))
+        depth, image = 0, info(cluster, f"swell-vol-pvc-d{i}")
+        while "parent" in image:
+            depth += 1
+            image = info(cluster, image["parent"]["image"], image["parent"]["pool"])
+        depths.append(depth)
+        assert digest(cluster, f"swell-vol-pvc-d{i}") == first
+    assert depths == [1, 2, 3, 4, 0], depths  # the fifth would have had 5 parents: flattened, it has none
+    # The flattened clone let go of its parent's snapshot.
+    assert snaps(cluster, "swell-vol-pvc-d4") == []
+    for i in reversed(range(6)):
+        c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=f"pvc-d{i}"))
+    assert images(cluster) == []
+
+
+def test_rbd_group_snapshots_are_refused(rbd_plugin, cluster):
+    c = rbd_plugin.controller
+    c.CreateVolume(rbd_req("pvc-g1", cluster))
+    c.CreateVolume(rbd_req("pvc-g2", cluster))
+    with pytest.raises(grpc.RpcError) as err:
+        rbd_plugin.group.CreateVolumeGroupSnapshot(csi_pb2.CreateVolumeGroupSnapshotRequest(
+            name="group-1", source_volume_ids=["pvc-g1", "pvc-g2"]))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "rbd" in err.value.details()
+    for name in ("pvc-g1", "pvc-g2"):
+        c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=name))
+    assert images(cluster) == []
+
+
+# ---- crashes and a monitor restart ---------------------------------------------------------------
+
+def crash_at(p, point, call):
+    """Restarts the plugin armed at `point`, makes the call (the plugin dies: UNAVAILABLE), and
+    restarts it unarmed."""
+    p.stop()
+    p.start(failpoints=point)
+    with pytest.raises(grpc.RpcError) as err:
+        call(p.controller)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert p.wait_dead() == -signal.SIGKILL, f"the plugin died at {point}"
+    p.start()
+
+
+def test_rbd_sigkill_inside_create_snapshot_grow_delete_then_retry(rbd_plugin, cluster):
+    p, s = rbd_plugin, secrets(cluster)
+    create = lambda name, **kw: (lambda c: c.CreateVolume(rbd_req(name, cluster, cap=block_cap(), **kw)))
+
+    crash_at(p, "rbd-create-after-create", create("pvc-c1"))
+    assert images(cluster) == ["swell-vol-pvc-c1"], "the crash left a half-made image"
+    assert code_of(p.controller.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-c1")) \
+        == grpc.StatusCode.NOT_FOUND, "an image without its record is no volume"
+    vol = create("pvc-c1")(p.controller).volume
+    assert vol.capacity_bytes == 64 * MiB
+    write(cluster, "swell-vol-pvc-c1", 0, os.urandom(2 * MiB))
+    before = digest(cluster, "swell-vol-pvc-c1")
+
+    # A snapshot: the crash after the RBD snapshot, after the clone, and before the record.
+    for i, point in enumerate(("rbd-clone-after-snap", "rbd-clone-after-clone", "rbd-snapshot-before-record")):
+        name = f"snap-c{i}"
+        crash_at(p, point, lambda c: c.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name=name, source_volume_id="pvc-c1", secrets=s)))
+        snap = p.controller.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name=name, source_volume_id="pvc-c1", secrets=s)).snapshot
+        assert snap.ready_to_use
+        assert digest(cluster, f"swell-snap-{name}") == before
+    assert snaps(cluster, "swell-vol-pvc-c1") == ["swell-snap-snap-c0", "swell-snap-snap-c1", "swell-snap-snap-c2"]
+
+    # A restore that dies after its clone: the retry remakes it, and one RBD snapshot backs it.
+    crash_at(p, "rbd-clone-after-clone", create("pvc-c2", source=("snapshot", "snap-c0")))
+    create("pvc-c2", source=("snapshot", "snap-c0"))(p.controller)
+    assert digest(cluster, "swell-vol-pvc-c2") == before
+    assert snaps(cluster, "swell-snap-snap-c0") == ["swell-vol-pvc-c2"]
+
+    crash_at(p, "rbd-expand-after-resize", lambda c: c.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-c1", capacity_range=csi_pb2.CapacityRange(required_bytes=128 * MiB), secrets=s)))
+    grown = p.controller.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-c1", capacity_range=csi_pb2.CapacityRange(required_bytes=128 * MiB), secrets=s))
+    assert grown.capacity_bytes == 128 * MiB and info(cluster, "swell-vol-pvc-c1")["size"] == 128 * MiB
+
+    # The source's delete dies after flattening one child, then after its rm (before its parent's
+    # snapshot is released): each retry finishes, and the children keep their bytes.
+    crash_at(p, "rbd-delete-after-flatten", lambda c: c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-c1", secrets=s)))
+    p.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-c1", secrets=s))
+    assert "swell-vol-pvc-c1" not in images(cluster)
+    for i in range(3):
+        assert digest(cluster, f"swell-snap-snap-c{i}") == before
+    crash_at(p, "rbd-delete-after-rm", lambda c: c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-c2", secrets=s)))
+    assert "swell-vol-pvc-c2" not in images(cluster)
+    assert snaps(cluster, "swell-snap-snap-c0") == ["swell-vol-pvc-c2"], "the crash left the parent's snapshot"
+    p.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-c2", secrets=s))
+    # That snapshot goes with its image: a delete removes every snapshot an image holds.
+    for i in range(3):
+        p.controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=f"snap-c{i}", secrets=s))
+    assert images(cluster) == []
+
+
+def test_rbd_monitor_restarted_in_the_middle_of_a_call(rbd_plugin, cluster):
+    """The create is held at a failpoint after `rbd create`; the monitor is SIGKILLed and started
+    again 3 s later; the call's next commands find it again and the call succeeds."""
+    p = rbd_plugin
+    p.stop()
+    p.start(failpoints="rbd-create-after-create:pause")
+    result = {}
+
+    def call():
+        try:
+            result["volume"] = p.controller.CreateVolume(rbd_req("pvc-m1", cluster), timeout=120).volume
+        except grpc.RpcError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    ceph.Cluster.wait(lambda: "swell-vol-pvc-m1" in images(cluster), 30, "the image is made")
+    cluster.kill("mon.a")
+    time.sleep(3)
+    cluster._spawn("mon.a", ["ceph-mon", "-i", "a"])
+    t.join(timeout=150)
+    assert not t.is_alive()
+    assert "error" not in result, result.get("error") and result["error"].details()
+    assert result["volume"].capacity_bytes == 64 * MiB
+    assert "volume=pvc-m1" in cluster.run("rbd", "image-meta", "get", f"{POOL}/swell-vol-pvc-m1", "swell.record").stdout
+    p.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-m1"))
+    assert images(cluster) == []
