@@ -17,7 +17,8 @@ MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 
 # The recipe of deploy/Containerfile's runtime stage; test_images.py checks that the two agree.
-SWELL_PACKAGES = ["e2fsprogs", "xfsprogs", "util-linux", "mount", "lvm2", "open-iscsi", "tgt", "libstdc++6", "zlib1g"]
+SWELL_PACKAGES = ["e2fsprogs", "xfsprogs", "util-linux", "mount", "lvm2", "open-iscsi", "tgt", "ceph-common", "libstdc++6",
+                  "zlib1g"]
 SWELL_USER = "65532:65532"
 SWELL_ENTRYPOINT = ["/usr/local/bin/swell"]
 SWELL_CMD = ["version"]

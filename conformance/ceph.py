@@ -25,8 +25,10 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, osds=3, pool_size=2, osd_bytes=384 << 20, address="127.0.0.1", root=None):
+    def __init__(self, osds=3, pool_size=2, osd_bytes=384 << 20, address="127.0.0.1", root=None, netns=None):
+        """`netns`: a network namespace (holding `address`) that every daemon and tool runs in."""
         self.root = root or tempfile.mkdtemp(prefix="swell-ceph-")
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.address = address
         self.port = free_port()
         self.fsid = str(uuid.uuid4())
@@ -50,7 +52,7 @@ class Cluster:
         """Runs a Ceph tool against this cluster (its conf and the admin keyring)."""
         argv = list(argv)
         argv[1:1] = ["-c", self.conf]
-        out = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=timeout, input=input)
+        out = subprocess.run(self.prefix + argv, capture_output=True, text=True, env=self.env(), timeout=timeout, input=input)
         if check and out.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)}: exit {out.returncode}: {out.stderr.strip()}")
         return out
@@ -108,7 +110,7 @@ osd memory target = 134217728
     def _spawn(self, name, argv):
         log = open(os.path.join(self.root, "log", f"{name}.out"), "ab")
         self.procs[name] = subprocess.Popen(
-            argv + ["-c", self.conf, "-f"], stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+            self.prefix + argv + ["-c", self.conf, "-f"], stdout=log, stderr=subprocess.STDOUT, env=self.env(),
             start_new_session=True)
         log.close()
 
@@ -123,7 +125,7 @@ osd memory target = 134217728
     def _start(self, timeout):
         d = self.root
         self._write_conf()
-        tool = lambda *a: subprocess.run(list(a), check=True, capture_output=True, env=self.env())
+        tool = lambda *a: subprocess.run(self.prefix + list(a), check=True, capture_output=True, env=self.env())
         tool("ceph-authtool", "--create-keyring", f"{d}/mon.keyring", "--gen-key", "-n", "mon.", "--cap", "mon", "allow *")
         tool("ceph-authtool", "--create-keyring", f"{d}/admin.keyring", "--gen-key", "-n", "client.admin",
              "--cap", "mon", "allow *", "--cap", "osd", "allow *", "--cap", "mgr", "allow *", "--cap", "mds", "allow *")
@@ -156,7 +158,7 @@ osd memory target = 134217728
                        check=True, capture_output=True)
         self.run("ceph", "auth", "add", f"osd.{osd_id}", "osd", "allow *", "mon", "allow profile osd",
                  "-i", f"{path}/keyring")
-        subprocess.run(["ceph-osd", "-c", self.conf, "-i", str(osd_id), "--mkfs", "--osd-uuid", osd_uuid],
+        subprocess.run(self.prefix + ["ceph-osd", "-c", self.conf, "-i", str(osd_id), "--mkfs", "--osd-uuid", osd_uuid],
                        check=True, capture_output=True, env=self.env())
         self._spawn(f"osd.{osd_id}", ["ceph-osd", "-i", str(osd_id)])
         return osd_id

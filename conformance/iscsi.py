@@ -149,7 +149,7 @@ def stage_binary(binary, dest_dir):
             shutil.copy2(os.path.realpath(parts[2]), os.path.join(dest_dir, "lib", parts[0]))
 
 
-def run_guest(root, script, disk_sizes, timeout, memory_mib=1024, binaries=(), stage=None):
+def run_guest(root, script, disk_sizes, timeout, memory_mib=1024, binaries=(), stage=None, **vm_options):
     """Boots the VM tier with raw disks of `disk_sizes` bytes (vda, vdb, …), the given binaries
     (and their libraries) in share/swell, and whatever `stage(share)` adds; runs `script` as
     guest.sh and waits up to `timeout` s for it. Returns the VM (the caller closes it), guest.sh's
@@ -159,7 +159,7 @@ def run_guest(root, script, disk_sizes, timeout, memory_mib=1024, binaries=(), s
         disks.append(os.path.join(root, f"vd{chr(ord('a') + i)}.img"))
         with open(disks[-1], "wb") as f:
             f.truncate(size)
-    vm = VM(root, vm_artifacts(), memory_mib=memory_mib, disks=disks)
+    vm = VM(root, vm_artifacts(), memory_mib=memory_mib, disks=disks, **vm_options)
     try:
         for binary in binaries:
             stage_binary(binary, os.path.join(vm.share, "swell"))
@@ -184,7 +184,11 @@ class VM:
     the guest meet through marker files in the share.
     """
 
-    def __init__(self, root, artifacts, memory_mib=1024, disks=()):
+    def __init__(self, root, artifacts, memory_mib=1024, disks=(), netdev="user,id=n0", prefix=()):
+        """`netdev`: qemu's -netdev for the guest's eth0 (id n0); `prefix`: what qemu runs under
+        (`ip netns exec NS` for a tap device in a namespace)."""
+        self.netdev = netdev
+        self.prefix = list(prefix)
         self.root = root
         self.disks = list(disks)  # raw image files, seen as /dev/vda, /dev/vdb, … in the guest
         self.share = os.path.join(root, "share")
@@ -199,12 +203,12 @@ class VM:
             f.write(script)
         console = open(self.console_path, "wb")
         self.proc = subprocess.Popen(
-            ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory), "-smp", "1", "-nographic",
+            [*self.prefix, "qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory), "-smp", "1", "-nographic",
              "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
              "-kernel", os.path.join(self.artifacts, "vmlinux"),
              "-initrd", os.path.join(self.artifacts, "initramfs.cpio"),
              "-append", "console=ttyS0 panic=-1 quiet",
-             "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
+             "-netdev", self.netdev, "-device", "virtio-net-pci,netdev=n0,romfile=",
              "-virtfs", f"local,path={self.share},mount_tag=share,security_model=none,id=share",
              *[a for d in self.disks for a in ("-drive", f"file={d},if=virtio,format=raw")]],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)

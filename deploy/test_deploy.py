@@ -9,7 +9,7 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TARGETS = ["base", "overlays/dev", "overlays/production", "overlays/lvm", "overlays/dir"]
+TARGETS = ["base", "overlays/dev", "overlays/production", "overlays/lvm", "overlays/dir", "overlays/rbd"]
 
 
 def render(target):
@@ -25,10 +25,11 @@ def test_renders_and_validates(target, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.read_text()) if d)
-    classes = {"overlays/lvm": 4, "overlays/dir": 3}.get(target, 2)
+    classes = {"overlays/lvm": 4, "overlays/dir": 3, "overlays/rbd": 3}.get(target, 2)
+    secrets = ["Secret"] if target == "overlays/rbd" else []
     assert kinds == ["CSIDriver", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
                      "DaemonSet", "Deployment", "Namespace", "PriorityClass", "Role", "Role", "Role", "RoleBinding",
-                     "RoleBinding", "RoleBinding", "ServiceAccount", "ServiceAccount"] + ["StorageClass"] * classes
+                     "RoleBinding", "RoleBinding"] + secrets + ["ServiceAccount", "ServiceAccount"] + ["StorageClass"] * classes
 
 
 def test_examples_validate():
@@ -165,7 +166,36 @@ def test_dir_overlay_gives_the_plugin_its_quota_filesystem_at_the_host_path():
     assert volume["hostPath"]["type"] == "Directory", "never made on demand, where it would have no quotas"
 
 
-@pytest.mark.parametrize("target", ["overlays/production", "overlays/lvm", "overlays/dir"])
+def test_rbd_overlay_gives_the_controller_its_cluster_and_the_nodes_their_modules():
+    """The class's pool is one the controller was given; every secret the class names is the
+    overlay's Secret, with ceph-csi's keys; the controller reads that Secret's key as the file its
+    --rbd-key-file names; nodes can load the rbd module."""
+    objs = objects("overlays/rbd")
+    sc = objs[("StorageClass", "swell-rbd")]
+    assert sc["volumeBindingMode"] == "Immediate" and sc["allowVolumeExpansion"] is True
+    assert {k for k in sc["parameters"] if not k.startswith("csi.storage.k8s.io/")} == {"backend", "pool"}
+    refs = {k: v for k, v in sc["parameters"].items() if "-secret-" in k}
+    assert refs == {f"csi.storage.k8s.io/{kind}-secret-{part}": value
+                    for kind in ("provisioner", "node-stage", "controller-expand")
+                    for part, value in (("name", "swell-ceph"), ("namespace", "swell-system"))}
+    secret = objs[("Secret", "swell-ceph")]
+    assert secret["metadata"]["namespace"] == "swell-system" and set(secret["stringData"]) == {"userID", "userKey"}
+    pod = objs[("Deployment", "swell-controller")]["spec"]["template"]["spec"]
+    plugin = next(c for c in pod["containers"] if c["name"] == "swell")
+    args = dict(a.split("=", 1) for a in plugin["args"] if a.startswith("--rbd-"))
+    assert args["--rbd-pool"] == sc["parameters"]["pool"] and args["--rbd-user"] == secret["stringData"]["userID"]
+    assert all(":" in m for m in args["--rbd-monitors"].split(","))
+    mount = next(m for m in plugin["volumeMounts"] if m["name"] == "ceph-client")
+    volume = next(v for v in pod["volumes"] if v["name"] == "ceph-client")
+    assert volume["secret"]["secretName"] == "swell-ceph"
+    assert args["--rbd-key-file"] == mount["mountPath"] + "/" + volume["secret"]["items"][0]["path"]
+    assert volume["secret"]["items"][0]["key"] == "userKey"
+    node = objs[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
+    modules = next(m for m in node["containers"][0]["volumeMounts"] if m["name"] == "lib-modules")
+    assert modules["mountPath"] == "/lib/modules" and modules["readOnly"] is True
+
+
+@pytest.mark.parametrize("target", ["overlays/production", "overlays/lvm", "overlays/dir", "overlays/rbd"])
 def test_each_backend_has_exactly_one_sidecar_serving_it(target):
     """Per-node sidecars serve loop, lvm and dir classes, the controller's serves iscsi ones: no backend
     is served twice (two provisioners racing), no class by nobody."""

@@ -31,6 +31,7 @@ leftovers() {
     echo "leaked Ceph daemons:"; ps -eo pid=,stat=,args= | grep -E "ceph-(mon|mgr|osd|mds)" | grep -v grep; found=1
   fi
   if compgen -G "/tmp/swell-ceph-*" >/dev/null; then echo "leaked:" /tmp/swell-ceph-*; found=1; fi
+  if ip netns list 2>/dev/null | grep -q "^swell-rbd-"; then echo "leaked network namespace:"; ip netns list | grep "^swell-rbd-"; found=1; fi
   # The real-node tier: its cluster's processes, kubelet's root and the node's host paths.
   if pgrep -f "swell-kube-" >/dev/null || pgrep -x containerd >/dev/null || pgrep -f containerd-shim-runc-v2 >/dev/null; then
     echo "leaked cluster processes:"; pgrep -af "swell-kube-|containerd"; found=1

@@ -40,7 +40,7 @@ public struct RbdBackend: ControllerBackend {
   static let volumePrefix = "swell-vol-"
   static let snapshotPrefix = "swell-snap-"
   static let recordKey = "swell.record"
-  /// What krbd on Debian 12's kernel maps: layering (clones), exclusive-lock (one writer),
+  /// What krbd on Debian 12's kernel maps: layering (clones), exclusive-lock (one client writes at a time),
   /// deep-flatten (snapshots of a clone survive its flatten).
   static let features = "layering,exclusive-lock,deep-flatten"
 

@@ -7,10 +7,12 @@ import SwellHost
 /// A krbd mapping lives in the kernel, so it survives a restart or an upgrade of the node plugin's
 /// pod; an rbd-nbd mapping is served by a process in that pod, and dies with it.
 ///
-/// Images are mapped with `--exclusive`: the node takes the image's exclusive lock and does not
-/// hand it over, so a second node's map of a ReadWriteOnce image fails instead of the two taking
-/// turns writing one filesystem. What is mapped where is read from sysfs (`/sys/bus/rbd/devices`),
-/// which needs no credentials; only the map itself talks to the cluster.
+/// A map is refused while any other client watches the image (a mapping on another node holds a
+/// watch), so that two nodes never take turns writing one filesystem. The mapping is not
+/// `--exclusive`: the node hands the image's exclusive lock over when the controller asks for it,
+/// which `rbd resize` and `rbd snap create` of a mapped image need (with `--exclusive` both fail
+/// with EROFS, measured in the VM tier). What is mapped where is read from sysfs
+/// (`/sys/bus/rbd/devices`), which needs no credentials; only the map itself talks to the cluster.
 public struct RbdNodeBackend: NodeBackend {
   let exec: any Executor
   /// The node's own client, when the class gives no node-stage secret.
@@ -71,7 +73,18 @@ public struct RbdNodeBackend: NodeBackend {
       throw SwellError.precondition("no Ceph credentials: give the class a node-stage secret (userID, userKey) or the plugin --rbd-user and --rbd-key-file")
     }
     let rbd = Rbd(exec: exec, monitors: monitors, credentials: credentials, keyDir: keyDir)
-    try await rbd.rbd("device", "map", "--exclusive", "\(pool)/\(image)")
+    // One node at a time: another client's watch means the image is mapped (or opened) elsewhere.
+    let watchers = try await rbd.watchers("\(pool)/\(image)")
+    if !watchers.isEmpty {
+      throw SwellError.precondition(
+        "rbd image \(pool)/\(image) is in use by \(watchers.joined(separator: ", ")); a volume is mapped on one node at a time "
+          + "(a dead node's watch lapses after about 30 s)")
+    }
+    // noudev: the map waits on sysfs, not on udev's events; a node plugin's container has no udevd,
+    // and the kernel's devtmpfs makes /dev/rbdN by itself. ms_mode=prefer-crc: the kernel speaks
+    // msgr2 to the monitors' v2 addresses (every cluster since Nautilus has them; a cluster with
+    // msgr1 turned off has nothing else).
+    try await rbd.rbd("device", "map", "--options", "noudev,ms_mode=prefer-crc", "\(pool)/\(image)")
     guard let entry = try mapping(id) else {
       throw SwellError(.internal, "rbd device map of \(pool)/\(image) succeeded but no mapping is in \(sysfs)")
     }
@@ -84,7 +97,7 @@ public struct RbdNodeBackend: NodeBackend {
 
   public func detach(_ id: String) async throws {
     guard let entry = try mapping(id) else { return }
-    try await exec.run(["rbd", "device", "unmap", "/dev/rbd\(entry)"])
+    try await exec.run(["rbd", "device", "unmap", "--options", "noudev", "/dev/rbd\(entry)"])
   }
 
   public func rescan(_ id: String, atLeast: Int64) async throws -> AttachedDevice {

@@ -178,8 +178,16 @@ struct CSIDelete: AsyncParsableCommand {
   static let configuration = CommandConfiguration(commandName: "delete", abstract: "DeleteVolume.")
   @OptionGroup var connection: Connection
   @Argument var volumeID: String
+  @Option(help: "A file of KEY=VALUE lines sent as the request's secrets (such as an rbd class's userID and userKey).")
+  var secretsFile: String?
   func run() async throws {
-    try await connection.call({ try await $0.controller.deleteVolume(.with { $0.volumeID = volumeID }) }) { _ in
+    let secrets = try secretsFile.map(readSecrets) ?? [:]
+    try await connection.call({
+      try await $0.controller.deleteVolume(.with {
+        $0.volumeID = volumeID
+        $0.secrets = secrets
+      })
+    }) { _ in
       "deleted \(volumeID)"
     }
   }
@@ -190,11 +198,15 @@ struct CSIExpand: AsyncParsableCommand {
   @OptionGroup var connection: Connection
   @Argument var volumeID: String
   @Option(help: "The new size in bytes.") var bytes: Int64
+  @Option(help: "A file of KEY=VALUE lines sent as the request's secrets (an rbd class's controller-expand secret).")
+  var secretsFile: String?
   func run() async throws {
+    let secrets = try secretsFile.map(readSecrets) ?? [:]
     try await connection.call({
       try await $0.controller.controllerExpandVolume(.with {
         $0.volumeID = volumeID
         $0.capacityRange.requiredBytes = bytes
+        $0.secrets = secrets
       })
     }) { "capacity: \($0.capacityBytes) bytes, node expansion required: \($0.nodeExpansionRequired)" }
   }

@@ -30,6 +30,7 @@ DEFAULT_CACHE = os.environ.get("SWELL_VM_CACHE", "/var/tmp/swell-vm")
 MODULES = [
     "virtio_pci", "virtio_net", "virtio_blk", "9p", "9pnet_virtio", "iscsi_tcp", "sd_mod", "ext4", "xfs",
     "loop", "dm_thin_pool", "dm_snapshot", "nbd", "crc32c_generic", "crc32c_intel", "af_packet", "quota_v2",
+    "rbd",
 ]
 # Host binaries copied in, with their libraries. Missing optional ones are skipped.
 REQUIRED_TOOLS = [

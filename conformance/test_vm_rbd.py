@@ -1,0 +1,193 @@
+"""VM tier: the rbd backend's node side with the kernel's RBD client (krbd), which this machine's
+kernel lacks and the guest's Debian kernel has.
+
+The Ceph cluster (conformance/ceph.py) runs on the host inside a network namespace this test
+makes, on 192.168.77.1 at a tap device; qemu runs in that namespace too, with the tap as the
+guest's NIC, so the guest reaches the monitor and the OSDs at the very addresses they advertise.
+The guest runs the real plugin (controller and node) against the cluster, with the host's `rbd`
+binary and its libraries: ext4, xfs and block volumes are created, staged (mapped), written,
+grown while mounted, snapshotted while mounted and restored, checked by size and checksum, staged
+again without a format, and removed; a stage is refused while another client watches the image;
+no mapping is left."""
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+import ceph
+import iscsi
+from conftest import SWELL, require_root
+
+MiB = 1 << 20
+POOL = "swell-vm"
+HOST_ADDR = "192.168.77.1"
+GUEST_ADDR = "192.168.77.2"
+
+GUEST_SCRIPT = r'''
+# Runs in the guest (busybox sh -e).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
+. /share/params
+result() { echo "$1=$2" >> /share/results; }
+csi() { case "$1" in snapshot) sub="$1 $2"; shift 2 ;; *) sub=$1; shift ;; esac
+  /tmp/swell csi $sub --endpoint unix:///tmp/csi.sock "$@"; }
+for m in ext4 xfs rbd; do modprobe "$m"; done
+ip addr flush dev eth0
+ip addr add $GUEST_ADDR/24 dev eth0
+cp /share/swell/bin/swell /tmp/swell
+cp /share/swell/bin/rbd /usr/bin/rbd
+mkdir -p /tmp/csi/stage
+/tmp/swell plugin --mode all --endpoint unix:///tmp/csi.sock --data-dir /tmp/swell-data --node-id vm --log-level debug \
+  --rbd-monitors $MON --rbd-pool $POOL --rbd-user swell-plugin --rbd-key-file /share/plugin.key \
+  >> /share/guest-plugin.log 2>&1 &
+plugin_pid=$!
+i=0; while [ ! -S /tmp/csi.sock ]; do i=$((i+1)); [ $i -lt 600 ] || { echo "no plugin socket"; exit 1; }; sleep 0.1; done
+S="--secrets-file /share/secrets"
+CTX="--context backend=rbd --context pool=$POOL --context monitors=$MON"
+mapped() { ls /sys/bus/rbd/devices | wc -l; }
+expect_precondition() { if out=$(csi "$@" 2>&1); then echo "expected FAILED_PRECONDITION: $*"; exit 1; fi; echo "$out"; }
+mkfifo /tmp/hold; exec 3<> /tmp/hold   # a stdin that never ends, for `rbd watch`
+
+# ext4: staged, written, grown while mounted, staged again without a format.
+csi create --parameter backend=rbd --fs-type ext4 $S --bytes 268435456 pvc-e
+csi stage --fs-type ext4 $CTX $S pvc-e /tmp/csi/stage/pvc-e
+result e_source "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-e)"
+result e_fstype "$(findmnt -n -o FSTYPE /tmp/csi/stage/pvc-e)"
+result e_lock "$(rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key lock ls $POOL/swell-vol-pvc-e | tr '\n' ' ')"
+dd if=/dev/urandom of=/tmp/csi/stage/pvc-e/data bs=1M count=16 conv=fsync 2>/dev/null
+result e_sha_before "$(sha256sum /tmp/csi/stage/pvc-e/data | cut -d' ' -f1)"
+result e_fs_before "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-e | awk '{print $1*$2}')"
+result e_expand "$(csi expand $S --bytes 536870912 pvc-e)"
+result e_node_expand "$(csi node-expand --bytes 536870912 pvc-e /tmp/csi/stage/pvc-e 2>&1 | tr '\n' ' ')"
+result e_dev_bytes "$(blockdev --getsize64 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-e)")"
+result e_fs_after "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-e | awk '{print $1*$2}')"
+result e_sha_after "$(sha256sum /tmp/csi/stage/pvc-e/data | cut -d' ' -f1)"
+result e_stats "$(csi stats pvc-e /tmp/csi/stage/pvc-e 2>&1 | tr '\n' ' ')"
+# A snapshot of the mounted volume (the controller takes the image's lock from the mapping and
+# hands it back), restored into a second image.
+csi snapshot create snap-e pvc-e
+csi create --parameter backend=rbd --fs-type ext4 $S --bytes 536870912 --from-snapshot snap-e pvc-e2
+csi unstage pvc-e /tmp/csi/stage/pvc-e
+result e_mapped_after_unstage "$(mapped)"
+# Another client watching the image, as a mapping on a second node would: the stage is refused.
+rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key watch $POOL/swell-vol-pvc-e < /tmp/hold > /dev/null 2>&1 &
+watch_pid=$!
+i=0; until rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key status $POOL/swell-vol-pvc-e | grep -q watcher=; do
+  i=$((i+1)); [ $i -lt 100 ] || { echo "no watcher"; exit 1; }; sleep 0.5; done
+result e_stage_watched "$(expect_precondition stage --fs-type ext4 $CTX $S pvc-e /tmp/csi/stage/pvc-e | tr '\n' ' ')"
+result e_mapped_while_watched "$(mapped)"
+kill $watch_pid; wait $watch_pid || true
+i=0; while rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key status $POOL/swell-vol-pvc-e | grep -q watcher=; do
+  i=$((i+1)); [ $i -lt 120 ] || { echo "the watch never lapsed"; exit 1; }; sleep 0.5; done
+csi stage --fs-type ext4 $CTX $S pvc-e /tmp/csi/stage/pvc-e
+result e_sha_restaged "$(sha256sum /tmp/csi/stage/pvc-e/data | cut -d' ' -f1)"
+result e_delete_staged "$(expect_precondition delete $S pvc-e | tr '\n' ' ')"
+csi unstage pvc-e /tmp/csi/stage/pvc-e
+csi stage --fs-type ext4 $CTX $S pvc-e2 /tmp/csi/stage/pvc-e2
+result e2_sha "$(sha256sum /tmp/csi/stage/pvc-e2/data | cut -d' ' -f1)"
+csi unstage pvc-e2 /tmp/csi/stage/pvc-e2
+csi delete $S pvc-e
+csi delete $S pvc-e2
+csi snapshot delete snap-e
+
+# xfs (at least 300 MiB), grown while mounted.
+csi create --parameter backend=rbd --fs-type xfs $S --bytes 335544320 pvc-x
+csi stage --fs-type xfs $CTX $S pvc-x /tmp/csi/stage/pvc-x
+result x_fstype "$(findmnt -n -o FSTYPE /tmp/csi/stage/pvc-x)"
+dd if=/dev/urandom of=/tmp/csi/stage/pvc-x/data bs=1M count=8 conv=fsync 2>/dev/null
+result x_sha_before "$(sha256sum /tmp/csi/stage/pvc-x/data | cut -d' ' -f1)"
+result x_fs_before "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-x | awk '{print $1*$2}')"
+csi expand $S --bytes 469762048 pvc-x
+csi node-expand --bytes 469762048 pvc-x /tmp/csi/stage/pvc-x
+result x_dev_bytes "$(blockdev --getsize64 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-x)")"
+result x_fs_after "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-x | awk '{print $1*$2}')"
+result x_sha_after "$(sha256sum /tmp/csi/stage/pvc-x/data | cut -d' ' -f1)"
+csi unstage pvc-x /tmp/csi/stage/pvc-x
+csi delete $S pvc-x
+
+# A block volume: written through the device, grown, the device sees the new size.
+csi create --parameter backend=rbd --block $S --bytes 67108864 pvc-b
+csi stage --block $CTX $S pvc-b /tmp/csi/stage/pvc-b
+dev=/dev/rbd$(ls /sys/bus/rbd/devices)
+result b_dev_bytes_before "$(blockdev --getsize64 $dev)"
+dd if=/dev/urandom of=/tmp/b.bin bs=1M count=8 2>/dev/null
+dd if=/tmp/b.bin of=$dev bs=1M seek=4 conv=fsync 2>/dev/null
+result b_sha_written "$(sha256sum /tmp/b.bin | cut -d' ' -f1)"
+mkdir -p /tmp/csi/pub
+csi publish --block pvc-b /tmp/csi/stage/pvc-b /tmp/csi/pub/pvc-b
+csi expand $S --bytes 134217728 pvc-b
+result b_node_expand "$(csi node-expand --bytes 134217728 pvc-b /tmp/csi/pub/pvc-b 2>&1 | tr '\n' ' ')"
+result b_pub_bytes "$(blockdev --getsize64 /tmp/csi/pub/pvc-b)"
+result b_dev_bytes_after "$(blockdev --getsize64 $dev)"
+result b_sha_read "$(dd if=$dev bs=1M skip=4 count=8 2>/dev/null | sha256sum | cut -d' ' -f1)"
+csi unpublish pvc-b /tmp/csi/pub/pvc-b
+csi unstage pvc-b /tmp/csi/stage/pvc-b
+csi delete $S pvc-b
+
+result mapped_at_end "$(mapped)"
+result images_at_end "$(rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key ls $POOL | wc -l)"
+kill $plugin_pid; wait $plugin_pid || true
+'''
+
+
+def test_vm_rbd_node_maps_grows_and_unmaps():
+    require_root()
+    for tool in ("ceph-mon", "ceph-osd", "ceph-mgr", "rbd", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed (scripts/setup.sh --tests installs it)")
+    ns = f"swell-rbd-{os.getpid()}"
+    root = tempfile.mkdtemp(prefix="swell-vmrbd-")
+    inns = ["ip", "netns", "exec", ns]
+    cluster = vm = None
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for argv in (["ip", "tuntap", "add", "tap0", "mode", "tap"], ["ip", "addr", "add", f"{HOST_ADDR}/24", "dev", "tap0"],
+                     ["ip", "link", "set", "tap0", "up"], ["ip", "link", "set", "lo", "up"]):
+            subprocess.run(inns + argv, check=True)
+        cluster = ceph.Cluster(address=HOST_ADDR, netns=ns, osd_bytes=512 << 20).start()
+        cluster.create_pool(POOL)
+        key = cluster.create_user("swell-plugin", POOL)
+
+        def stage(share):
+            with open(os.path.join(share, "params"), "w") as f:
+                f.write(f"MON={cluster.monitors}\nPOOL={POOL}\nGUEST_ADDR={GUEST_ADDR}\n")
+            with open(os.path.join(share, "plugin.key"), "w") as f:
+                f.write(key + "\n")
+            with open(os.path.join(share, "secrets"), "w") as f:
+                f.write(f"userID=swell-plugin\nuserKey={key}\n")
+
+        vm, status, r, log = iscsi.run_guest(
+            root, GUEST_SCRIPT, [], 900, binaries=[SWELL, shutil.which("rbd")], stage=stage,
+            netdev="tap,id=n0,ifname=tap0,script=no,downscript=no", prefix=inns)
+        assert status == 0, f"guest.sh failed ({status}):\n{vm.console()}\n{log[-4000:]}"
+
+        assert r["e_source"].startswith("/dev/rbd") and r["e_fstype"] == "ext4", r
+        assert "client." in r["e_lock"], r["e_lock"]
+        assert r["e_expand"] == f"capacity: {512 * MiB} bytes, node expansion required: true", r["e_expand"]
+        assert int(r["e_dev_bytes"]) == 512 * MiB
+        assert int(r["e_fs_after"]) > int(r["e_fs_before"]) + 200 * MiB, (r["e_fs_before"], r["e_fs_after"])
+        assert r["e_sha_after"] == r["e_sha_before"] == r["e_sha_restaged"]
+        assert r["e_mapped_after_unstage"] == "0"
+        assert "FAILED_PRECONDITION" in r["e_stage_watched"] and "in use by" in r["e_stage_watched"], r["e_stage_watched"]
+        assert r["e_mapped_while_watched"] == "0"
+        assert r["e2_sha"] == r["e_sha_after"], "the snapshot taken while mounted restores the data"
+        assert "FAILED_PRECONDITION" in r["e_delete_staged"], r["e_delete_staged"]
+
+        assert r["x_fstype"] == "xfs" and int(r["x_dev_bytes"]) == 448 * MiB
+        assert int(r["x_fs_after"]) > int(r["x_fs_before"]) + 100 * MiB, (r["x_fs_before"], r["x_fs_after"])
+        assert r["x_sha_after"] == r["x_sha_before"]
+
+        assert int(r["b_dev_bytes_before"]) == 64 * MiB and int(r["b_dev_bytes_after"]) == 128 * MiB
+        assert r["b_node_expand"].startswith(f"capacity: {128 * MiB}"), r["b_node_expand"]
+        assert int(r["b_pub_bytes"]) == 128 * MiB
+        assert r["b_sha_read"] == r["b_sha_written"]
+        assert r["mapped_at_end"] == "0" and r["images_at_end"] == "0"
+        assert key not in log, "the key is never logged"
+    finally:
+        if vm is not None:
+            vm.close()
+        if cluster is not None:
+            cluster.stop()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(root, ignore_errors=True)
