@@ -149,11 +149,12 @@ def stage_binary(binary, dest_dir):
             shutil.copy2(os.path.realpath(parts[2]), os.path.join(dest_dir, "lib", parts[0]))
 
 
-def run_guest(root, script, disk_sizes, timeout, memory_mib=1024, binaries=(), stage=None, **vm_options):
+def run_guest(root, script, disk_sizes, timeout, memory_mib=1024, binaries=(), stage=None, during=None, **vm_options):
     """Boots the VM tier with raw disks of `disk_sizes` bytes (vda, vdb, …), the given binaries
     (and their libraries) in share/swell, and whatever `stage(share)` adds; runs `script` as
     guest.sh and waits up to `timeout` s for it. Returns the VM (the caller closes it), guest.sh's
-    exit status, its results and the guest plugin's log (share/guest-plugin.log)."""
+    exit status, its results and the guest plugin's log (share/guest-plugin.log). `during(vm)`, if
+    given, runs on the host after the boot and before the wait."""
     disks = []
     for i, size in enumerate(disk_sizes):
         disks.append(os.path.join(root, f"vd{chr(ord('a') + i)}.img"))
@@ -166,6 +167,8 @@ def run_guest(root, script, disk_sizes, timeout, memory_mib=1024, binaries=(), s
         if stage is not None:
             stage(vm.share)
         vm.boot(script)
+        if during is not None:
+            during(vm)  # the host's part while the guest runs (markers in the share)
         status = vm.finish(timeout)
     except BaseException:
         vm.close()

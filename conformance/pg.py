@@ -8,6 +8,20 @@ import time
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
+# The guest's part of the VM tier's database tests: PostgreSQL 15 at the paths Debian's build
+# expects (staged into the share by test_vm_db.stage_postgres), its user, and `as_pg` to run as it.
+GUEST_SETUP = r'''
+mkdir -p /usr/lib/postgresql /usr/share/postgresql /usr/share/zoneinfo
+cp -a /share/pg/lib15 /usr/lib/postgresql/15
+cp -a /share/pg/share15 /usr/share/postgresql/15
+cp -a /share/pg/zoneinfo/. /usr/share/zoneinfo/
+echo "postgres:x:70:70:postgres:/tmp:/bin/sh" >> /etc/passwd
+echo "postgres:x:70:" >> /etc/group
+PGBIN=/usr/lib/postgresql/15/bin
+as_pg() { su -s /bin/sh postgres -c "LD_LIBRARY_PATH=$LD_LIBRARY_PATH TZ=UTC $*"; }
+'''
+
+
 def available():
     return os.path.exists(os.path.join(PG_BIN, "postgres")) and shutil.which("runuser") is not None
 

@@ -51,15 +51,7 @@ trap 'cp /tmp/pglogs/* /share/ 2>/dev/null || true' EXIT
 cp /share/swell/bin/swell /tmp/swell
 cp /share/swell/bin/fio /tmp/fio
 
-# PostgreSQL 15 at the paths Debian's build expects, and its user.
-mkdir -p /usr/lib/postgresql /usr/share/postgresql /usr/share/zoneinfo
-cp -a /share/pg/lib15 /usr/lib/postgresql/15
-cp -a /share/pg/share15 /usr/share/postgresql/15
-cp -a /share/pg/zoneinfo/. /usr/share/zoneinfo/
-echo "postgres:x:70:70:postgres:/tmp:/bin/sh" >> /etc/passwd
-echo "postgres:x:70:" >> /etc/group
-PGBIN=/usr/lib/postgresql/15/bin
-as_pg() { su -s /bin/sh postgres -c "LD_LIBRARY_PATH=$LD_LIBRARY_PATH TZ=UTC $*"; }
+''' + pg.GUEST_SETUP + r'''
 pg_start() {  # datadir port
   mkdir -p /tmp/pgsock-$2; chown postgres /tmp/pgsock-$2
   as_pg $PGBIN/pg_ctl -D $1 -l /tmp/pglogs/pg-$2.log -w -t 300 -o "'-k /tmp/pgsock-$2 -p $2 -c listen_addresses= -c jit=off -c fsync=on'" start

@@ -8,8 +8,15 @@ The guest runs the real plugin (controller and node) against the cluster, with t
 binary and its libraries: ext4, xfs and block volumes are created, staged (mapped), written,
 grown while mounted, snapshotted while mounted and restored, checked by size and checksum, staged
 again without a format, and removed; a stage is refused while another client watches the image;
-no mapping is left."""
+no mapping is left.
+
+Then PostgreSQL on an rbd volume in a pool of size 2 on three OSDs: pgbench, then pgbench while
+the host SIGKILLs one OSD and the volume grows online: no failed transaction, pg_amcheck clean;
+and the same pgbench on the guest's own ext4 for its TPS (`bench/` does not repeat it: the
+figures are printed by this test and copied into docs/performance.md)."""
 import os
+import re
+import time
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +25,9 @@ import pytest
 
 import ceph
 import iscsi
+import pg
 from conftest import SWELL, require_root
+from test_vm_db import stage_postgres
 
 MiB = 1 << 20
 POOL = "swell-vm"
@@ -32,7 +41,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/share/swell/lib
 result() { echo "$1=$2" >> /share/results; }
 csi() { case "$1" in snapshot) sub="$1 $2"; shift 2 ;; *) sub=$1; shift ;; esac
   /tmp/swell csi $sub --endpoint unix:///tmp/csi.sock "$@"; }
-for m in ext4 xfs rbd; do modprobe "$m"; done
+for m in virtio_blk ext4 xfs rbd; do modprobe "$m"; done
+i=0; while [ ! -b /dev/vda ]; do i=$((i+1)); [ $i -lt 100 ] || { echo "no /dev/vda"; exit 1; }; sleep 0.1; done
 ip addr flush dev eth0
 ip addr add $GUEST_ADDR/24 dev eth0
 cp /share/swell/bin/swell /tmp/swell
@@ -125,6 +135,53 @@ csi unpublish pvc-b /tmp/csi/pub/pvc-b
 csi unstage pvc-b /tmp/csi/stage/pvc-b
 csi delete $S pvc-b
 
+# PostgreSQL on an rbd volume (the pool keeps 2 copies on 3 OSDs): pgbench quietly, then pgbench
+# while the host SIGKILLs one OSD and the volume grows online once; then the same quiet pgbench on
+# the guest's own ext4 (vda), for the TPS beside the rbd volume's.
+mkdir -p /dev/shm /tmp/pglogs /own
+mount -t tmpfs tmpfs /dev/shm
+chmod 777 /tmp/pglogs
+trap 'cp /tmp/pglogs/* /share/ 2>/dev/null || true' EXIT
+''' + pg.GUEST_SETUP + r'''
+pg_init() {  # datadir port
+  mkdir -p /tmp/pgsock-$2 $(dirname $1); chown postgres /tmp/pgsock-$2 $(dirname $1)
+  as_pg $PGBIN/initdb -D $1 -A trust -U postgres > /share/initdb-$2.log 2>&1
+  as_pg $PGBIN/pg_ctl -D $1 -l /tmp/pglogs/pg-$2.log -w -t 300 -o "'-k /tmp/pgsock-$2 -p $2 -c listen_addresses= -c jit=off -c fsync=on'" start
+  as_pg $PGBIN/pgbench -h /tmp/pgsock-$2 -p $2 -U postgres -i -s 2 -q postgres > /share/pgbench-init-$2.log 2>&1
+}
+pg_stop() { as_pg $PGBIN/pg_ctl -D $1 -m fast -w -t 300 stop; }
+bench() { as_pg $PGBIN/pgbench -h /tmp/pgsock-$1 -p $1 -U postgres -c 2 -j 1 -T $2 postgres > $3 2>&1; }
+ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
+
+csi create --parameter backend=rbd --fs-type ext4 $S --bytes 1073741824 db-rbd
+csi stage --fs-type ext4 $CTX $S db-rbd /tmp/csi/stage/db-rbd
+chmod 755 /tmp/csi /tmp/csi/stage
+pg_init /tmp/csi/stage/db-rbd/pg/data 5401
+bench 5401 30 /share/pgbench-rbd-quiet.txt
+bench 5401 100 /share/pgbench-rbd.txt &
+load=$!
+sleep 15
+touch /share/kill-osd
+i=0; while [ ! -e /share/osd-killed ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "the host killed no OSD"; exit 1; }; sleep 0.1; done
+sleep 25
+t0=$(ms)
+csi expand $S --bytes 1610612736 db-rbd
+csi node-expand --bytes 1610612736 db-rbd /tmp/csi/stage/db-rbd
+result db_grow_ms $(( $(ms) - t0 ))
+result db_fs_bytes "$(stat -f -c '%b %S' /tmp/csi/stage/db-rbd | awk '{print $1*$2}')"
+if wait $load; then result db_pgbench 0; else result db_pgbench $?; fi
+if as_pg $PGBIN/pg_amcheck -h /tmp/pgsock-5401 -p 5401 -U postgres --install-missing --all --heapallindexed \
+    > /share/amcheck-rbd.txt 2>&1; then result db_amcheck 0; else result db_amcheck $?; fi
+pg_stop /tmp/csi/stage/db-rbd/pg/data
+csi unstage db-rbd /tmp/csi/stage/db-rbd
+csi delete $S db-rbd
+/usr/sbin/mke2fs -q -t ext4 -m 0 /dev/vda
+mount -o noatime /dev/vda /own
+pg_init /own/pg/data 5402
+bench 5402 30 /share/pgbench-own.txt
+pg_stop /own/pg/data
+umount /own
+
 result mapped_at_end "$(mapped)"
 result images_at_end "$(rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key ls $POOL | wc -l)"
 kill $plugin_pid; wait $plugin_pid || true
@@ -157,8 +214,20 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
             with open(os.path.join(share, "secrets"), "w") as f:
                 f.write(f"userID=swell-plugin\nuserKey={key}\n")
 
+        killed = {}
+
+        def kill_an_osd(vm):
+            vm.wait_for("kill-osd", 1200)
+            cluster.kill("osd.2")
+            killed["at"] = time.monotonic()
+            vm.signal("osd-killed")
+            # The monitors mark it down: the pool serves from the two OSDs left.
+            ceph.Cluster.wait(lambda: cluster.ceph_json("osd", "stat")["num_up_osds"] == 2, 120, "osd.2 is marked down")
+            killed["down_after"] = time.monotonic() - killed["at"]
+
         vm, status, r, log = iscsi.run_guest(
-            root, GUEST_SCRIPT, [], 900, binaries=[SWELL, shutil.which("rbd")], stage=stage,
+            root, GUEST_SCRIPT, [1024 * MiB], 1500, memory_mib=1536, binaries=[SWELL, shutil.which("rbd")],
+            stage=lambda share: (stage(share), stage_postgres(share)), during=kill_an_osd,
             netdev="tap,id=n0,ifname=tap0,script=no,downscript=no", prefix=inns)
         assert status == 0, f"guest.sh failed ({status}):\n{vm.console()}\n{log[-4000:]}"
 
@@ -168,6 +237,7 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
         assert int(r["e_dev_bytes"]) == 512 * MiB
         assert int(r["e_fs_after"]) > int(r["e_fs_before"]) + 200 * MiB, (r["e_fs_before"], r["e_fs_after"])
         assert r["e_sha_after"] == r["e_sha_before"] == r["e_sha_restaged"]
+        assert f"bytes: total {r['e_fs_after']} " in r["e_stats"] and "condition: normal" in r["e_stats"], r["e_stats"]
         assert r["e_mapped_after_unstage"] == "0"
         assert "FAILED_PRECONDITION" in r["e_stage_watched"] and "in use by" in r["e_stage_watched"], r["e_stage_watched"]
         assert r["e_mapped_while_watched"] == "0"
@@ -183,6 +253,23 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
         assert int(r["b_pub_bytes"]) == 128 * MiB
         assert r["b_sha_read"] == r["b_sha_written"]
         assert r["mapped_at_end"] == "0" and r["images_at_end"] == "0"
+
+        def pgbench(name):
+            with open(os.path.join(vm.share, f"pgbench-{name}.txt")) as f:
+                text = f.read()
+            tps = re.search(r"tps = ([0-9.]+)", text)
+            failed = re.search(r"number of failed transactions: (\d+)", text)
+            assert tps and failed, text
+            return float(tps.group(1)), int(failed.group(1)), text
+        tps_quiet, _, _ = pgbench("rbd-quiet")
+        tps_kill, failed, text = pgbench("rbd")
+        tps_own, _, _ = pgbench("own")
+        assert r["db_pgbench"] == "0" and failed == 0, text
+        assert r["db_amcheck"] == "0", open(os.path.join(vm.share, "amcheck-rbd.txt")).read()
+        assert int(r["db_fs_bytes"]) > 1400 * MiB, r["db_fs_bytes"]
+        print(f"pgbench TPS (-c 2, scale 2, TCG guest): rbd {tps_quiet:.1f}, rbd with an OSD killed and a grow "
+              f"{tps_kill:.1f}, the guest's own ext4 {tps_own:.1f}; osd.2 marked down {killed['down_after']:.1f} s "
+              f"after its SIGKILL; the grow took {r['db_grow_ms']} ms")
         assert key not in log, "the key is never logged"
     finally:
         if vm is not None:

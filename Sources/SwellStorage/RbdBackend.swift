@@ -296,15 +296,22 @@ public struct RbdBackend: ControllerBackend {
     return try await record(rbd, pool: found.pool, image: found.image)
   }
 
+  /// Every image in the plugin's pools whose name starts with `prefix`, with its pool.
+  func images(_ rbd: Rbd, prefix: String) async throws -> [(pool: String, image: RbdImage)] {
+    var found: [(pool: String, image: RbdImage)] = []
+    for pool in config.pools {
+      for name in try await rbd.images(pool: pool) where name.hasPrefix(prefix) {
+        if let image = try await rbd.info("\(pool)/\(name)") { found.append((pool, image)) }
+      }
+    }
+    return found
+  }
+
   public func list() async throws -> [VolumeRecord] {
     let rbd = try client()
     var all: [VolumeRecord] = []
-    for pool in config.pools {
-      for name in try await rbd.images(pool: pool) where name.hasPrefix(Self.volumePrefix) {
-        guard let image = try await rbd.info("\(pool)/\(name)"), let record = try await record(rbd, pool: pool, image: image)
-        else { continue }
-        all.append(record)
-      }
+    for (pool, image) in try await images(rbd, prefix: Self.volumePrefix) {
+      if let record = try await record(rbd, pool: pool, image: image) { all.append(record) }
     }
     return all.sorted { $0.id < $1.id }
   }

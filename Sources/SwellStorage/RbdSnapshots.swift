@@ -70,13 +70,8 @@ extension RbdBackend {
   public func listSnapshots() async throws -> [SnapshotRecord] {
     let rbd = try client()
     var all: [SnapshotRecord] = []
-    for pool in config.pools {
-      for name in try await rbd.images(pool: pool) where name.hasPrefix(Self.snapshotPrefix) {
-        guard let image = try await rbd.info("\(pool)/\(name)"),
-          let record = try await snapshotRecord(rbd, pool: pool, image: image)
-        else { continue }
-        all.append(record)
-      }
+    for (pool, image) in try await images(rbd, prefix: Self.snapshotPrefix) {
+      if let record = try await snapshotRecord(rbd, pool: pool, image: image) { all.append(record) }
     }
     return all.sorted { $0.id < $1.id }
   }
