@@ -25,7 +25,7 @@ public final class VolumeLocks: Sendable {
       return nil
     }
     if let busyOne { throw SwellError(.aborted, "an operation on \(busyOne) is already in progress") }
-    defer { _ = busy.withLock { $0.subtract(ids) } }
+    defer { busy.withLock { $0.subtract(ids) } }
     return try await body()
   }
 }

@@ -73,6 +73,12 @@ public struct Rbd: Sendable {
   let keyDir: String
   public static let mountTimeoutSeconds = 15
 
+  /// Makes `dir` (and its parents) for key files: 0700, whatever its mode was.
+  public static func makeKeyDirectory(_ dir: String) throws {
+    try makeDirectories(dir, mode: 0o700)
+    guard chmod(dir, 0o700) == 0 else { throw SystemCallError("chmod", dir) }
+  }
+
   public init(exec: any Executor, monitors: String, credentials: CephCredentials, keyDir: String) {
     self.exec = exec
     self.monitors = monitors
@@ -88,7 +94,7 @@ public struct Rbd: Sendable {
     let argv = [tool, "-c", "/dev/null", "-m", monitors, "--id", credentials.user, "--keyfile", keyFile,
                 "--client_mount_timeout", "\(Self.mountTimeoutSeconds)"] + args
     let out = try await exec.output(argv, hiding: [credentials.key])
-    guard out.exitCode == 0 else { throw Self.classify(argv: argv, out) }
+    guard out.exitCode == 0 else { throw Self.classify(argv: argv, shown: ([tool] + args).joined(separator: " "), out) }
     return out.stdout
   }
 
@@ -188,7 +194,7 @@ public struct Rbd: Sendable {
     let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
     guard fd >= 0 else { throw SystemCallError("mkstemp", keyDir, errno: errno) }
     defer { close(fd) }
-    let path = String(cString: template)
+    let path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
     let bytes = Array(credentials.key.utf8)
     guard fchmod(fd, 0o600) == 0, bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else {
       let err = errno
@@ -199,11 +205,11 @@ public struct Rbd: Sendable {
   }
 
   /// The client's errno, as it prints `(N) text`, decides the kind.
-  static func classify(argv: [String], _ out: CommandOutput) -> SwellError {
+  /// `shown` names the command without its connection arguments, for the message.
+  static func classify(argv: [String], shown: String, _ out: CommandOutput) -> SwellError {
     let command = CommandError(argv: argv, exitCode: out.exitCode, stderr: out.stderr, reason: "failed")
     let stderr = out.stderr
     let code = out.exitCode
-    let shown = "\(argv.first ?? "") \(argv.dropFirst(11).joined(separator: " "))"
     func error(_ kind: SwellError.Kind, _ message: String) -> SwellError {
       SwellError(kind, "\(shown): \(message)", cause: command)
     }

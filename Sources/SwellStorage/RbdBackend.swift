@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-  import Glibc
-#endif
 import SwellHost
 
 /// How a plugin reaches a Ceph cluster's RBD pools.
@@ -52,8 +49,7 @@ public struct RbdBackend: ControllerBackend {
 
   public init(config: RbdConfig, exec: any Executor) throws {
     precondition(!config.pools.isEmpty, "an rbd backend needs a pool")
-    try makeDirectories(config.keyDir, mode: 0o700)
-    guard chmod(config.keyDir, 0o700) == 0 else { throw SystemCallError("chmod", config.keyDir) }
+    try Rbd.makeKeyDirectory(config.keyDir)
     self.config = config
     self.exec = exec
   }
@@ -321,12 +317,11 @@ public struct RbdBackend: ControllerBackend {
   public func health(_ id: String) async -> VolumeHealth {
     do {
       let rbd = try client()
-      guard let found = try await locate(rbd, image: Self.imageName(id)) else { return .abnormal("rbd image of volume \(id) is gone") }
+      guard try await locate(rbd, image: Self.imageName(id)) != nil else { return .abnormal("rbd image of volume \(id) is gone") }
       let health = try await rbd.health()
       if health.status == "HEALTH_ERR" {
         return .abnormal("the Ceph cluster is HEALTH_ERR: \(health.checks.joined(separator: "; "))")
       }
-      _ = found
       return .normal
     } catch {
       return .abnormal("the Ceph cluster cannot be asked: \(error)")

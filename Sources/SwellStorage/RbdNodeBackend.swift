@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-  import Glibc
-#endif
 import SwellHost
 
 /// The node side of rbd volumes: the kernel's RBD client (krbd, `rbd device map`), not rbd-nbd.
@@ -23,8 +20,7 @@ public struct RbdNodeBackend: NodeBackend {
   let resizeWait: Duration = .seconds(30)
 
   public init(exec: any Executor, credentials: CephCredentials?, keyDir: String, sysfs: String = "/sys/bus/rbd/devices") throws {
-    try makeDirectories(keyDir, mode: 0o700)
-    guard chmod(keyDir, 0o700) == 0 else { throw SystemCallError("chmod", keyDir) }
+    try Rbd.makeKeyDirectory(keyDir)
     self.exec = exec
     self.credentials = credentials
     self.keyDir = keyDir
@@ -66,7 +62,7 @@ public struct RbdNodeBackend: NodeBackend {
     guard context.volumeContext["image"] ?? image == image else {
       throw SwellError.invalid("the volume context names image \(context.volumeContext["image"]!.debugDescription), not \(image)")
     }
-    guard !monitors.hasPrefix("-"), monitors.utf8.allSatisfy({ $0.isLetterOrDigit || ":.,[]-_v".utf8.contains($0) }) else {
+    guard !monitors.hasPrefix("-"), monitors.utf8.allSatisfy({ $0.isLetterOrDigit || ":.,[]-_".utf8.contains($0) }) else {
       throw SwellError.invalid("the volume context's monitors \(monitors.debugDescription) are not host:port addresses")
     }
     guard let credentials = try CephCredentials(secrets: context.secrets) ?? credentials else {

@@ -21,7 +21,7 @@ import Testing
 
   @Test func clientErrorsAreClassifiedByErrno() {
     func kind(_ code: Int32, _ stderr: String) -> SwellError.Kind {
-      Rbd.classify(argv: ["rbd"], CommandOutput(exitCode: code, stdout: "", stderr: stderr)).kind
+      Rbd.classify(argv: ["rbd"], shown: "rbd", CommandOutput(exitCode: code, stdout: "", stderr: stderr)).kind
     }
     #expect(kind(2, "rbd: error opening image x: (2) No such file or directory") == .notFound)
     #expect(kind(110, "monclient(hunting): handle_auth_bad_method server allowed_methods [2] but i only support [2,1]") == .permissionDenied)
