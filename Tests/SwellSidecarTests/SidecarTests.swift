@@ -99,6 +99,43 @@ struct ClaimTests {
     #expect(!Claims.nodeAffinityAdmits(pv, labels: ["topology.swell.csi.dev/node": "n2"]))
   }
 
+  @Test func persistentVolumeRecordsTheClassSecretsAsExternalProvisionerDoes() throws {
+    let volume = Csi_V1_Volume.with { $0.volumeID = "pvc-1234" }
+    let bare = Claims.persistentVolume(
+      claim: claim, storageClass: storageClass, volume: volume, driver: "swell.csi.dev", requestedBytes: 1 << 30,
+      defaultFSType: "ext4")
+    // No secret named: both deletion annotations are written, empty, and no ref appears in csi.
+    #expect(bare.annotations[K8sNames.deletionSecretName] == "")
+    #expect(bare.annotations[K8sNames.deletionSecretNamespace] == "")
+    #expect(bare[path: "spec", "csi", "controllerExpandSecretRef"] == nil)
+    guard case .none = Claims.deletionSecret(bare) else { Issue.record("empty annotations name no secret"); return }
+
+    var sc = storageClass
+    sc["parameters"] = [
+      "csi.storage.k8s.io/provisioner-secret-name": "${pvc.name}-key",
+      "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.namespace}",
+      "csi.storage.k8s.io/controller-expand-secret-name": "grow",
+      "csi.storage.k8s.io/controller-expand-secret-namespace": "ops",
+    ]
+    let secrets = try Claims.classSecrets(storageClass: sc, claim: claim)
+    let pv = Claims.persistentVolume(
+      claim: claim, storageClass: sc, volume: volume, driver: "swell.csi.dev", requestedBytes: 1 << 30,
+      defaultFSType: "ext4", secrets: secrets)
+    #expect(pv[path: "spec", "csi", "controllerExpandSecretRef"] == ["name": "grow", "namespace": "ops"])
+    #expect(pv[path: "spec", "csi", "nodeStageSecretRef"] == nil)
+    guard case .ref(let ref) = Claims.deletionSecret(pv) else { Issue.record("the annotations name the secret"); return }
+    #expect(ref.namespace == "db" && ref.name == "\(claim.name)-key")
+
+    // A PV made before the annotations existed: its class is asked, templates resolved on the
+    // claim it was bound to.
+    var old = pv
+    old[path: "metadata", "annotations"] = ["pv.kubernetes.io/provisioned-by": "swell.csi.dev"]
+    guard case .fromClass(let className) = Claims.deletionSecret(old) else { Issue.record("falls back to the class"); return }
+    #expect(className == storageClass.name)
+    let resolved = try Claims.secretReference("provisioner", storageClass: sc, claim: Claims.boundClaim(old))
+    #expect(resolved?.namespace == "db" && resolved?.name == "\(claim.name)-key")
+  }
+
   @Test func allowedTopologiesExpandToEveryCombination() {
     let sc: JSON = [
       "allowedTopologies": [[

@@ -15,6 +15,25 @@ public enum K8sNames {
   /// Where csi-provisioner records the class's controller-modify secret on the PV, for the resizer.
   public static let modifySecretName = "volume.kubernetes.io/controller-modify-secret-name"
   public static let modifySecretNamespace = "volume.kubernetes.io/controller-modify-secret-namespace"
+  /// Where csi-provisioner records the class's provisioner secret on the PV, for DeleteVolume once
+  /// the class may be gone. Both are written on every PV it makes, empty when the class names none.
+  public static let deletionSecretName = "volume.kubernetes.io/provisioner-deletion-secret-name"
+  public static let deletionSecretNamespace = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
+}
+
+/// The secrets a StorageClass names for the calls a volume will see, resolved at provisioning.
+public struct ClassSecrets: Sendable {
+  public typealias Ref = (namespace: String, name: String)
+  public var provisioner: Ref?
+  public var nodeStage: Ref?
+  public var controllerExpand: Ref?
+  public var controllerModify: Ref?
+  public init(provisioner: Ref? = nil, nodeStage: Ref? = nil, controllerExpand: Ref? = nil, controllerModify: Ref? = nil) {
+    self.provisioner = provisioner
+    self.nodeStage = nodeStage
+    self.controllerExpand = controllerExpand
+    self.controllerModify = controllerModify
+  }
 }
 
 /// What the sidecar reads from a PVC and its StorageClass, and what it builds from them: the
@@ -138,16 +157,19 @@ public enum Claims {
   /// The PersistentVolume for a provisioned volume, bound in advance to its claim.
   public static func persistentVolume(
     claim: JSON, storageClass: JSON, volume: Csi_V1_Volume, driver: String, requestedBytes: Int64,
-    defaultFSType: String, nodeStageSecret: (namespace: String, name: String)? = nil,
-    modifySecret: (namespace: String, name: String)? = nil
+    defaultFSType: String, secrets: ClassSecrets = ClassSecrets()
   ) -> JSON {
     let reclaim = storageClass["reclaimPolicy"]?.string ?? "Delete"
     let capacity = volume.capacityBytes > 0 ? volume.capacityBytes : requestedBytes
     var csi: JSON = ["driver": .string(driver), "volumeHandle": .string(volume.volumeID)]
     if !isBlock(claim) { csi["fsType"] = .string(fsType(storageClass, defaultFSType: defaultFSType)) }
     if !volume.volumeContext.isEmpty { csi["volumeAttributes"] = .strings(volume.volumeContext) }
-    // Kubelet reads this secret and hands it to NodeStageVolume (CHAP for iSCSI).
-    if let ref = nodeStageSecret { csi["nodeStageSecretRef"] = ["name": .string(ref.name), "namespace": .string(ref.namespace)] }
+    // Kubelet reads this secret and hands it to NodeStageVolume (CHAP for iSCSI, a Ceph key for rbd);
+    // the resizer reads controllerExpandSecretRef for ControllerExpandVolume.
+    if let ref = secrets.nodeStage { csi["nodeStageSecretRef"] = ["name": .string(ref.name), "namespace": .string(ref.namespace)] }
+    if let ref = secrets.controllerExpand {
+      csi["controllerExpandSecretRef"] = ["name": .string(ref.name), "namespace": .string(ref.namespace)]
+    }
     var spec: JSON = [
       "accessModes": claim[path: "spec", "accessModes"] ?? [],
       "capacity": ["storage": .string(Quantity.format(capacity))],
@@ -175,17 +197,19 @@ public enum Claims {
       spec["nodeAffinity"] = ["required": ["nodeSelectorTerms": .array(terms)]]
     }
     var annotations: JSON = [.init(stringLiteral: K8sNames.provisionedBy): .string(driver)]
-    if let ref = modifySecret {
+    if let ref = secrets.controllerModify {
       annotations[K8sNames.modifySecretName] = .string(ref.name)
       annotations[K8sNames.modifySecretNamespace] = .string(ref.namespace)
     }
+    annotations[K8sNames.deletionSecretName] = .string(secrets.provisioner?.name ?? "")
+    annotations[K8sNames.deletionSecretNamespace] = .string(secrets.provisioner?.namespace ?? "")
     var metadata: JSON = ["name": .string(volumeName(claim)), "annotations": annotations]
     if reclaim == "Delete" { metadata["finalizers"] = [.string(K8sNames.provisionerFinalizer)] }
     return ["apiVersion": "v1", "kind": "PersistentVolume", "metadata": metadata, "spec": spec]
   }
 
   /// A secret a StorageClass names through `csi.storage.k8s.io/<kind>-secret-name` and
-  /// `-namespace` (`kind` is `provisioner` or `node-stage`), with external-provisioner's templates
+  /// `-namespace` (`kind` is `provisioner`, `node-stage`, `controller-expand` or `controller-modify`), with external-provisioner's templates
   /// resolved: `${pv.name}`, `${pvc.namespace}` and `${pvc.name}`. Nil when the class names none.
   public static func secretReference(_ kind: String, storageClass: JSON, claim: JSON) throws
     -> (namespace: String, name: String)?
@@ -208,6 +232,39 @@ public enum Claims {
       throw Invalid(description: "the StorageClass's \(kind) secret reference \(namespace)/\(name) does not resolve")
     }
     return ref
+  }
+
+  /// Every secret a class names, resolved for this claim.
+  public static func classSecrets(storageClass: JSON, claim: JSON) throws -> ClassSecrets {
+    try ClassSecrets(
+      provisioner: secretReference("provisioner", storageClass: storageClass, claim: claim),
+      nodeStage: secretReference("node-stage", storageClass: storageClass, claim: claim),
+      controllerExpand: secretReference("controller-expand", storageClass: storageClass, claim: claim),
+      controllerModify: secretReference("controller-modify", storageClass: storageClass, claim: claim))
+  }
+
+  /// The provisioner secret for a PV's DeleteVolume, as external-provisioner finds it: the PV's
+  /// deletion annotations when it has them (both empty: no secret), else its class, if the class is
+  /// still there, resolved against the claim the PV was bound to.
+  public enum DeletionSecret {
+    case none
+    case ref(ClassSecrets.Ref)
+    case fromClass(String)
+  }
+
+  public static func deletionSecret(_ pv: JSON) -> DeletionSecret {
+    let a = pv.annotations
+    if let name = a[K8sNames.deletionSecretName], let namespace = a[K8sNames.deletionSecretNamespace] {
+      return name.isEmpty || namespace.isEmpty ? .none : .ref((namespace, name))
+    }
+    guard let className = pv[path: "spec", "storageClassName"]?.string, !className.isEmpty else { return .none }
+    return .fromClass(className)
+  }
+
+  /// The claim a PV was bound to, as much of it as secret templates read.
+  public static func boundClaim(_ pv: JSON) -> JSON {
+    let ref = pv[path: "spec", "claimRef"] ?? [:]
+    return ["metadata": ["name": ref["name"] ?? "", "namespace": ref["namespace"] ?? "", "uid": ref["uid"] ?? ""]]
   }
 
   /// True when a PV's required node affinity admits a node with these topology labels.

@@ -32,8 +32,7 @@ extension Reconciler {
 
     let started = ContinuousClock.now
     var request: Csi_V1_CreateVolumeRequest
-    let nodeStageSecret: (namespace: String, name: String)?
-    let modifySecret: (namespace: String, name: String)?
+    let secrets: ClassSecrets
     do {
       // As external-provisioner: a selector cannot be honoured by a new volume. A data source (a
       // snapshot, or a claim to clone) is resolved to its handle, or refused: never an empty volume.
@@ -46,11 +45,10 @@ extension Reconciler {
       if let source = try await contentSource(for: claim, storageClass: storageClass) {
         request.volumeContentSource = source
       }
-      if let ref = try Claims.secretReference("provisioner", storageClass: storageClass, claim: claim) {
+      secrets = try Claims.classSecrets(storageClass: storageClass, claim: claim)
+      if let ref = secrets.provisioner {
         request.secrets = try await readSecret(ref, what: "provisioner")
       }
-      nodeStageSecret = try Claims.secretReference("node-stage", storageClass: storageClass, claim: claim)
-      modifySecret = try Claims.secretReference("controller-modify", storageClass: storageClass, claim: claim)
       // A VolumeAttributesClass's parameters go to CreateVolume as its mutable parameters.
       if let name = claim[path: "spec", "volumeAttributesClassName"]?.string, !name.isEmpty {
         guard let parameters = try await attributesClassParameters(name) else {
@@ -81,7 +79,7 @@ extension Reconciler {
     let pv = Claims.persistentVolume(
       claim: claim, storageClass: storageClass, volume: volume, driver: driver,
       requestedBytes: request.capacityRange.requiredBytes, defaultFSType: defaultFSType,
-      nodeStageSecret: nodeStageSecret, modifySecret: modifySecret)
+      secrets: secrets)
     do {
       try await kube.create(.persistentVolumes, pv)
     } catch let error as KubeError where error.isAlreadyExists {
@@ -103,7 +101,11 @@ extension Reconciler {
     guard let request = inFlight.withLock({ $0[key] }) else { return }
     let volume = try await callCSI("CreateVolume") { try await $0.controller.createVolume(request, options: $1) }
     _ = try await callCSI("DeleteVolume") {
-      try await $0.controller.deleteVolume(.with { $0.volumeID = volume.volume.volumeID }, options: $1)
+      try await $0.controller.deleteVolume(
+        .with {
+          $0.volumeID = volume.volume.volumeID
+          $0.secrets = request.secrets
+        }, options: $1)
     }
     inFlight.withLock { $0[key] = nil }
     logger.notice("deleted the volume of a claim deleted during provisioning", metadata: ["volume": "\(request.name)"])
@@ -164,8 +166,13 @@ extension Reconciler {
     else { return }
     let started = ContinuousClock.now
     do {
+      let secrets = try await deletionSecrets(pv)
       _ = try await callCSI("DeleteVolume") {
-        try await $0.controller.deleteVolume(.with { $0.volumeID = handle }, options: $1)
+        try await $0.controller.deleteVolume(
+          .with {
+            $0.volumeID = handle
+            $0.secrets = secrets
+          }, options: $1)
       }
     } catch {
       metrics.record(operation: "delete", success: false, duration: ContinuousClock.now - started)
@@ -179,6 +186,20 @@ extension Reconciler {
     metrics.record(operation: "delete", success: true, duration: ContinuousClock.now - started)
     capacityChanged.nudge()
     logger.info("deleted volume", metadata: ["pv": "\(pv.name)", "volume": "\(handle)"])
+  }
+
+  /// The provisioner secret's data for a PV's DeleteVolume; none when neither the PV's annotations
+  /// nor its class (when the annotations predate it) name one.
+  func deletionSecrets(_ pv: JSON) async throws -> [String: String] {
+    switch Claims.deletionSecret(pv) {
+    case .none: return [:]
+    case .ref(let ref): return try await readSecret(ref, what: "provisioner")
+    case .fromClass(let name):
+      guard let storageClass = try await kube.get(.storageClasses, name: name),
+        let ref = try Claims.secretReference("provisioner", storageClass: storageClass, claim: Claims.boundClaim(pv))
+      else { return [:] }
+      return try await readSecret(ref, what: "provisioner")
+    }
   }
 
   func removeFinalizer(_ pv: JSON) async throws {

@@ -116,12 +116,20 @@ extension Reconciler {
         pv, fsType: pv[path: "spec", "csi", "fsType"]?.string ?? defaultFSType,
         mountFlags: (pv[path: "spec", "mountOptions"]?.array ?? []).compactMap(\.string), multiWriter: multiWriter
       ).first
+      // external-resizer's source: the PV's controllerExpandSecretRef, set at provisioning.
+      var secrets: [String: String] = [:]
+      if let ref = pv[path: "spec", "csi", "controllerExpandSecretRef"],
+        let name = ref["name"]?.string, let namespace = ref["namespace"]?.string
+      {
+        secrets = try await readSecret((namespace, name), what: "controller-expand")
+      }
       response = try await callCSI("ControllerExpandVolume") { csi, options in
         try await csi.controller.controllerExpandVolume(
           .with {
             $0.volumeID = handle
             $0.capacityRange.requiredBytes = requested
             if let capability { $0.volumeCapability = capability }
+            $0.secrets = secrets
           }, options: options)
       }
     } catch {
