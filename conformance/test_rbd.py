@@ -161,6 +161,35 @@ def test_rbd_lifecycle_grow_never_shrink(rbd_plugin, cluster):
         volume_id="pvc-r1", capacity_range=csi_pb2.CapacityRange(required_bytes=MiB))) == grpc.StatusCode.NOT_FOUND
 
 
+def test_rbd_volume_is_abnormal_while_the_cluster_is_health_err(rbd_plugin, cluster):
+    """ControllerGetVolume's condition follows the cluster: abnormal, naming the check, while Ceph
+    reports HEALTH_ERR, and normal again once it does not. The HEALTH_ERR is Ceph's own
+    OSD_OUT_OF_ORDER_FULL (the nearfull ratio set above the full one), which stops no I/O."""
+    c = rbd_plugin.controller
+    c.CreateVolume(rbd_req("pvc-h1", cluster))
+
+    def condition():
+        return c.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-h1")).status.volume_condition
+
+    def status():
+        return cluster.ceph_json("health")["status"]
+
+    assert status() != "HEALTH_ERR"
+    assert not condition().abnormal, condition().message
+    cluster.run("ceph", "osd", "set-nearfull-ratio", "0.97")
+    try:
+        ceph.Cluster.wait(lambda: status() == "HEALTH_ERR", 60, "the cluster reports HEALTH_ERR")
+        got = condition()
+        assert got.abnormal and "HEALTH_ERR" in got.message and "OSD_OUT_OF_ORDER_FULL" in got.message, got.message
+        listed = {e.volume.volume_id: e.status.volume_condition for e in c.ListVolumes(csi_pb2.ListVolumesRequest()).entries}
+        assert listed["pvc-h1"].abnormal
+    finally:
+        cluster.run("ceph", "osd", "set-nearfull-ratio", "0.85")
+    ceph.Cluster.wait(lambda: status() != "HEALTH_ERR", 60, "the cluster leaves HEALTH_ERR")
+    assert not condition().abnormal, condition().message
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-h1"))
+
+
 def test_rbd_second_pool_capacity_and_key_hidden(rbd_plugin, cluster):
     c = rbd_plugin.controller
     vol = c.CreateVolume(rbd_req("pvc-p2", cluster, params={"pool": POOL2}, cap=block_cap())).volume
