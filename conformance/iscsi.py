@@ -35,8 +35,11 @@ def _free_tcp_port():
 class Tgtd:
     """A private tgtd: its own control socket and portal port, killed and cleaned up by close()."""
 
-    def __init__(self, root):
+    def __init__(self, root, address="127.0.0.1", prefix=()):
+        """`address`: the portal's; `prefix`: what tgtd runs under (`ip netns exec NS`)."""
         self.root = root
+        self.address = address
+        self.prefix = list(prefix)
         self.control = _free_control_port()
         self.port = _free_tcp_port()
         self.proc = None
@@ -45,8 +48,9 @@ class Tgtd:
     def start(self, wrapper=None):
         """Starts tgtd, or with `wrapper` (a swell binary) `swell tgtd` running it as its child."""
         log = open(self.log_path, "a")
-        argv = ([wrapper, "tgtd", "--control-port", str(self.control), "--portal", f"127.0.0.1:{self.port}"] if wrapper
-                else ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal=127.0.0.1:{self.port}"])
+        portal = f"{self.address}:{self.port}"
+        argv = self.prefix + ([wrapper, "tgtd", "--control-port", str(self.control), "--portal", portal] if wrapper
+                              else ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={portal}"])
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 15
@@ -111,9 +115,9 @@ class Tgtd:
                 found[current] += 1
         return found
 
-    def plugin_args(self, storage_dir, portal_host="127.0.0.1"):
+    def plugin_args(self, storage_dir, portal_host="127.0.0.1", initiator="127.0.0.1"):
         return ["--iscsi-portal", f"{portal_host}:{self.port}", "--iscsi-storage-dir", storage_dir,
-                "--iscsi-tgt-control-port", str(self.control), "--iscsi-allowed-initiator", "127.0.0.1"]
+                "--iscsi-tgt-control-port", str(self.control), "--iscsi-allowed-initiator", initiator]
 
 
 def readcapacity(port, iqn, lun=1, chap=None, mutual=None):

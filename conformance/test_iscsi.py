@@ -31,18 +31,22 @@ def iscsi_tools():
 class Controller:
     """A tgtd plus the plugin with the iscsi backend, both private to one test."""
 
-    def __init__(self, portal_host="127.0.0.1"):
+    def __init__(self, portal_host="127.0.0.1", address="127.0.0.1", prefix=(), initiator="127.0.0.1"):
+        """`address` and `prefix`: where tgtd listens and what it runs under (a network namespace);
+        `initiator`: the one address its targets admit."""
         require_root()
         self.root = tempfile.mkdtemp(prefix="swell-iscsi-")
-        self.tgtd = iscsi.Tgtd(self.root)
+        self.tgtd = iscsi.Tgtd(self.root, address=address, prefix=prefix)
         self.plugin = Plugin(self.root)
         self.storage = os.path.join(self.root, "iscsi")
         self.portal_host = portal_host
+        self.initiator = initiator
 
     def start(self, failpoints=None):
         if self.tgtd.proc is None or self.tgtd.proc.poll() is not None:
             self.tgtd.start()
-        self.plugin.start(failpoints=failpoints, extra_args=self.tgtd.plugin_args(self.storage, self.portal_host))
+        self.plugin.start(failpoints=failpoints,
+                          extra_args=self.tgtd.plugin_args(self.storage, self.portal_host, self.initiator))
         return self
 
     def create(self, name, size=64 * MiB, cap=None, secrets=None):

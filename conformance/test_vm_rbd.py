@@ -12,12 +12,14 @@ no mapping is left.
 
 Then PostgreSQL on an rbd volume in a pool of size 2 on three OSDs: pgbench, then pgbench while
 the host SIGKILLs one OSD and the volume grows online: no failed transaction, pg_amcheck clean;
-and the same pgbench on the guest's own ext4 for its TPS (`bench/` does not repeat it: the
-figures are printed by this test and copied into docs/performance.md)."""
+and the same pgbench on an iSCSI volume (tgtd on the host, in the test's namespace, exporting a
+volume the host's controller made) and on the guest's own ext4, for their TPS (`bench/` does not
+repeat it: the figures are printed by this test and copied into docs/performance.md)."""
 import os
 import re
 import time
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -26,7 +28,8 @@ import pytest
 import ceph
 import iscsi
 import pg
-from conftest import SWELL, require_root
+from conftest import SWELL, mount_cap, require_root
+from test_iscsi import Controller
 from test_vm_db import stage_postgres
 
 MiB = 1 << 20
@@ -56,6 +59,7 @@ i=0; while [ ! -S /tmp/csi.sock ]; do i=$((i+1)); [ $i -lt 600 ] || { echo "no p
 S="--secrets-file /share/secrets"
 CTX="--context backend=rbd --context pool=$POOL --context monitors=$MON"
 mapped() { ls /sys/bus/rbd/devices | wc -l; }
+ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
 expect_precondition() { if out=$(csi "$@" 2>&1); then echo "expected FAILED_PRECONDITION: $*"; exit 1; fi; echo "$out"; }
 mkfifo /tmp/hold; exec 3<> /tmp/hold   # a stdin that never ends, for `rbd watch`
 
@@ -118,12 +122,24 @@ csi delete $S pvc-x
 
 # A block volume: written through the device, grown, the device sees the new size.
 csi create --parameter backend=rbd --block $S --bytes 67108864 pvc-b
-csi stage --block $CTX $S pvc-b /tmp/csi/stage/pvc-b
+# A client that dies holding the image: the host's `rbd bench`, SIGKILLed while it writes (holding
+# the exclusive lock and a watch), as a node that loses power would. The stage is refused while the
+# dead client's watch lasts, then succeeds; the first write takes the lock from the dead owner.
+touch /share/hold-lock
+i=0; while [ ! -e /share/holder-killed ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "the host killed no holder"; exit 1; }; sleep 0.1; done
+t0=$(ms); refusals=0
+until csi stage --block $CTX $S pvc-b /tmp/csi/stage/pvc-b > /tmp/stage-out 2>&1; do
+  grep -q FAILED_PRECONDITION /tmp/stage-out || { cat /tmp/stage-out; exit 1; }
+  refusals=$((refusals+1)); [ $refusals -lt 120 ] || { echo "never staged"; exit 1; }; sleep 1
+done
+result b_stage_after_dead_ms $(( $(ms) - t0 ))
+result b_refusals $refusals
 dev=/dev/rbd$(ls /sys/bus/rbd/devices)
 result b_dev_bytes_before "$(blockdev --getsize64 $dev)"
 dd if=/dev/urandom of=/tmp/b.bin bs=1M count=8 2>/dev/null
 dd if=/tmp/b.bin of=$dev bs=1M seek=4 conv=fsync 2>/dev/null
 result b_sha_written "$(sha256sum /tmp/b.bin | cut -d' ' -f1)"
+result b_lock_after_write "$(rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key lock ls $POOL/swell-vol-pvc-b | tr '\n' ' ')"
 mkdir -p /tmp/csi/pub
 csi publish --block pvc-b /tmp/csi/stage/pvc-b /tmp/csi/pub/pvc-b
 csi expand $S --bytes 134217728 pvc-b
@@ -151,7 +167,6 @@ pg_init() {  # datadir port
 }
 pg_stop() { as_pg $PGBIN/pg_ctl -D $1 -m fast -w -t 300 stop; }
 bench() { as_pg $PGBIN/pgbench -h /tmp/pgsock-$1 -p $1 -U postgres -c 2 -j 1 -T $2 postgres > $3 2>&1; }
-ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
 
 csi create --parameter backend=rbd --fs-type ext4 $S --bytes 1073741824 db-rbd
 csi stage --fs-type ext4 $CTX $S db-rbd /tmp/csi/stage/db-rbd
@@ -175,6 +190,20 @@ if as_pg $PGBIN/pg_amcheck -h /tmp/pgsock-5401 -p 5401 -U postgres --install-mis
 pg_stop /tmp/csi/stage/db-rbd/pg/data
 csi unstage db-rbd /tmp/csi/stage/db-rbd
 csi delete $S db-rbd
+
+# The same quiet pgbench on an iSCSI volume that the host's controller exported (tgtd on the
+# host, in the test's namespace), for its TPS beside rbd's in the same boot.
+for m in iscsi_tcp sd_mod; do modprobe "$m"; done
+iscsid
+ICTX=""; for kv in $CTX_ISCSI; do ICTX="$ICTX --context $kv"; done
+csi stage --fs-type ext4 $ICTX db-iscsi /tmp/csi/stage/db-iscsi
+result iscsi_source "$(findmnt -n -o SOURCE /tmp/csi/stage/db-iscsi)"
+chmod 755 /tmp/csi/stage/db-iscsi
+pg_init /tmp/csi/stage/db-iscsi/pg/data 5403
+bench 5403 30 /share/pgbench-iscsi.txt
+pg_stop /tmp/csi/stage/db-iscsi/pg/data
+csi unstage db-iscsi /tmp/csi/stage/db-iscsi
+result iscsi_sessions_at_end "$(ls /sys/class/iscsi_session | wc -l)"
 /usr/sbin/mke2fs -q -t ext4 -m 0 /dev/vda
 mount -o noatime /dev/vda /own
 pg_init /own/pg/data 5402
@@ -196,7 +225,7 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
     ns = f"swell-rbd-{os.getpid()}"
     root = tempfile.mkdtemp(prefix="swell-vmrbd-")
     inns = ["ip", "netns", "exec", ns]
-    cluster = vm = None
+    cluster = vm = ctl = None
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         for argv in (["ip", "tuntap", "add", "tap0", "mode", "tap"], ["ip", "addr", "add", f"{HOST_ADDR}/24", "dev", "tap0"],
@@ -205,16 +234,43 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
         cluster = ceph.Cluster(address=HOST_ADDR, netns=ns, osd_bytes=512 << 20).start()
         cluster.create_pool(POOL)
         key = cluster.create_user("swell-plugin", POOL)
+        # An iSCSI volume for the same pgbench: tgtd in the namespace, admitting only the guest.
+        ctl = Controller(portal_host=HOST_ADDR, address=HOST_ADDR, prefix=inns, initiator=GUEST_ADDR).start()
+        iscsi_ctx = dict(ctl.create("db-iscsi", 1024 * MiB, cap=mount_cap("ext4")).volume_context)
 
         def stage(share):
             with open(os.path.join(share, "params"), "w") as f:
                 f.write(f"MON={cluster.monitors}\nPOOL={POOL}\nGUEST_ADDR={GUEST_ADDR}\n")
+                f.write(f"CTX_ISCSI='{iscsi.shell_words(iscsi_ctx)}'\n")
             with open(os.path.join(share, "plugin.key"), "w") as f:
                 f.write(key + "\n")
             with open(os.path.join(share, "secrets"), "w") as f:
                 f.write(f"userID=swell-plugin\nuserKey={key}\n")
 
-        killed = {}
+        killed, holder = {}, {}
+
+        def kill_a_holder(vm):
+            """`rbd bench` writes the block volume's image from the host, holding its exclusive
+            lock and a watch, and is SIGKILLed; then the guest may try to stage it."""
+            vm.wait_for("hold-lock", 1200)
+            spec = f"{POOL}/swell-vol-pvc-b"
+            bench = subprocess.Popen(
+                cluster.prefix + ["rbd", "-c", cluster.conf, "bench", "--io-type", "write", "--io-size", "4K",
+                                  "--io-threads", "1", "--io-total", "10G", "--io-pattern", "rand", spec],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cluster.env(), start_new_session=True)
+            try:
+                ceph.Cluster.wait(lambda: "client." in cluster.run("rbd", "lock", "ls", spec).stdout, 60,
+                                  "rbd bench holds the exclusive lock")
+                status = cluster.run("rbd", "status", spec).stdout
+                holder["address"] = re.search(r"watcher=(\S+)", status).group(1)
+            finally:
+                os.killpg(bench.pid, signal.SIGKILL)
+                bench.wait()
+            holder["at"] = time.monotonic()
+            vm.signal("holder-killed")
+            ceph.Cluster.wait(lambda: "watcher=" not in cluster.run("rbd", "status", spec).stdout, 120,
+                              "the dead client's watch lapses")
+            holder["lapsed_after"] = time.monotonic() - holder["at"]
 
         def kill_an_osd(vm):
             vm.wait_for("kill-osd", 1200)
@@ -227,7 +283,8 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
 
         vm, status, r, log = iscsi.run_guest(
             root, GUEST_SCRIPT, [1024 * MiB], 1500, memory_mib=1536, binaries=[SWELL, shutil.which("rbd")],
-            stage=lambda share: (stage(share), stage_postgres(share)), during=kill_an_osd,
+            stage=lambda share: (stage(share), stage_postgres(share)),
+            during=lambda vm: (kill_a_holder(vm), kill_an_osd(vm)),
             netdev="tap,id=n0,ifname=tap0,script=no,downscript=no", prefix=inns)
         assert status == 0, f"guest.sh failed ({status}):\n{vm.console()}\n{log[-4000:]}"
 
@@ -248,6 +305,12 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
         assert int(r["x_fs_after"]) > int(r["x_fs_before"]) + 100 * MiB, (r["x_fs_before"], r["x_fs_after"])
         assert r["x_sha_after"] == r["x_sha_before"]
 
+        # The dead client: refused while its watch lasted, staged once it lapsed; the guest's first
+        # write broke its lock and blocklisted it (krbd does both when the owner has no watch).
+        assert int(r["b_refusals"]) >= 1, r
+        assert "client." in r["b_lock_after_write"], r["b_lock_after_write"]
+        blocklist = cluster.run("ceph", "osd", "blocklist", "ls").stdout + cluster.run("ceph", "osd", "blocklist", "ls").stderr
+        assert holder["address"] in blocklist, (holder["address"], blocklist)
         assert int(r["b_dev_bytes_before"]) == 64 * MiB and int(r["b_dev_bytes_after"]) == 128 * MiB
         assert r["b_node_expand"].startswith(f"capacity: {128 * MiB}"), r["b_node_expand"]
         assert int(r["b_pub_bytes"]) == 128 * MiB
@@ -264,16 +327,26 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
         tps_quiet, _, _ = pgbench("rbd-quiet")
         tps_kill, failed, text = pgbench("rbd")
         tps_own, _, _ = pgbench("own")
+        tps_iscsi, iscsi_failed, iscsi_text = pgbench("iscsi")
+        assert iscsi_failed == 0, iscsi_text
+        assert r["iscsi_source"].startswith("/dev/sd") and r["iscsi_sessions_at_end"] == "0", r
+        assert all(n == 0 for n in ctl.tgtd.targets().values()), ctl.tgtd.show()
+        ctl.delete("db-iscsi")
+        assert ctl.tgtd.targets() == {}
         assert r["db_pgbench"] == "0" and failed == 0, text
         assert r["db_amcheck"] == "0", open(os.path.join(vm.share, "amcheck-rbd.txt")).read()
         assert int(r["db_fs_bytes"]) > 1400 * MiB, r["db_fs_bytes"]
         print(f"pgbench TPS (-c 2, scale 2, TCG guest): rbd {tps_quiet:.1f}, rbd with an OSD killed and a grow "
-              f"{tps_kill:.1f}, the guest's own ext4 {tps_own:.1f}; osd.2 marked down {killed['down_after']:.1f} s "
-              f"after its SIGKILL; the grow took {r['db_grow_ms']} ms")
+              f"{tps_kill:.1f}, iSCSI {tps_iscsi:.1f}, the guest's own ext4 {tps_own:.1f}; osd.2 marked down {killed['down_after']:.1f} s "
+              f"after its SIGKILL; the grow took {r['db_grow_ms']} ms; a client SIGKILLed holding an image: its watch "
+              f"lapsed {holder['lapsed_after']:.1f} s after, the stage was refused {r['b_refusals']} times and "
+              f"succeeded {int(r['b_stage_after_dead_ms']) / 1000:.1f} s after the guest learned of the kill")
         assert key not in log, "the key is never logged"
     finally:
         if vm is not None:
             vm.close()
+        if ctl is not None:
+            ctl.close()
         if cluster is not None:
             cluster.stop()
         subprocess.run(["ip", "netns", "del", ns], check=False)
