@@ -56,8 +56,8 @@ def cli_round(cluster, key_file, i):
     return times
 
 
-def connect(rados, key):
-    cluster = rados.Rados(rados_id="bench", conffile="/dev/null", conf={"mon_host": CLUSTER.monitors, "key": key})
+def connect(rados, monitors, key):
+    cluster = rados.Rados(rados_id="bench", conffile="/dev/null", conf={"mon_host": monitors, "key": key})
     cluster.connect(timeout=15)
     return cluster
 
@@ -84,14 +84,14 @@ def lib_steps(rbd, ioctx, name):
     return {"create": create, "info": info, "resize": resize, "meta": meta, "remove": remove}
 
 
-def lib_round(rados, rbd, key, i, held=None):
+def lib_round(rados, rbd, monitors, key, i, held=None):
     times = {}
     for step in STEPS:
         start = time.monotonic()
         if held is not None:
             lib_steps(rbd, held[1], f"lib-{i}")[step]()
         else:
-            cluster = connect(rados, key)
+            cluster = connect(rados, monitors, key)
             try:
                 with cluster.open_ioctx(POOL) as ioctx:
                     lib_steps(rbd, ioctx, f"libc-{i}")[step]()
@@ -119,7 +119,6 @@ def grpc_round(plugin, i):
 
 def report(title, rows):
     print(f"\n{title} (ms, median / p90 of {len(rows)})")
-    total = []
     for step in rows[0]:
         med, p90 = median_p90([r[step] for r in rows])
         print(f"  {step:24s} {med * 1000:8.1f} / {p90 * 1000:8.1f}")
@@ -128,11 +127,7 @@ def report(title, rows):
     print(f"  {'all steps':24s} {med * 1000:8.1f} / {p90 * 1000:8.1f}")
 
 
-CLUSTER = None
-
-
 def main():
-    global CLUSTER
     swell = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", ".build", "release", "swell")
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     try:
@@ -143,37 +138,37 @@ def main():
         import rados
         import rbd
     root = tempfile.mkdtemp(prefix="swell-bench-rbd-")
-    CLUSTER = ceph.Cluster(osds=3, pool_size=2).start()
+    cluster = ceph.Cluster(osds=3, pool_size=2).start()
     plugin = None
     try:
-        CLUSTER.create_pool(POOL)
-        key = CLUSTER.create_user("bench", POOL)
+        cluster.create_pool(POOL)
+        key = cluster.create_user("bench", POOL)
         key_file = os.path.join(root, "bench.key")
         with open(key_file, "w") as f:
             f.write(key + "\n")
         os.chmod(key_file, 0o600)
 
-        report("rbd CLI, a process per step (as Swell runs it)", [cli_round(CLUSTER, key_file, i) for i in range(rounds)])
+        report("rbd CLI, a process per step (as Swell runs it)", [cli_round(cluster, key_file, i) for i in range(rounds)])
 
-        held = connect(rados, key)
+        held = connect(rados, cluster.monitors, key)
         try:
             with held.open_ioctx(POOL) as ioctx:
                 report("librbd in the process, one connection held",
-                       [lib_round(rados, rbd, key, i, held=(held, ioctx)) for i in range(rounds)])
+                       [lib_round(rados, rbd, cluster.monitors, key, i, held=(held, ioctx)) for i in range(rounds)])
         finally:
             held.shutdown()
-        report("librbd in the process, a connection per step", [lib_round(rados, rbd, key, i) for i in range(rounds)])
+        report("librbd in the process, a connection per step", [lib_round(rados, rbd, cluster.monitors, key, i) for i in range(rounds)])
 
         conftest.SWELL = os.path.abspath(swell)
         plugin = Plugin(root)
-        plugin.start(extra_args=["--rbd-monitors", CLUSTER.monitors, "--rbd-pool", POOL, "--rbd-user", "bench",
+        plugin.start(extra_args=["--rbd-monitors", cluster.monitors, "--rbd-pool", POOL, "--rbd-user", "bench",
                                  "--rbd-key-file", key_file, "--log-level", "error"])
         report(f"Swell's controller over gRPC ({os.path.basename(os.path.dirname(os.path.abspath(swell)))} build)",
                [grpc_round(plugin, i) for i in range(rounds)])
     finally:
         if plugin is not None:
             plugin.stop()
-        CLUSTER.stop()
+        cluster.stop()
         clean_host(root)
 
 

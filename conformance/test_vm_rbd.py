@@ -309,7 +309,8 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
         # write broke its lock and blocklisted it (krbd does both when the owner has no watch).
         assert int(r["b_refusals"]) >= 1, r
         assert "client." in r["b_lock_after_write"], r["b_lock_after_write"]
-        blocklist = cluster.run("ceph", "osd", "blocklist", "ls").stdout + cluster.run("ceph", "osd", "blocklist", "ls").stderr
+        listed = cluster.run("ceph", "osd", "blocklist", "ls")
+        blocklist = listed.stdout + listed.stderr
         assert holder["address"] in blocklist, (holder["address"], blocklist)
         assert int(r["b_dev_bytes_before"]) == 64 * MiB and int(r["b_dev_bytes_after"]) == 128 * MiB
         assert r["b_node_expand"].startswith(f"capacity: {128 * MiB}"), r["b_node_expand"]

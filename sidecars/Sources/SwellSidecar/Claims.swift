@@ -166,10 +166,11 @@ public enum Claims {
     if !volume.volumeContext.isEmpty { csi["volumeAttributes"] = .strings(volume.volumeContext) }
     // Kubelet reads this secret and hands it to NodeStageVolume (CHAP for iSCSI, a Ceph key for rbd);
     // the resizer reads controllerExpandSecretRef for ControllerExpandVolume.
-    if let ref = secrets.nodeStage { csi["nodeStageSecretRef"] = ["name": .string(ref.name), "namespace": .string(ref.namespace)] }
-    if let ref = secrets.controllerExpand {
-      csi["controllerExpandSecretRef"] = ["name": .string(ref.name), "namespace": .string(ref.namespace)]
+    func secretRef(_ ref: ClassSecrets.Ref?) -> JSON? {
+      ref.map { ["name": .string($0.name), "namespace": .string($0.namespace)] }
     }
+    csi["nodeStageSecretRef"] = secretRef(secrets.nodeStage)
+    csi["controllerExpandSecretRef"] = secretRef(secrets.controllerExpand)
     var spec: JSON = [
       "accessModes": claim[path: "spec", "accessModes"] ?? [],
       "capacity": ["storage": .string(Quantity.format(capacity))],
