@@ -253,7 +253,7 @@ def test_rbd_error_rows(rbd_plugin, cluster):
 def test_rbd_refused_key_is_permission_denied(rbd_plugin, cluster):
     """A key that is not one is INVALID_ARGUMENT at once; a real key the cluster does not know is
     PERMISSION_DENIED after the client's mount timeout (15 s, not its default 300 s). Neither key
-    is in the message."""
+    is in the message. Create, grow and delete each act with their own call's key."""
     req = rbd_req("pvc-k1", cluster)
     req.secrets["userKey"] = "AQBp" + "A" * 36 + "=="
     with pytest.raises(grpc.RpcError) as err:
@@ -266,6 +266,20 @@ def test_rbd_refused_key_is_permission_denied(rbd_plugin, cluster):
         rbd_plugin.controller.CreateVolume(req, timeout=60)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value.details()
     assert req.secrets["userKey"] not in err.value.details()
+    assert images(cluster) == []
+
+    # DeleteVolume and ControllerExpandVolume act with their call's secrets too, not the plugin's
+    # own client: a malformed key in them is refused, and the image is left as it was.
+    c = rbd_plugin.controller
+    c.CreateVolume(rbd_req("pvc-k2", cluster))
+    bad = {"userID": "swell-class", "userKey": "AQBp" + "A" * 36 + "=="}
+    assert code_of(c.ControllerExpandVolume, csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-k2", capacity_range=csi_pb2.CapacityRange(required_bytes=128 * MiB), secrets=bad)) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(c.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id="pvc-k2", secrets=bad)) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert images(cluster) == ["swell-vol-pvc-k2"] and info(cluster, "swell-vol-pvc-k2")["size"] == 64 * MiB
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-k2", secrets=secrets(cluster)))
     assert images(cluster) == []
 
 
