@@ -224,6 +224,21 @@ def image_write(cluster, spec, offset, data, user_args=()):
         os.unlink(path)
 
 
+def empty_pool(cluster, pool, passes=5):
+    """Removes every image and snapshot in `pool`, clones included: each pass flattens, purges
+    snapshots and removes what it can, since a parent goes only after its children."""
+    for _ in range(passes):
+        names = cluster.run("rbd", "ls", pool).stdout.split()
+        if not names:
+            return
+        for image in names:
+            cluster.run("rbd", "flatten", "--no-progress", f"{pool}/{image}", check=False, timeout=120)
+            cluster.run("rbd", "snap", "purge", "--no-progress", f"{pool}/{image}", check=False)
+            cluster.run("rbd", "rm", "--no-progress", f"{pool}/{image}", check=False)
+    left = cluster.run("rbd", "ls", pool).stdout.split()
+    assert not left, f"pool {pool} still holds {left} after {passes} passes"
+
+
 def image_read(cluster, spec):
     """The whole image's bytes, through `rbd export`."""
     path = os.path.join(cluster.root, f"export-{uuid.uuid4().hex}")

@@ -94,20 +94,37 @@ class Plugin:
              "--data-dir", self.data, "--mode", "all", "--log-level", "info", *extra_args],
             stdout=log, stderr=log, env=env)
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"plugin exited with {self.proc.returncode}:\n{self.log()}")
-            if os.path.exists(self.socket):
-                break
-            time.sleep(0.01)
-        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
-        grpc.channel_ready_future(self.channel).result(timeout=30)
+        self._wait_answering(timeout=60)
+        # A channel of its own subchannels: none inherits the reconnect backoff of a channel to
+        # the plugin this one replaces.
+        self.channel = grpc.insecure_channel(f"unix://{self.socket}", options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=30)
+        except grpc.FutureTimeoutError:
+            raise RuntimeError(f"the plugin answers on {self.socket} but gRPC is not ready after 30 s:\n{self.log()}")
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)
         self.node = csi_pb2_grpc.NodeStub(self.channel)
         self.group = csi_pb2_grpc.GroupControllerStub(self.channel)
         return self
+
+    def _wait_answering(self, timeout):
+        """Waits until this process accepts on the socket. A file at the path is not enough: a
+        plugin killed with SIGKILL leaves its socket behind, and gRPC's reconnect backoff (1 s,
+        growing 1.6 times per try) would stretch a short wait into a long one."""
+        import socket as _socket
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"plugin exited with {self.proc.returncode}:\n{self.log()}")
+            with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(self.socket)
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        raise RuntimeError(f"the plugin does not answer on {self.socket} after {timeout} s:\n{self.log()}")
 
     def log(self):
         try:
