@@ -50,23 +50,24 @@ def cluster():
 
 
 class RbdPlugin(Plugin):
-    def __init__(self, root, cluster):
+    def __init__(self, root, cluster, own_key=True):
         super().__init__(root)
         self.cluster = cluster
+        self.own_key = own_key
         self.key_file = os.path.join(root, "plugin.key")
         with open(self.key_file, "w") as f:
             f.write(f"[client.swell-plugin]\n\tkey = {cluster.plugin_key}\n")
 
     def start(self, failpoints=None, extra_args=()):
+        own = ["--rbd-user", "swell-plugin", "--rbd-key-file", self.key_file] if self.own_key else []
         return super().start(failpoints=failpoints, extra_args=[
             "--rbd-monitors", self.cluster.monitors, "--rbd-pool", POOL, "--rbd-pool", POOL2,
-            "--rbd-user", "swell-plugin", "--rbd-key-file", self.key_file, "--log-level", "debug", *extra_args])
+            *own, "--log-level", "debug", *extra_args])
 
 
-@pytest.fixture
-def rbd_plugin(cluster):
+def plugin_fixture(cluster, own_key):
     root = tempfile.mkdtemp(prefix="swell-rbd-")
-    p = RbdPlugin(root, cluster)
+    p = RbdPlugin(root, cluster, own_key=own_key)
     try:
         p.start()
         yield p
@@ -76,6 +77,17 @@ def rbd_plugin(cluster):
         # Every test leaves the pools as it found them, even one that failed half-way.
         for pool in (POOL, POOL2):
             ceph.empty_pool(cluster, pool)
+
+
+@pytest.fixture
+def rbd_plugin(cluster):
+    yield from plugin_fixture(cluster, own_key=True)
+
+
+@pytest.fixture
+def keyless_plugin(cluster):
+    """A controller started without --rbd-user: it has no Ceph key but what each call carries."""
+    yield from plugin_fixture(cluster, own_key=False)
 
 
 def secrets(cluster):
@@ -91,6 +103,12 @@ def rbd_req(name, cluster, required=64 * MiB, params=None, cap=None, source=None
             req.volume_content_source.snapshot.snapshot_id = ident
         else:
             req.volume_content_source.volume.volume_id = ident
+    return req
+
+
+def keyless(req):
+    """The request without its secrets."""
+    req.secrets.clear()
     return req
 
 
@@ -305,6 +323,97 @@ def test_rbd_sixteen_parallel_creates_of_one_name(rbd_plugin, cluster):
     assert images(cluster) == ["swell-vol-pvc-par"]
     c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-par"))
     assert images(cluster) == []
+
+
+# ---- a controller with no key of its own: every call acts with its own secrets ----------------------
+
+def test_rbd_every_call_with_secrets_works_without_the_plugins_own_key(keyless_plugin, cluster):
+    """Issue 37: a controller without --rbd-user serves every controller RPC that CSI gives a
+    secrets field from that field alone: create, validate, expand, modify, snapshots (create, list,
+    get, delete), a restore, a clone, delete. The same call without its secrets fails for want of a
+    key (FAILED_PRECONDITION), so each success shows the call's own secrets at work. Before the
+    fix, the restore and the clone failed (their source was looked up outside the secrets' scope),
+    as did validate, list, get and modify, which ignored their secrets."""
+    c = keyless_plugin.controller
+    s = secrets(cluster)
+    no_key = grpc.StatusCode.FAILED_PRECONDITION
+
+    assert code_of(c.CreateVolume, keyless(rbd_req("pvc-n1", cluster, cap=block_cap()))) == no_key
+    vol = c.CreateVolume(rbd_req("pvc-n1", cluster, cap=block_cap())).volume
+    write(cluster, "swell-vol-pvc-n1", 0, os.urandom(2 * MiB))
+
+    validate = csi_pb2.ValidateVolumeCapabilitiesRequest(volume_id="pvc-n1", volume_capabilities=[block_cap()])
+    assert code_of(c.ValidateVolumeCapabilities, validate) == no_key
+    validate.secrets.update(s)
+    assert c.ValidateVolumeCapabilities(validate).confirmed.volume_capabilities == [block_cap()]
+
+    expand = csi_pb2.ControllerExpandVolumeRequest(volume_id="pvc-n1", capacity_range=csi_pb2.CapacityRange(
+        required_bytes=96 * MiB))
+    assert code_of(c.ControllerExpandVolume, expand) == no_key
+    expand.secrets.update(s)
+    assert c.ControllerExpandVolume(expand).capacity_bytes == 96 * MiB
+
+    modify = csi_pb2.ControllerModifyVolumeRequest(volume_id="pvc-n1", mutable_parameters={"provisioning": "thin"})
+    assert code_of(c.ControllerModifyVolume, modify) == no_key
+    modify.secrets.update(s)
+    c.ControllerModifyVolume(modify)
+
+    at_snapshot = digest(cluster, "swell-vol-pvc-n1")
+    create_snap = csi_pb2.CreateSnapshotRequest(name="snap-n1", source_volume_id="pvc-n1")
+    assert code_of(c.CreateSnapshot, create_snap) == no_key
+    create_snap.secrets.update(s)
+    snap = c.CreateSnapshot(create_snap).snapshot
+    assert snap.ready_to_use and snap.source_volume_id == "pvc-n1"
+
+    listing = csi_pb2.ListSnapshotsRequest(snapshot_id="snap-n1")
+    assert code_of(c.ListSnapshots, listing) == no_key
+    listing.secrets.update(s)
+    assert [e.snapshot.snapshot_id for e in c.ListSnapshots(listing).entries] == ["snap-n1"]
+    by_source = csi_pb2.ListSnapshotsRequest(source_volume_id="pvc-n1", secrets=s)
+    assert [e.snapshot.snapshot_id for e in c.ListSnapshots(by_source).entries] == ["snap-n1"]
+    get = csi_pb2.GetSnapshotRequest(snapshot_id="snap-n1")
+    assert code_of(c.GetSnapshot, get) == no_key
+    get.secrets.update(s)
+    assert c.GetSnapshot(get).snapshot.snapshot_id == "snap-n1"
+
+    write(cluster, "swell-vol-pvc-n1", 0, os.urandom(MiB))
+    assert code_of(c.CreateVolume, keyless(rbd_req("pvc-n2", cluster, cap=block_cap(), required=96 * MiB,
+                                                   source=("snapshot", "snap-n1")))) == no_key
+    restored = c.CreateVolume(rbd_req("pvc-n2", cluster, cap=block_cap(), required=96 * MiB,
+                                      source=("snapshot", "snap-n1"))).volume
+    assert restored.content_source.snapshot.snapshot_id == "snap-n1"
+    assert digest(cluster, "swell-vol-pvc-n2") == at_snapshot
+    now = digest(cluster, "swell-vol-pvc-n1")
+    clone = c.CreateVolume(rbd_req("pvc-n3", cluster, cap=block_cap(), required=96 * MiB,
+                                   source=("volume", "pvc-n1"))).volume
+    assert clone.content_source.volume.volume_id == "pvc-n1" and digest(cluster, "swell-vol-pvc-n3") == now
+
+    delete_snap = csi_pb2.DeleteSnapshotRequest(snapshot_id="snap-n1")
+    assert code_of(c.DeleteSnapshot, delete_snap) == no_key
+    delete_snap.secrets.update(s)
+    c.DeleteSnapshot(delete_snap)
+    assert "swell-snap-snap-n1" not in images(cluster)
+    for name in ("pvc-n3", "pvc-n2", "pvc-n1"):
+        assert code_of(c.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id=name)) == no_key
+        c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=name, secrets=s))
+    assert images(cluster) == [] and vol.volume_id == "pvc-n1"
+
+
+@pytest.mark.parametrize("own_key", [True, False], ids=["own-key", "keyless"])
+def test_rbd_a_missing_source_is_not_found(cluster, own_key):
+    """The spec's row for CreateVolume: a source snapshot or volume that does not exist is
+    NOT_FOUND, with or without the controller's own key; so is CreateSnapshot of a missing volume.
+    Before issue 37's fix, a controller without its own key answered FAILED_PRECONDITION."""
+    for p in plugin_fixture(cluster, own_key=own_key):
+        c = p.controller
+        for source in (("snapshot", "snap-none"), ("volume", "pvc-none")):
+            with pytest.raises(grpc.RpcError) as err:
+                c.CreateVolume(rbd_req("pvc-m1", cluster, source=source))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+            assert source[1] in err.value.details()
+        assert code_of(c.CreateSnapshot, csi_pb2.CreateSnapshotRequest(
+            name="snap-m1", source_volume_id="pvc-none", secrets=secrets(cluster))) == grpc.StatusCode.NOT_FOUND
+        assert images(cluster) == [] and images(cluster, POOL2) == []
 
 
 # ---- snapshots, restores, clones ----------------------------------------------------------------

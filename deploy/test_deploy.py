@@ -176,9 +176,16 @@ def test_rbd_overlay_gives_the_controller_its_cluster_and_the_nodes_their_module
     assert {k for k in sc["parameters"] if not k.startswith("csi.storage.k8s.io/")} == {"backend", "pool"}
     refs = {k: v for k, v in sc["parameters"].items() if "-secret-" in k}
     assert refs == {f"csi.storage.k8s.io/{kind}-secret-{part}": value
-                    for kind in ("provisioner", "node-stage", "controller-expand")
+                    for kind in ("provisioner", "node-stage", "controller-expand", "controller-modify")
                     for part, value in (("name", "swell-ceph"), ("namespace", "swell-system"))}
     secret = objs[("Secret", "swell-ceph")]
+    # The snapshot calls' secrets (issue 37): the example class names the same Secret for each.
+    with open(os.path.join(HERE, "examples", "rbd-snapshots", "volumesnapshotclass.yaml")) as f:
+        snapclass = yaml.safe_load(f)
+    assert snapclass["driver"] == "swell.csi.dev" and snapclass["kind"] == "VolumeSnapshotClass"
+    assert snapclass["parameters"] == {f"csi.storage.k8s.io/{kind}-secret-{part}": value
+                                       for kind in ("snapshotter", "snapshotter-list")
+                                       for part, value in (("name", "swell-ceph"), ("namespace", "swell-system"))}
     assert secret["metadata"]["namespace"] == "swell-system" and set(secret["stringData"]) == {"userID", "userKey"}
     pod = objs[("Deployment", "swell-controller")]["spec"]["template"]["spec"]
     plugin = next(c for c in pod["containers"] if c["name"] == "swell")

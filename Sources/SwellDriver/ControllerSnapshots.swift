@@ -16,10 +16,8 @@ extension ControllerService {
     try Names.validateVolumeID(request.sourceVolumeID, field: "source_volume_id")
     try Validation.snapshotParameters(request.parameters)
     let spec = SnapshotSpec(id: request.name, sourceVolumeID: request.sourceVolumeID)
-    let record = try await CallSecrets.$current.withValue(request.secrets) {
-      try await locks.withLock(Self.lockKey(.snapshot(request.name))) {
-        try await locks.withLock(request.sourceVolumeID) { try await backend.createSnapshot(spec) }
-      }
+    let record = try await locks.withLock(Self.lockKey(.snapshot(request.name))) {
+      try await locks.withLock(request.sourceVolumeID) { try await backend.createSnapshot(spec) }
     }
     return .with { $0.snapshot = csiSnapshot(record) }
   }
@@ -28,14 +26,14 @@ extension ControllerService {
     request: Csi_V1_DeleteSnapshotRequest, context: ServerContext
   ) async throws -> Csi_V1_DeleteSnapshotResponse {
     try Names.validateVolumeID(request.snapshotID, field: "snapshot_id")
-    try await CallSecrets.$current.withValue(request.secrets) { try await locks.withLock(Self.lockKey(.snapshot(request.snapshotID))) {
+    try await locks.withLock(Self.lockKey(.snapshot(request.snapshotID))) {
       if let group = try await backend.snapshot(request.snapshotID)?.groupID {
         throw SwellError.invalid(
           "snapshot \(request.snapshotID) is a member of group snapshot \(group) and cannot be deleted alone: "
             + "delete the group (DeleteVolumeGroupSnapshot)")
       }
       try await backend.deleteSnapshot(request.snapshotID)
-    } }
+    }
     return .init()
   }
 

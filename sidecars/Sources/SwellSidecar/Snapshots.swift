@@ -15,6 +15,9 @@ public enum SnapshotNames {
   public static let nodeAnnotation = "swell.csi.dev/snapshot-node"
   public static let secretName = "csi.storage.k8s.io/snapshotter-secret-name"
   public static let secretNamespace = "csi.storage.k8s.io/snapshotter-secret-namespace"
+  /// The secret csi-snapshotter passes to ListSnapshots (and so GetSnapshot's lookups).
+  public static let listSecretName = "csi.storage.k8s.io/snapshotter-list-secret-name"
+  public static let listSecretNamespace = "csi.storage.k8s.io/snapshotter-list-secret-namespace"
   public static let group = "snapshot.storage.k8s.io"
 }
 
@@ -33,13 +36,19 @@ public enum Snapshots {
     (snapshotClass?["parameters"]?.stringMap ?? [:]).filter { !$0.key.hasPrefix(K8sNames.csiParameterPrefix) }
   }
 
-  /// The snapshotter secret a class names, with csi-snapshotter's templates resolved:
+  /// The snapshotter secret a class names (CreateSnapshot, DeleteSnapshot), or with `list` its
+  /// list secret (ListSnapshots), with csi-snapshotter's templates resolved:
   /// `${volumesnapshotcontent.name}`, `${volumesnapshot.namespace}`, `${volumesnapshot.name}`.
-  public static func secretReference(_ snapshotClass: JSON?, content: JSON) throws -> (namespace: String, name: String)? {
+  public static func secretReference(
+    _ snapshotClass: JSON?, content: JSON, list: Bool = false
+  ) throws -> (namespace: String, name: String)? {
     let params = snapshotClass?["parameters"]?.stringMap ?? [:]
-    guard let name = params[SnapshotNames.secretName], let namespace = params[SnapshotNames.secretNamespace] else {
-      if params[SnapshotNames.secretName] != nil || params[SnapshotNames.secretNamespace] != nil {
-        throw Claims.Invalid(description: "the snapshot class names only one of the snapshotter secret's name and namespace")
+    let nameKey = list ? SnapshotNames.listSecretName : SnapshotNames.secretName
+    let namespaceKey = list ? SnapshotNames.listSecretNamespace : SnapshotNames.secretNamespace
+    guard let name = params[nameKey], let namespace = params[namespaceKey] else {
+      if params[nameKey] != nil || params[namespaceKey] != nil {
+        throw Claims.Invalid(
+          description: "the snapshot class names only one of the snapshotter\(list ? " list" : "") secret's name and namespace")
       }
       return nil
     }

@@ -96,10 +96,7 @@ extension Reconciler {
       return owns(pv)
     }
     guard let handle = Snapshots.handle(content) else { return scope == .central }
-    let found = try await callCSI("ListSnapshots") {
-      try await $0.controller.listSnapshots(.with { $0.snapshotID = handle }, options: $1)
-    }
-    return !found.entries.isEmpty || scope == .central
+    return try await listSnapshot(content, handle: handle) != nil || scope == .central
   }
 
   func sourceVolume(_ handle: String) -> JSON? {
@@ -158,10 +155,7 @@ extension Reconciler {
 
   /// A pre-provisioned content: the plugin's record of the snapshot it names becomes the status.
   func importSnapshot(_ content: JSON, handle: String) async throws {
-    let found = try await callCSI("ListSnapshots") {
-      try await $0.controller.listSnapshots(.with { $0.snapshotID = handle }, options: $1)
-    }.entries.first?.snapshot
-    guard let found else {
+    guard let found = try await listSnapshot(content, handle: handle) else {
       if case .node = scope { return }  // another node's plugin holds it
       let message = "snapshot \(handle) does not exist in the storage system"
       events.record(content, .warning, reason: "SnapshotContentCheckandUpdateFailed", message: message)
@@ -195,10 +189,25 @@ extension Reconciler {
     return found
   }
 
-  /// The snapshotter secret the content's class names, decoded; empty when it names none.
-  func snapshotterSecrets(_ content: JSON) async throws -> [String: String] {
-    guard let ref = try Snapshots.secretReference(try snapshotClass(of: content), content: content) else { return [:] }
-    return try await readSecret(ref, what: "snapshotter")
+  /// The snapshotter secret the content's class names (or with `list`, its list secret),
+  /// decoded; empty when it names none.
+  func snapshotterSecrets(_ content: JSON, list: Bool = false) async throws -> [String: String] {
+    guard let ref = try Snapshots.secretReference(try snapshotClass(of: content), content: content, list: list) else {
+      return [:]
+    }
+    return try await readSecret(ref, what: list ? "snapshotter list" : "snapshotter")
+  }
+
+  /// The plugin's snapshot of that handle (ListSnapshots with the class's list secret, as
+  /// csi-snapshotter calls it), or nil when the plugin has none.
+  func listSnapshot(_ content: JSON, handle: String) async throws -> Csi_V1_Snapshot? {
+    let secrets = try await snapshotterSecrets(content, list: true)
+    return try await callCSI("ListSnapshots") {
+      try await $0.controller.listSnapshots(.with {
+        $0.snapshotID = handle
+        $0.secrets = secrets
+      }, options: $1)
+    }.entries.first?.snapshot
   }
 
   // MARK: The provisioner's side: claims restored from a snapshot, or cloned from a claim
