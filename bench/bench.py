@@ -150,7 +150,8 @@ def grow(plugin, fs, runs):
         target = os.path.join(plugin.root, "target", name)
         plugin.controller.CreateVolume(create_req(name, required=GiB, cap=cap))
         plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-            volume_id=name, staging_target_path=staging, volume_capability=cap))
+            volume_id=name, staging_target_path=staging, volume_capability=cap,
+            publish_context=plugin.publish_here(name, cap)))
         plugin.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
             volume_id=name, staging_target_path=staging, target_path=target, volume_capability=cap))
         with open(os.path.join(target, "data"), "wb") as f:

@@ -106,7 +106,7 @@ class Volume:
         made = plugin.controller.CreateVolume(create_req(name, required=size, cap=self.cap, params=params)).volume
         plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
             volume_id=name, staging_target_path=self.staging, volume_capability=self.cap,
-            volume_context=made.volume_context))
+            volume_context=made.volume_context, publish_context=plugin.publish_here(name, self.cap)))
         plugin.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
             volume_id=name, staging_target_path=self.staging, target_path=self.target, volume_capability=self.cap))
         os.chmod(self.target, 0o755)

@@ -52,7 +52,7 @@ def one_round(swell, artifacts):
         volumes = {}
         for vid, (before, _, kind) in SIZES.items():
             cap = conftest.block_cap() if kind == "block" else conftest.mount_cap(kind)
-            volumes[vid] = (kind, dict(ctl.create(vid, before, cap=cap).volume_context))
+            volumes[vid] = (kind, dict(ctl.create(vid, before, cap=cap, publish_to=None).volume_context))
 
         def grow(vid):
             sent[vid] = time.monotonic()

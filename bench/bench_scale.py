@@ -107,7 +107,8 @@ def main():
         def stage(v):
             staging = os.path.join(root, "staging", v)
             plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-                volume_id=v, staging_target_path=staging, volume_capability=cap), timeout=300)
+                volume_id=v, staging_target_path=staging, volume_capability=cap,
+                publish_context=plugin.publish_here(v, cap)), timeout=300)
             return v, staging
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -117,7 +117,8 @@ def main():
         def stage(h):
             path = os.path.join(root, "stage", h)
             cluster.plugin.node.NodeStageVolume(NodeStageVolumeRequest(
-                volume_id=h, staging_target_path=path, volume_capability=cap), timeout=300)
+                volume_id=h, staging_target_path=path, volume_capability=cap,
+                publish_context=cluster.plugin.publish_here(h, cap)), timeout=300)
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(stage, handles))

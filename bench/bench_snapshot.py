@@ -47,7 +47,8 @@ def run_one(fs, rounds):
         plugin.controller.CreateVolume(create_req("big", required=10 * GiB, cap=cap))
         staging = os.path.join(root, "stage", "big")
         plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-            volume_id="big", staging_target_path=staging, volume_capability=cap))
+            volume_id="big", staging_target_path=staging, volume_capability=cap,
+            publish_context=plugin.publish_here("big", cap)))
         subprocess.run(["dd", "if=/dev/urandom", f"of={staging}/data", "bs=4M", "count=256", "conv=fsync"],
                        check=True, capture_output=True)
         disk = os.path.join(plugin.data, "volumes", "big", "disk.img")

@@ -108,6 +108,16 @@ class Plugin:
         self.group = csi_pb2_grpc.GroupControllerStub(self.channel)
         return self
 
+    def publish_here(self, vid, cap):
+        """ControllerPublishVolume to this plugin's own node, as the CO calls it before
+        NodeStageVolume; returns the publish context to stage with."""
+        return dict(self.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+            volume_id=vid, node_id=NODE_ID, volume_capability=cap)).publish_context)
+
+    def unpublish_here(self, vid):
+        """ControllerUnpublishVolume from this plugin's own node, as the CO calls it after NodeUnstageVolume."""
+        self.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE_ID))
+
     def _wait_answering(self, timeout):
         """Waits until this process accepts on the socket. A file at the path is not enough: a
         plugin killed with SIGKILL leaves its socket behind, and gRPC's reconnect backoff (1 s,

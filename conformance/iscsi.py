@@ -115,17 +115,29 @@ class Tgtd:
                 found[current] += 1
         return found
 
-    def plugin_args(self, storage_dir, portal_host="127.0.0.1", initiator="127.0.0.1"):
+    def plugin_args(self, storage_dir, portal_host="127.0.0.1", nodes_file=None):
+        """The controller's iSCSI flags; with `nodes_file`, the list of nodes it may publish to."""
         return ["--iscsi-portal", f"{portal_host}:{self.port}", "--iscsi-storage-dir", storage_dir,
-                "--iscsi-tgt-control-port", str(self.control), "--iscsi-allowed-initiator", initiator]
+                "--iscsi-tgt-control-port", str(self.control)] + (["--nodes-file", nodes_file] if nodes_file else [])
 
 
-def readcapacity(port, iqn, lun=1, chap=None, mutual=None):
-    """The LUN's size as an independent initiator (libiscsi) reads it, or None if it cannot log in.
-    `chap` is (user, password) for CHAP; `mutual` the (user, password) the target must answer with."""
+# The node the host's own initiator (libiscsi) reads as, and the name its target admits once a
+# volume is published to it: the controller's prefix, `.node:`, and the node ID.
+READER = "host-reader"
+
+
+def initiator_name(node, prefix="iqn.2026-11.dev.swell"):
+    return f"{prefix}.node:{node}"
+
+
+def readcapacity(port, iqn, lun=1, chap=None, mutual=None, node=READER):
+    """The LUN's size as an independent initiator (libiscsi, logging in as `node`'s initiator name)
+    reads it, or None if it cannot log in. `chap` is (user, password) for CHAP; `mutual` the
+    (user, password) the target must answer with."""
     auth = f"{chap[0]}%{chap[1]}@" if chap else ""
     query = f"?target_user={mutual[0]}&target_password={mutual[1]}" if mutual else ""
-    out = subprocess.run(["iscsi-readcapacity16", f"iscsi://{auth}127.0.0.1:{port}/{iqn}/{lun}{query}"],
+    out = subprocess.run(["iscsi-readcapacity16", "-i", initiator_name(node),
+                          f"iscsi://{auth}127.0.0.1:{port}/{iqn}/{lun}{query}"],
                          capture_output=True, text=True, timeout=30)
     m = re.search(r"Total size:(\d+)", out.stdout)
     return int(m.group(1)) if out.returncode == 0 and m else None
@@ -299,8 +311,10 @@ start_plugin() {
 if [ "$CRASH_FIRST_STAGE" = 1 ]; then
   first=${VOLUMES%% *}; first_id=${first%%:*}; first_kind=${first#*:}
   eval first_ctx=\$CTX_$(echo "$first_id" | tr - _)
+  eval first_pub=\$PUB_$(echo "$first_id" | tr - _)
   SWELL_FAILPOINTS=iscsi-stage-after-login start_plugin
   crash_args=""; for kv in $first_ctx; do crash_args="$crash_args --context $kv"; done
+  for kv in $first_pub; do crash_args="$crash_args --publish-context $kv"; done
   if csi stage --fs-type "$first_kind" $crash_args "$first_id" /tmp/csi/stage/$first_id; then
     echo "the stage with a crash point succeeded"; exit 1
   fi
@@ -312,7 +326,9 @@ start_plugin
 for spec in $VOLUMES; do
   id=${spec%%:*}; kind=${spec#*:}
   eval ctx=\$CTX_$(echo "$id" | tr - _)
+  eval pub=\$PUB_$(echo "$id" | tr - _)
   args=""; for kv in $ctx; do args="$args --context $kv"; done
+  for kv in $pub; do args="$args --publish-context $kv"; done
   if [ "$kind" = block ]; then cap="--block"; else cap="--fs-type $kind"; fi
   if [ -e /share/secrets-$id ]; then
     # A CHAP volume: the kernel initiator without credentials, then with a wrong password, is refused.
@@ -380,13 +396,18 @@ def shell_words(mapping):
 
 def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, before_grow=None, after_grow=None,
                     crash_first_stage=False, timeout=240, secrets=None):
-    """Boots the guest, stages `volumes` ({id: (kind, volume_context)}) there, lets the host grow
-    them through `grow(id) -> new size` once all are written (calling `before_grow()` first and
-    `after_grow(vm)` once the guest may go on), and checks nothing itself. With `crash_first_stage`,
-    a plugin with a crash point right after the iSCSI login stages the first volume first.
+    """Publishes `volumes` ({id: (kind, volume_context)}) to the guest's node ("vm") through the
+    host's `controller`, boots the guest, stages them there with that publish context, lets the
+    host grow them through `grow(id) -> new size` once all are written (calling `before_grow()`
+    first and `after_grow(vm)` once the guest may go on), and checks nothing itself. With
+    `crash_first_stage`, a plugin with a crash point right after the iSCSI login stages the first
+    volume first.
 
     Returns (vm, guest exit status, guest results, host timings); the caller closes the VM.
     """
+    import conftest
+    published = {vid: controller.publish(vid, "vm", cap=conftest.block_cap() if kind == "block" else conftest.mount_cap(kind))
+                 for vid, (kind, _) in volumes.items()}
     vm = VM(root, artifacts)
     stage_binary(swell_binary, os.path.join(vm.share, "swell"))
     # Node-stage secrets ({id: (right, wrong)}), as files: kubelet passes them in the request, never argv.
@@ -399,6 +420,7 @@ def run_vm_scenario(root, artifacts, swell_binary, controller, volumes, grow, be
         f.write(f"CRASH_FIRST_STAGE={1 if crash_first_stage else 0}\n")
         for vid, (_, ctx) in volumes.items():
             f.write(f"CTX_{vid.replace('-', '_')}='{shell_words(ctx)}'\n")
+            f.write(f"PUB_{vid.replace('-', '_')}='{shell_words(published[vid])}'\n")
     vm.boot(GUEST_SCRIPT)
     timings = {}
     try:

@@ -187,13 +187,6 @@ def test_controller_get_volume_reports_condition(plugin):
                    csi_pb2.ControllerGetVolumeRequest(volume_id="nope")) == C.NOT_FOUND
 
 
-def test_unoffered_calls_are_unimplemented(plugin):
-    assert code_of(plugin.controller.ControllerPublishVolume,
-                   csi_pb2.ControllerPublishVolumeRequest(volume_id="a", node_id="n")) == C.UNIMPLEMENTED
-    assert code_of(plugin.controller.ControllerUnpublishVolume,
-                   csi_pb2.ControllerUnpublishVolumeRequest(volume_id="a", node_id="n")) == C.UNIMPLEMENTED
-
-
 def test_parallel_creates_with_one_name_make_one_volume(plugin):
     results, lock = [], threading.Lock()
 

@@ -28,31 +28,57 @@ def iscsi_tools():
         pytest.fail("tgt and libiscsi-bin are not installed (scripts/setup.sh --tests installs them)")
 
 
+# The nodes the controller knows (its --nodes-file): the host's libiscsi reader, two nodes, the VM.
+NODES = [iscsi.READER, "node-a", "node-b", "vm"]
+
+
 class Controller:
     """A tgtd plus the plugin with the iscsi backend, both private to one test."""
 
-    def __init__(self, portal_host="127.0.0.1", address="127.0.0.1", prefix=(), initiator="127.0.0.1"):
-        """`address` and `prefix`: where tgtd listens and what it runs under (a network namespace);
-        `initiator`: the one address its targets admit."""
+    def __init__(self, portal_host="127.0.0.1", address="127.0.0.1", prefix=()):
+        """`address` and `prefix`: where tgtd listens and what it runs under (a network namespace)."""
         require_root()
         self.root = tempfile.mkdtemp(prefix="swell-iscsi-")
         self.tgtd = iscsi.Tgtd(self.root, address=address, prefix=prefix)
         self.plugin = Plugin(self.root)
         self.storage = os.path.join(self.root, "iscsi")
         self.portal_host = portal_host
-        self.initiator = initiator
+        self.nodes_file = os.path.join(self.root, "nodes")
+        with open(self.nodes_file, "w") as f:
+            f.write("".join(n + "\n" for n in NODES))
+
+    def args(self):
+        return self.tgtd.plugin_args(self.storage, self.portal_host, self.nodes_file)
 
     def start(self, failpoints=None):
         if self.tgtd.proc is None or self.tgtd.proc.poll() is not None:
             self.tgtd.start()
-        self.plugin.start(failpoints=failpoints,
-                          extra_args=self.tgtd.plugin_args(self.storage, self.portal_host, self.initiator))
+        self.plugin.start(failpoints=failpoints, extra_args=self.args())
         return self
 
-    def create(self, name, size=64 * MiB, cap=None, secrets=None):
+    def create(self, name, size=64 * MiB, cap=None, secrets=None, publish_to=iscsi.READER):
+        """CreateVolume, then (unless `publish_to` is None) ControllerPublishVolume to that node, so
+        that its initiator, the host's libiscsi by default, is let in."""
         req = create_req(name, size, cap=cap, params={"backend": "iscsi"})
         req.secrets.update(secrets or {})
-        return self.plugin.controller.CreateVolume(req).volume
+        volume = self.plugin.controller.CreateVolume(req).volume
+        if publish_to:
+            self.publish(name, publish_to, cap=cap)
+        return volume
+
+    def publish(self, name, node, cap=None):
+        return dict(self.plugin.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+            volume_id=name, node_id=node, volume_capability=cap or mount_cap())).publish_context)
+
+    def unpublish(self, name, node=""):
+        self.plugin.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
+            volume_id=name, node_id=node))
+
+    def acl(self, name):
+        """The target's ACL entries, as tgtd shows them."""
+        show = self.tgtd.show()
+        block = show.split(f": {IQN}:{name}\n", 1)[1].split("\nTarget ", 1)[0]
+        return block.split("ACL information:", 1)[1].split()
 
     def expand(self, name, size):
         return self.plugin.controller.ControllerExpandVolume(
@@ -94,11 +120,129 @@ def test_create_exports_a_target_an_independent_initiator_reads(ctl):
     assert list(ctl.tgtd.targets()) == [f"{IQN}:pvc-a1"]
 
 
-def test_only_the_configured_initiators_get_in(ctl):
-    ctl.create("pvc-acl", 16 * MiB)
-    show = ctl.tgtd.show()
-    acl = show.split("ACL information:")[1].split()
-    assert acl == ["127.0.0.1"]
+# ---- publishing: one node at a time ------------------------------------------------------------
+
+def perf(ctl, name, node):
+    """libiscsi's iscsi-perf reading a volume as `node`'s initiator, for as long as it runs: a
+    node's session, logged in and busy."""
+    return subprocess.Popen(["iscsi-perf", "-i", iscsi.initiator_name(node), "-t", "120",
+                             f"iscsi://127.0.0.1:{ctl.tgtd.port}/{IQN}:{name}/1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_sessions(ctl, name, n, proc=None, timeout=20):
+    deadline = time.monotonic() + timeout
+    while ctl.tgtd.targets().get(f"{IQN}:{name}", 0) != n:
+        assert time.monotonic() < deadline, f"{name}: {ctl.tgtd.targets()} sessions, not {n}"
+        assert proc is None or proc.poll() is None, proc.stdout.read() if proc else ""
+        time.sleep(0.1)
+
+
+def test_a_target_admits_only_the_node_its_volume_is_published_to(ctl):
+    """A target with no publication admits no one; publishing admits that node's initiator, by
+    name, and hands the node that name in the publish context; a second node is FAILED_PRECONDITION
+    naming the first; unpublishing removes the name and ends the node's session, whose reconnect is
+    then refused; the second node gets in after. Unknown and malformed nodes are refused first."""
+    c = ctl.plugin.controller
+    ctl.create("pvc-one", 16 * MiB, publish_to=None)
+    assert ctl.acl("pvc-one") == []
+    for node in ("node-a", "node-b", iscsi.READER):
+        assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-one", node=node) is None, node
+    assert code_of(c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+        volume_id="pvc-one", node_id="no-such-node", volume_capability=mount_cap())) == grpc.StatusCode.NOT_FOUND
+    assert code_of(c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+        volume_id="pvc-one", node_id="Node-Upper", volume_capability=mount_cap())) in (
+        grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    assert ctl.acl("pvc-one") == []
+
+    context = ctl.publish("pvc-one", "node-a")
+    assert context == {"node": "node-a", "initiator": iscsi.initiator_name("node-a")}
+    assert ctl.publish("pvc-one", "node-a") == context, "a repeat is the same publication"
+    assert ctl.acl("pvc-one") == [iscsi.initiator_name("node-a")], "CHAP aside, the name is the whole ACL"
+    assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-one", node="node-a") == 16 * MiB
+    assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-one", node="node-b") is None
+    with pytest.raises(grpc.RpcError) as err:
+        ctl.publish("pvc-one", "node-b")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "node-a" in err.value.details()
+    listed = {e.volume.volume_id: list(e.status.published_node_ids)
+              for e in c.ListVolumes(csi_pb2.ListVolumesRequest()).entries}
+    assert listed["pvc-one"] == ["node-a"]
+
+    # node-a is busy on the volume when it is unpublished: its session ends at once, and its
+    # initiator, which keeps trying to log in again, is refused.
+    reader = perf(ctl, "pvc-one", "node-a")
+    try:
+        wait_sessions(ctl, "pvc-one", 1, reader)
+        ctl.unpublish("pvc-one", "node-a")
+        assert ctl.acl("pvc-one") == []
+        wait_sessions(ctl, "pvc-one", 0, timeout=5)
+        time.sleep(2)  # iscsi-perf reconnects at once; none of its tries got in
+        assert ctl.tgtd.targets()[f"{IQN}:pvc-one"] == 0
+        assert reader.poll() is None, "iscsi-perf is still trying to get back in"
+    finally:
+        os.killpg(reader.pid, signal.SIGKILL)
+        reader.wait()
+    assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-one", node="node-a") is None
+    ctl.unpublish("pvc-one", "node-a")  # a repeat, and a node it is not published to
+    ctl.unpublish("pvc-one", "node-b")
+    assert ctl.publish("pvc-one", "node-b")["initiator"] == iscsi.initiator_name("node-b")
+    assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-one", node="node-b") == 16 * MiB
+    assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-one", node="node-a") is None
+    ctl.unpublish("pvc-one")  # no node: every node
+    assert ctl.acl("pvc-one") == []
+
+
+def test_an_older_acl_is_replaced_by_the_publications_at_start(ctl):
+    """A target an older Swell exported admits every address (`ALL`): the first readiness check
+    after the upgrade leaves only the published nodes' names."""
+    ctl.create("pvc-old", 16 * MiB, publish_to=None)
+    ctl.create("pvc-pub", 16 * MiB, publish_to="node-a")
+    for name in ("pvc-old", "pvc-pub"):
+        tid = next(line.split()[1].rstrip(":") for line in ctl.tgtd.show().splitlines()
+                   if line.startswith("Target ") and line.endswith(f":{name}"))
+        subprocess.run(ctl.tgtd.tgtadm("--mode", "target", "--op", "bind", "--tid", tid, "-I", "ALL"), check=True)
+    assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-old", node="node-b") == 16 * MiB
+    ctl.plugin.stop()
+    ctl.start()
+    assert ctl.plugin.identity.Probe(csi_pb2.ProbeRequest()).ready.value
+    assert ctl.acl("pvc-old") == [] and ctl.acl("pvc-pub") == [iscsi.initiator_name("node-a")]
+    assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-old", node="node-b") is None
+
+
+@pytest.mark.parametrize("point", ["iscsi-publish-after-record", "iscsi-unpublish-after-record"])
+def test_a_sigkill_inside_publish_or_unpublish_converges_on_retry(ctl, point):
+    """Publish writes its record, then binds; unpublish removes the record, then unbinds and ends
+    the sessions. Killed between, the restarted plugin's readiness check derives the ACL from the
+    records, and the CO's retry finishes the call: the ACL and the sessions end as they should."""
+    ctl.create("pvc-k", 16 * MiB, publish_to=None)
+    publishing = point.startswith("iscsi-publish")
+    reader = None
+    if not publishing:
+        ctl.publish("pvc-k", "node-a")
+        reader = perf(ctl, "pvc-k", "node-a")
+        wait_sessions(ctl, "pvc-k", 1, reader)
+    try:
+        ctl.plugin.stop()
+        ctl.plugin.start(failpoints=point, extra_args=ctl.args())
+        with pytest.raises(grpc.RpcError) as err:
+            ctl.publish("pvc-k", "node-a") if publishing else ctl.unpublish("pvc-k", "node-a")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ctl.plugin.wait_dead() == -signal.SIGKILL
+        ctl.start()
+        assert ctl.plugin.identity.Probe(csi_pb2.ProbeRequest()).ready.value
+        if publishing:
+            assert ctl.acl("pvc-k") == [iscsi.initiator_name("node-a")], "the record was written: the ACL follows it"
+            assert ctl.publish("pvc-k", "node-a")["initiator"] == iscsi.initiator_name("node-a")
+            assert iscsi.readcapacity(ctl.tgtd.port, f"{IQN}:pvc-k", node="node-a") == 16 * MiB
+        else:
+            assert ctl.acl("pvc-k") == [], "the record was gone: the restart unbound the name"
+            ctl.unpublish("pvc-k", "node-a")  # the CO's retry ends the session the crash left
+            wait_sessions(ctl, "pvc-k", 0, timeout=5)
+            assert ctl.publish("pvc-k", "node-b")
+    finally:
+        if reader is not None:
+            os.killpg(reader.pid, signal.SIGKILL)
+            reader.wait()
 
 
 def test_a_name_that_cannot_be_an_iqn_is_refused(ctl):
@@ -144,7 +288,7 @@ def test_a_crash_between_growing_and_reexporting_converges(ctl):
     ctl.create("pvc-c1", 64 * MiB)
     ctl.plugin.stop()
     ctl.plugin.start(failpoints="iscsi-expand-before-reexport",
-                     extra_args=ctl.tgtd.plugin_args(ctl.storage))
+                     extra_args=ctl.args())
     with pytest.raises(grpc.RpcError):
         ctl.expand("pvc-c1", 96 * MiB)
     ctl.plugin.wait_dead()
@@ -173,6 +317,7 @@ def test_snapshot_restore_and_clone_of_iscsi_volumes(ctl):
     restored = ctl.plugin.controller.CreateVolume(req).volume
     assert restored.capacity_bytes == 64 * MiB and restored.content_source.snapshot.snapshot_id == "snap-s1"
     assert restored.volume_context["iqn"] == f"{IQN}:pvc-r1" and len(restored.accessible_topology) == 0
+    ctl.publish("pvc-r1", iscsi.READER)
     assert ctl.capacity("pvc-r1") == 64 * MiB, "the restore is exported, as an independent initiator reads"
 
     def chunk(name):
@@ -183,6 +328,7 @@ def test_snapshot_restore_and_clone_of_iscsi_volumes(ctl):
     clone = create_req("pvc-k1", 96 * MiB, params={"backend": "iscsi"})
     clone.volume_content_source.volume.volume_id = "pvc-r1"
     assert ctl.plugin.controller.CreateVolume(clone).volume.capacity_bytes == 96 * MiB
+    ctl.publish("pvc-k1", iscsi.READER)
     assert ctl.capacity("pvc-k1") == 96 * MiB and chunk("pvc-k1") == chunk("pvc-r1")
     # A copy cannot cross backends: the iSCSI snapshot into a loop volume is refused.
     cross = create_req("pvc-x1", 0, params={"backend": "loop"})
@@ -226,7 +372,8 @@ def test_iscsi_group_snapshots(ctl):
         with open(os.path.join(ctl.storage, "volumes", f"{s.source_volume_id}-back", "disk.img"), "rb") as f:
             f.seek(4 * MiB)
             assert hashlib.sha256(f.read(MiB)).digest() == hashlib.sha256(payloads[s.source_volume_id]).digest()
-    reader = subprocess.Popen(["iscsi-perf", "-t", "60", f"iscsi://127.0.0.1:{ctl.tgtd.port}/{IQN}:pvc-ga/1"],
+    reader = subprocess.Popen(["iscsi-perf", "-i", iscsi.initiator_name(iscsi.READER), "-t", "60",
+                               f"iscsi://127.0.0.1:{ctl.tgtd.port}/{IQN}:pvc-ga/1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
@@ -275,6 +422,8 @@ def test_targets_come_back_after_tgtd_is_killed_and_restarted(ctl):
     assert sorted(ctl.tgtd.targets()) == [f"{IQN}:pvc-r1", f"{IQN}:pvc-r2"]
     assert ctl.capacity("pvc-r1") == 32 * MiB
     assert ctl.capacity("pvc-r2") == 80 * MiB
+    # The ACLs come back from the publication records: the published node only.
+    assert ctl.acl("pvc-r1") == ctl.acl("pvc-r2") == [iscsi.initiator_name(iscsi.READER)]
 
 
 def test_targets_come_back_after_the_plugin_restarts_with_a_fresh_tgtd(ctl):
@@ -317,7 +466,7 @@ def test_vm_stage_write_grow_online_verify_unstage():
         for vid, (before, _, kind) in sizes.items():
             cap = block_cap() if kind == "block" else mount_cap(kind)
             # pvc-xf needs mutual CHAP: the guest's kernel initiator logs in with the node-stage secrets.
-            vol = ctl.create(vid, before, cap=cap, secrets=MUTUAL if vid == "pvc-xf" else None)
+            vol = ctl.create(vid, before, cap=cap, secrets=MUTUAL if vid == "pvc-xf" else None, publish_to=None)
             volumes[vid] = (kind, dict(vol.volume_context))
 
         def refuse_delete_while_logged_in():
@@ -429,7 +578,7 @@ def test_chap_secrets_never_reach_a_log_an_error_or_a_file_others_can_read(ctl):
                 if len(value) > 6:
                     assert value not in e.details()
     ctl.plugin.stop()
-    ctl.plugin.start(extra_args=ctl.tgtd.plugin_args(ctl.storage, ctl.portal_host) + ["--log-level", "trace"])
+    ctl.plugin.start(extra_args=ctl.args() + ["--log-level", "trace"])
     ctl.create("pvc-chap3", secrets=MUTUAL)  # every command logged at trace level
     log = open(ctl.plugin.log_path).read()
     assert "tgtadm" in log, "the commands are in the log at trace level, so the check below means something"

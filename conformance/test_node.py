@@ -19,7 +19,8 @@ def paths(plugin, name="v"):
 
 def stage(plugin, vid, staging, cap):
     plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-        volume_id=vid, staging_target_path=staging, volume_capability=cap))
+        volume_id=vid, staging_target_path=staging, volume_capability=cap,
+        publish_context=plugin.publish_here(vid, cap)))
 
 
 def publish(plugin, vid, staging, target, cap, readonly=False):
@@ -33,6 +34,7 @@ def unpublish(plugin, vid, target):
 
 def unstage(plugin, vid, staging):
     plugin.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging))
+    plugin.unpublish_here(vid)
 
 
 def expand(plugin, vid, n):

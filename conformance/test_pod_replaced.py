@@ -61,7 +61,8 @@ def test_a_new_plugin_serves_volumes_its_predecessor_attached_from_a_namespace_n
                             'mount --bind "$0" "$1" && shift && exec "$@"', real, data])
         first.controller.CreateVolume(create_req(vid, 320 * MiB, cap=cap))
         first.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-            volume_id=vid, staging_target_path=staging, volume_capability=cap))
+            volume_id=vid, staging_target_path=staging, volume_capability=cap,
+            publish_context=first.publish_here(vid, cap)))
         write_random(os.path.join(staging, "f"), 8)
         digest = sha256(os.path.join(staging, "f"))
         first.stop()  # the pod, and its mount namespace, are gone

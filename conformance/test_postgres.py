@@ -17,7 +17,8 @@ def staged_and_published(plugin, name, cap, volume):
     staging = os.path.join(plugin.root, "kubelet", "plugins", name, "globalmount")
     target = os.path.join(plugin.root, "kubelet", "pods", "db", "volumes", name, "mount")
     plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-        volume_id=name, staging_target_path=staging, volume_capability=cap, volume_context=volume.volume_context))
+        volume_id=name, staging_target_path=staging, volume_capability=cap, volume_context=volume.volume_context,
+        publish_context=plugin.publish_here(name, cap)))
     plugin.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
         volume_id=name, staging_target_path=staging, target_path=target, volume_capability=cap))
     return staging, target

@@ -60,9 +60,12 @@ class RbdPlugin(Plugin):
 
     def start(self, failpoints=None, extra_args=()):
         own = ["--rbd-user", "swell-plugin", "--rbd-key-file", self.key_file] if self.own_key else []
+        nodes = os.path.join(self.root, "nodes")
+        with open(nodes, "w") as f:
+            f.write("node-a\nnode-b\n")
         return super().start(failpoints=failpoints, extra_args=[
             "--rbd-monitors", self.cluster.monitors, "--rbd-pool", POOL, "--rbd-pool", POOL2,
-            *own, "--log-level", "debug", *extra_args])
+            *own, "--nodes-file", nodes, "--log-level", "debug", *extra_args])
 
 
 def plugin_fixture(cluster, own_key):
@@ -414,6 +417,115 @@ def test_rbd_a_missing_source_is_not_found(cluster, own_key):
         assert code_of(c.CreateSnapshot, csi_pb2.CreateSnapshotRequest(
             name="snap-m1", source_volume_id="pvc-none", secrets=secrets(cluster))) == grpc.StatusCode.NOT_FOUND
         assert images(cluster) == [] and images(cluster, POOL2) == []
+
+
+# ---- publishing: one owner at a time, and the fence ---------------------------------------------
+
+def publish(c, vid, node, cluster=None, cap=None):
+    req = csi_pb2.ControllerPublishVolumeRequest(volume_id=vid, node_id=node, volume_capability=cap or mount_cap())
+    if cluster is not None:
+        req.secrets.update(secrets(cluster))
+    return dict(c.ControllerPublishVolume(req).publish_context)
+
+
+def unpublish(c, vid, node, cluster=None):
+    req = csi_pb2.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=node)
+    if cluster is not None:
+        req.secrets.update(secrets(cluster))
+    c.ControllerUnpublishVolume(req)
+
+
+def meta(cluster, image, key, pool=POOL):
+    r = cluster.run("rbd", "image-meta", "get", f"{pool}/{image}", key, check=False)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def node_client(cluster, image, node, pool=POOL):
+    """A client writing the image as a node's mapping would (`rbd bench`: a watch and the exclusive
+    lock), recorded with the image as the node records its krbd client at stage."""
+    spec = f"{pool}/{image}"
+    bench = subprocess.Popen(["rbd", "-c", cluster.conf, "bench", "--io-type", "write", "--io-size", "4K",
+                              "--io-threads", "1", "--io-total", "10G", "--io-pattern", "rand", spec],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster.env(),
+                             start_new_session=True)
+    ceph.Cluster.wait(lambda: "watcher=" in cluster.run("rbd", "status", spec).stdout, 60, "the client's watch")
+    address = re.search(r"watcher=(\S+)", cluster.run("rbd", "status", spec).stdout).group(1)
+    cluster.run("rbd", "image-meta", "set", spec, "swell.client", f"node={node};addr={address}")
+    return bench, address
+
+
+def test_rbd_publish_records_one_owner_and_unpublish_fences_its_client(rbd_plugin, cluster):
+    """An image has one owner, recorded with it; a second node is FAILED_PRECONDITION naming the
+    first, an unknown node NOT_FOUND. Unpublishing the owner blocklists the client it staged with
+    before it gives the image up: that client, still writing (a node that hangs, or is cut off),
+    fails and loses its watch, and only then may another node publish."""
+    c = rbd_plugin.controller
+    c.CreateVolume(rbd_req("pvc-o1", cluster))
+    assert code_of(c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+        volume_id="pvc-o1", node_id="no-such-node", volume_capability=mount_cap())) == grpc.StatusCode.NOT_FOUND
+    assert publish(c, "pvc-o1", "node-a", cluster) == {"node": "node-a"}
+    assert publish(c, "pvc-o1", "node-a") == {"node": "node-a"}, "a repeat, with the controller's own key"
+    assert meta(cluster, "swell-vol-pvc-o1", "swell.publication") == \
+        "node=node-a;access=mount;mode=SINGLE_NODE_WRITER;readonly=false"
+    with pytest.raises(grpc.RpcError) as err:
+        publish(c, "pvc-o1", "node-b", cluster)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "node-a" in err.value.details()
+    got = c.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-o1"))
+    assert list(got.status.published_node_ids) == ["node-a"]
+
+    bench, address = node_client(cluster, "swell-vol-pvc-o1", "node-a")
+    try:
+        assert bench.poll() is None
+        unpublish(c, "pvc-o1", "node-a", cluster)
+        assert address in cluster.run("ceph", "osd", "blocklist", "ls").stdout
+        bench.wait(timeout=60)
+        assert bench.returncode != 0, "the fenced client's writes fail"
+        ceph.Cluster.wait(lambda: "watcher=" not in cluster.run("rbd", "status", "swell-a/swell-vol-pvc-o1").stdout, 60,
+                          "the fenced client's watch is dropped")
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert meta(cluster, "swell-vol-pvc-o1", "swell.client") is None
+    assert meta(cluster, "swell-vol-pvc-o1", "swell.publication") is None
+    unpublish(c, "pvc-o1", "node-a", cluster)  # a repeat
+    unpublish(c, "pvc-none", "node-a", cluster)  # a volume that does not exist
+    assert publish(c, "pvc-o1", "node-b", cluster) == {"node": "node-b"}
+    unpublish(c, "pvc-o1", "", cluster)  # every node
+    assert meta(cluster, "swell-vol-pvc-o1", "swell.publication") is None
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-o1", secrets=secrets(cluster)))
+
+
+def test_rbd_a_sigkill_after_the_fence_converges_on_retry(rbd_plugin, cluster):
+    """Killed after the blocklist and before the owner is given up, the plugin comes back with the
+    image still owned by the fenced node; the CO's retry gives it up, and the next node publishes."""
+    c = rbd_plugin.controller
+    c.CreateVolume(rbd_req("pvc-o2", cluster))
+    publish(c, "pvc-o2", "node-a", cluster)
+    bench, address = node_client(cluster, "swell-vol-pvc-o2", "node-a")
+    try:
+        rbd_plugin.stop()
+        rbd_plugin.start(failpoints="rbd-unpublish-after-blocklist")
+        with pytest.raises(grpc.RpcError) as err:
+            unpublish(rbd_plugin.controller, "pvc-o2", "node-a", cluster)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert rbd_plugin.wait_dead() == -signal.SIGKILL
+        rbd_plugin.start()
+        c = rbd_plugin.controller
+        assert address in cluster.run("ceph", "osd", "blocklist", "ls").stdout
+        assert code_of(c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+            volume_id="pvc-o2", node_id="node-b", volume_capability=mount_cap(), secrets=secrets(cluster))) \
+            == grpc.StatusCode.FAILED_PRECONDITION, "still node-a's until the retry"
+        unpublish(c, "pvc-o2", "node-a", cluster)
+        assert publish(c, "pvc-o2", "node-b", cluster) == {"node": "node-b"}
+        bench.wait(timeout=60)
+        assert bench.returncode != 0
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    unpublish(c, "pvc-o2", "node-b", cluster)
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-o2", secrets=secrets(cluster)))
 
 
 # ---- snapshots, restores, clones ----------------------------------------------------------------

@@ -50,7 +50,8 @@ def mounted(plugin, name, cap, size=None, volume=None):
         _contexts[name] = dict(volume.volume_context)
     staging, target = paths(plugin, name)
     plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
-        volume_id=name, staging_target_path=staging, volume_capability=cap, volume_context=_contexts.get(name, {})))
+        volume_id=name, staging_target_path=staging, volume_capability=cap, volume_context=_contexts.get(name, {}),
+        publish_context=plugin.publish_here(name, cap)))
     publish(plugin, name, staging, target, cap)
     return target
 

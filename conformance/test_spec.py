@@ -153,6 +153,14 @@ def missing_field_requests():
     yield "ControllerExpandVolume capacity_range", "controller", "ControllerExpandVolume", \
         csi_pb2.ControllerExpandVolumeRequest(volume_id="exists")
     yield "ControllerGetVolume volume_id", "controller", "ControllerGetVolume", csi_pb2.ControllerGetVolumeRequest()
+    yield "ControllerPublishVolume volume_id", "controller", "ControllerPublishVolume", \
+        csi_pb2.ControllerPublishVolumeRequest(node_id=NODE_ID, volume_capability=cap)
+    yield "ControllerPublishVolume node_id", "controller", "ControllerPublishVolume", \
+        csi_pb2.ControllerPublishVolumeRequest(volume_id="exists", volume_capability=cap)
+    yield "ControllerPublishVolume volume_capability", "controller", "ControllerPublishVolume", \
+        csi_pb2.ControllerPublishVolumeRequest(volume_id="exists", node_id=NODE_ID)
+    yield "ControllerUnpublishVolume volume_id", "controller", "ControllerUnpublishVolume", \
+        csi_pb2.ControllerUnpublishVolumeRequest(node_id=NODE_ID)
     yield "NodeStageVolume volume_id", "node", "NodeStageVolume", \
         csi_pb2.NodeStageVolumeRequest(staging_target_path=S, volume_capability=cap)
     yield "NodeStageVolume staging_target_path", "node", "NodeStageVolume", \

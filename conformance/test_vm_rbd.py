@@ -196,6 +196,7 @@ csi delete $S db-rbd
 for m in iscsi_tcp sd_mod; do modprobe "$m"; done
 iscsid
 ICTX=""; for kv in $CTX_ISCSI; do ICTX="$ICTX --context $kv"; done
+for kv in $PUB_ISCSI; do ICTX="$ICTX --publish-context $kv"; done
 csi stage --fs-type ext4 $ICTX db-iscsi /tmp/csi/stage/db-iscsi
 result iscsi_source "$(findmnt -n -o SOURCE /tmp/csi/stage/db-iscsi)"
 chmod 755 /tmp/csi/stage/db-iscsi
@@ -235,13 +236,15 @@ def test_vm_rbd_node_maps_grows_and_unmaps():
         cluster.create_pool(POOL)
         key = cluster.create_user("swell-plugin", POOL)
         # An iSCSI volume for the same pgbench: tgtd in the namespace, admitting only the guest.
-        ctl = Controller(portal_host=HOST_ADDR, address=HOST_ADDR, prefix=inns, initiator=GUEST_ADDR).start()
-        iscsi_ctx = dict(ctl.create("db-iscsi", 1024 * MiB, cap=mount_cap("ext4")).volume_context)
+        ctl = Controller(portal_host=HOST_ADDR, address=HOST_ADDR, prefix=inns).start()
+        iscsi_ctx = dict(ctl.create("db-iscsi", 1024 * MiB, cap=mount_cap("ext4"), publish_to="vm").volume_context)
+        iscsi_pub = ctl.publish("db-iscsi", "vm", cap=mount_cap("ext4"))
 
         def stage(share):
             with open(os.path.join(share, "params"), "w") as f:
                 f.write(f"MON={cluster.monitors}\nPOOL={POOL}\nGUEST_ADDR={GUEST_ADDR}\n")
                 f.write(f"CTX_ISCSI='{iscsi.shell_words(iscsi_ctx)}'\n")
+                f.write(f"PUB_ISCSI='{iscsi.shell_words(iscsi_pub)}'\n")
             with open(os.path.join(share, "plugin.key"), "w") as f:
                 f.write(key + "\n")
             with open(os.path.join(share, "secrets"), "w") as f:

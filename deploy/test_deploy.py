@@ -122,7 +122,7 @@ def objects(target):
 def test_driver_and_class_match_the_plugin():
     objs = objects("overlays/production")
     driver = objs[("CSIDriver", "swell.csi.dev")]["spec"]
-    assert driver["attachRequired"] is False and driver["podInfoOnMount"] is False
+    assert driver["attachRequired"] is True and driver["podInfoOnMount"] is False
     local, net = objs[("StorageClass", "swell-local")], objs[("StorageClass", "swell-iscsi")]
     assert local["volumeBindingMode"] == "WaitForFirstConsumer" and local["parameters"]["backend"] == "loop"
     assert net["volumeBindingMode"] == "Immediate" and net["parameters"]["backend"] == "iscsi"
@@ -176,7 +176,8 @@ def test_rbd_overlay_gives_the_controller_its_cluster_and_the_nodes_their_module
     assert {k for k in sc["parameters"] if not k.startswith("csi.storage.k8s.io/")} == {"backend", "pool"}
     refs = {k: v for k, v in sc["parameters"].items() if "-secret-" in k}
     assert refs == {f"csi.storage.k8s.io/{kind}-secret-{part}": value
-                    for kind in ("provisioner", "node-stage", "controller-expand", "controller-modify")
+                    for kind in ("provisioner", "node-stage", "controller-expand", "controller-modify",
+                                 "controller-publish")
                     for part, value in (("name", "swell-ceph"), ("namespace", "swell-system"))}
     secret = objs[("Secret", "swell-ceph")]
     # The snapshot calls' secrets (issue 37): the example class names the same Secret for each.
@@ -200,6 +201,27 @@ def test_rbd_overlay_gives_the_controller_its_cluster_and_the_nodes_their_module
     node = objs[("DaemonSet", "swell-node")]["spec"]["template"]["spec"]
     modules = next(m for m in node["containers"][0]["volumeMounts"] if m["name"] == "lib-modules")
     assert modules["mountPath"] == "/lib/modules" and modules["readOnly"] is True
+
+
+@pytest.mark.parametrize("target", ["overlays/production", "overlays/rbd"])
+def test_every_volume_has_an_attacher_and_the_controller_its_node_list(target):
+    """attachRequired: true needs an attacher for every volume: both sidecars attach (each serves
+    its own backends). The controller plugin reads the node list its sidecar writes, in a folder
+    both containers mount."""
+    objs = objects(target)
+    assert objs[("CSIDriver", "swell.csi.dev")]["spec"]["attachRequired"] is True
+    for kind, name in [("DaemonSet", "swell-node"), ("Deployment", "swell-controller")]:
+        sidecar = next(c for c in objs[(kind, name)]["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+        assert "--attach" in sidecar["args"], name
+    pod = objs[("Deployment", "swell-controller")]["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    args = {c: dict(a.split("=", 1) for a in by_name[c]["args"] if a.startswith("--nodes-file=")) for c in ("swell", "sidecar")}
+    path = args["swell"]["--nodes-file"]
+    assert args["sidecar"]["--nodes-file"] == path
+    for c in ("swell", "sidecar"):
+        mounts = [m for m in by_name[c]["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert [m["name"] for m in mounts] == ["socket-dir"], (c, mounts)
+    assert not any(a.startswith("--iscsi-allowed-initiator") for a in by_name["swell"]["args"]), "deprecated, ignored"
 
 
 @pytest.mark.parametrize("target", ["overlays/production", "overlays/lvm", "overlays/dir", "overlays/rbd"])

@@ -18,6 +18,37 @@ public struct CSIClient: Sendable {
   }
 }
 
+extension CSIClient {
+  /// True when the plugin offers ControllerPublishVolume.
+  public func offersPublish() async -> Bool {
+    guard let caps = try? await controller.controllerGetCapabilities(.init()) else { return false }
+    return caps.capabilities.contains { $0.rpc.type == .publishUnpublishVolume }
+  }
+
+  /// What the CO does before NodeStageVolume, when one plugin serves the controller and this node
+  /// (`--mode all`): publishes `id` to the plugin's own node and returns the publish context to
+  /// stage with; nil when the plugin publishes nothing.
+  public func publishHere(_ id: String, capability: Csi_V1_VolumeCapability) async throws -> [String: String]? {
+    guard await offersPublish() else { return nil }
+    let node = try await self.node.nodeGetInfo(.init()).nodeID
+    return try await controller.controllerPublishVolume(.with {
+      $0.volumeID = id
+      $0.nodeID = node
+      $0.volumeCapability = capability
+    }).publishContext
+  }
+
+  /// What the CO does after NodeUnstageVolume: unpublishes `id` from the plugin's own node.
+  public func unpublishHere(_ id: String) async throws {
+    guard await offersPublish() else { return }
+    let node = try await self.node.nodeGetInfo(.init()).nodeID
+    _ = try await controller.controllerUnpublishVolume(.with {
+      $0.volumeID = id
+      $0.nodeID = node
+    })
+  }
+}
+
 /// Connects to the plugin at `socketPath`, runs `body`, then closes the connection.
 public func withCSIClient<Result: Sendable>(
   socketPath: String, _ body: (CSIClient) async throws -> Result

@@ -10,11 +10,13 @@ import SwellStorage
 public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
   let config: DriverConfig
   let backend: ControllerBackends
+  let nodes: NodeDirectory
   let locks = VolumeLocks()
 
   public init(config: DriverConfig, backends: ControllerBackends) {
     self.config = config
     self.backend = backends
+    self.nodes = NodeDirectory(ownNode: config.nodeID, file: config.nodesFile)
   }
 
   public func createVolume(
@@ -51,12 +53,10 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     spec.inodeLimit = try Validation.inodeLimit(parameters) ?? 0
     if backendName == IscsiBackend.name { spec.chap = try ChapCredentials(secrets: request.secrets) }
     Spans.recorder?.record("validate", ContinuousClock.now - validating)
-    var record = try await CallSecrets.$current.withValue(request.secrets) {
-      try await locks.withLock(request.name) {
-        // The source is held too, so that it is neither deleted nor grown while it is copied.
-        guard let source else { return try await backend.create(spec) }
-        return try await locks.withLock(Self.lockKey(source)) { try await backend.create(spec) }
-      }
+    var record = try await locks.withLock(request.name) {
+      // The source is held too, so that it is neither deleted nor grown while it is copied.
+      guard let source else { return try await backend.create(spec) }
+      return try await locks.withLock(Self.lockKey(source)) { try await backend.create(spec) }
     }
     // The node formats with the class's options, and grows a copied filesystem to its volume:
     // both travel in the volume context.
@@ -69,9 +69,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     request: Csi_V1_DeleteVolumeRequest, context: ServerContext
   ) async throws -> Csi_V1_DeleteVolumeResponse {
     try Names.validateVolumeID(request.volumeID)
-    try await CallSecrets.$current.withValue(request.secrets) {
-      try await locks.withLock(request.volumeID) { try await backend.delete(request.volumeID) }
-    }
+    try await locks.withLock(request.volumeID) { try await backend.delete(request.volumeID) }
     return .init()
   }
 
@@ -91,14 +89,14 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw SwellError(.outOfRange, "required_bytes \(required) rounds up to \(target), over limit_bytes \(limit)")
     }
     let asked = request.hasVolumeCapability ? try Validation.access(request.volumeCapability) : nil
-    let record = try await CallSecrets.$current.withValue(request.secrets) { try await locks.withLock(request.volumeID) {
+    let record = try await locks.withLock(request.volumeID) {
       // "Exceeds capabilities": a capability the volume was not made for is INVALID_ARGUMENT.
       if let asked, let existing = try await backend.volume(request.volumeID), existing.access != asked.kind {
         throw SwellError.invalid(
           "volume_capability asks for \(asked.kind.rawValue) access; volume \(existing.id) is a \(existing.access.rawValue) volume")
       }
       return try await backend.expand(request.volumeID, to: target)
-    } }
+    }
     return .with {
       $0.capacityBytes = record.capacityBytes
       // The node must see the new size (loop set-capacity, iSCSI rescan) and grow the filesystem;
@@ -146,9 +144,11 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     var entries: [Csi_V1_ListVolumesResponse.Entry] = []
     for record in page {
       let health = await backend.health(record.id)
+      let published = try await backend.publishedNodes(record)
       entries.append(.with {
         $0.volume = csiVolume(record)
         $0.status.volumeCondition = csiCondition(health)
+        $0.status.publishedNodeIds = published
       })
     }
     return .with {
@@ -185,6 +185,7 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
     let types: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
       .createDeleteVolume, .expandVolume, .listVolumes, .getCapacity, .getVolume, .volumeCondition,
       .singleNodeMultiWriter, .createDeleteSnapshot, .listSnapshots, .getSnapshot, .cloneVolume, .modifyVolume,
+      .publishUnpublishVolume, .listVolumesPublishedNodes,
     ]
     return .with { $0.capabilities = types.map { t in .with { $0.rpc.type = t } } }
   }
@@ -197,24 +198,12 @@ public struct ControllerService: Csi_V1_Controller.SimpleServiceProtocol {
       throw SwellError.notFound("volume \(request.volumeID) does not exist")
     }
     let health = await backend.health(record.id)
+    let published = try await backend.publishedNodes(record)
     return .with {
       $0.volume = csiVolume(record)
       $0.status.volumeCondition = csiCondition(health)
+      $0.status.publishedNodeIds = published
     }
-  }
-
-  // MARK: Not offered (absent from ControllerGetCapabilities)
-
-  public func controllerPublishVolume(
-    request: Csi_V1_ControllerPublishVolumeRequest, context: ServerContext
-  ) async throws -> Csi_V1_ControllerPublishVolumeResponse {
-    throw unimplemented("ControllerPublishVolume")
-  }
-
-  public func controllerUnpublishVolume(
-    request: Csi_V1_ControllerUnpublishVolumeRequest, context: ServerContext
-  ) async throws -> Csi_V1_ControllerUnpublishVolumeResponse {
-    throw unimplemented("ControllerUnpublishVolume")
   }
 
   // MARK: Helpers
@@ -283,8 +272,4 @@ func csiCondition(_ health: VolumeHealth) -> Csi_V1_VolumeCondition {
       $0.message = why
     }
   }
-}
-
-func unimplemented(_ method: String) -> RPCError {
-  RPCError(code: .unimplemented, message: "\(method) is not offered by this plugin")
 }

@@ -17,6 +17,9 @@ public struct DriverConfig: Sendable {
   public var maxVolumesPerNode: Int64
   /// The default size of a volume whose request names none.
   public var defaultVolumeBytes: Int64
+  /// The list of nodes a network volume may be published to (one node ID a line), which the
+  /// sidecar keeps from the cluster's CSINodes; nil: every well-formed node ID.
+  public var nodesFile: String? = nil
 
   public init(
     driverName: String, version: String, nodeID: String, mode: PluginMode, maxVolumesPerNode: Int64 = 256,

@@ -38,9 +38,13 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let staging = Names.normalized(request.stagingTargetPath)
     try refuseSymlink(staging, field: "staging_target_path")
     let mkfsOptions = try request.volumeContext["mkfsOptions"].map(Validation.mkfsOptions) ?? []
+    try await checkPublishedHere(id, request)
     try await locks.withLock(id) {
       let device = try await backend.attach(
-        id, context: AttachContext(volumeContext: request.volumeContext, secrets: request.secrets))
+        id,
+        context: AttachContext(
+          volumeContext: request.volumeContext, secrets: request.secrets, publishContext: request.publishContext,
+          nodeID: config.nodeID))
       Failpoints.hit("stage-after-attach")
       if device.directIO == false {
         logger.warning(
@@ -66,6 +70,25 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
       }
     }
     return .init()
+  }
+
+  /// Refuses a stage of a volume that ControllerPublishVolume did not publish to this node: its
+  /// publish context must name this node. A local volume that does not exist here is NOT_FOUND
+  /// first; a network backend also checks the storage's own record when it attaches (the target's
+  /// ACL, the image's owner).
+  private func checkPublishedHere(_ id: String, _ request: Csi_V1_NodeStageVolumeRequest) async throws {
+    let publishedTo = request.publishContext[PublishContext.node]
+    guard publishedTo != config.nodeID else { return }
+    let kind = request.volumeContext["backend"] ?? LoopBackend.name
+    if [LoopBackend.name, LvmBackend.name, DirectoryBackend.name].contains(kind), try await !backend.exists(id) {
+      throw SwellError.notFound("volume \(id) does not exist on this node")
+    }
+    guard let publishedTo else {
+      throw SwellError.precondition(
+        "volume \(id) is not published to this node (\(config.nodeID)): NodeStageVolume needs the publish context "
+          + "that ControllerPublishVolume to this node answered")
+    }
+    throw SwellError.precondition("volume \(id) is published to node \(publishedTo), not to this node (\(config.nodeID))")
   }
 
   /// Mounts the volume's filesystem at `staging`, formatting only a device with nothing on it.

@@ -61,7 +61,8 @@ struct OpenBackends: Sendable {
     if let dir { controllers.append((DirectoryBackend.name, dir)) }
     // Last: a name that no local backend holds is the only one that costs a call to the cluster.
     if let rbd = options.rbd { controllers.append((RbdBackend.name, try RbdBackend(config: rbd, exec: exec))) }
-    controller = ControllerBackends(controllers)
+    controller = ControllerBackends(
+      controllers, localPublishing: LocalPublishing(files: try PublicationFiles(dir: options.dataDir + "/publications")))
     iscsiNode = try IscsiNodeBackend(dataDir: options.dataDir, exec: exec)
     var others: [(name: String, backend: any NodeBackend)] = [(IscsiBackend.name, iscsiNode)]
     if let lvm { others.append((LvmBackend.name, lvm)) }

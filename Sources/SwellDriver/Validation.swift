@@ -39,6 +39,17 @@ enum Validation {
     return result!
   }
 
+  /// The spec's name of a single-node access mode, as publication records keep it.
+  static func modeName(_ mode: Csi_V1_VolumeCapability.AccessMode.Mode) -> String {
+    switch mode {
+    case .singleNodeWriter: "SINGLE_NODE_WRITER"
+    case .singleNodeReaderOnly: "SINGLE_NODE_READER_ONLY"
+    case .singleNodeSingleWriter: "SINGLE_NODE_SINGLE_WRITER"
+    case .singleNodeMultiWriter: "SINGLE_NODE_MULTI_WRITER"
+    default: "\(mode)"
+    }
+  }
+
   /// Validates one capability: an access type, a single-node access mode, and a supported filesystem.
   static func access(_ cap: Csi_V1_VolumeCapability, field: String = "volume_capability") throws -> RequestedAccess {
     guard cap.hasAccessMode else { throw SwellError.invalid("\(field) has no access_mode") }

@@ -37,29 +37,45 @@ public struct IscsiInitiator: Sendable {
     self.sysClass = sysClass
   }
 
-  /// Creates the node record for `iqn` at `portal` by hand (discovery on a NAT'd or multi-homed
-  /// portal may return an address this node cannot reach), with manual startup.
-  public func addNode(iqn: String, portal: String) async throws {
-    try await exec.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-o", "new"])
+  /// Makes the iface `name` log in as `initiatorName`: a software (tcp) iface whose only setting
+  /// is the initiator name, made when missing and corrected when it names another.
+  public func ensureIface(_ name: String, initiatorName: String) async throws {
+    let shown = try await exec.output(["iscsiadm", "-m", "iface", "-I", name, "-o", "show"])
+    if shown.exitCode == 0,
+      shown.stdout.split(separator: "\n").contains(where: { $0.trimmingWhitespace() == "iface.initiatorname = \(initiatorName)" })
+    {
+      return
+    }
+    if shown.exitCode != 0 { try await exec.run(["iscsiadm", "-m", "iface", "-I", name, "-o", "new"]) }
+    try await exec.run(["iscsiadm", "-m", "iface", "-I", name, "-o", "update", "-n", "iface.initiatorname", "-v", initiatorName])
+  }
+
+  /// Creates the node record for `iqn` at `portal` through `iface` by hand (discovery on a NAT'd
+  /// or multi-homed portal may return an address this node cannot reach), with manual startup.
+  public func addNode(iqn: String, portal: String, iface: String) async throws {
+    try await exec.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", iface, "-o", "new"])
     try await exec.run(
-      ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-o", "update", "-n", "node.startup", "-v", "manual"])
+      ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", iface, "-o", "update", "-n", "node.startup", "-v", "manual"])
   }
 
   /// Sets a node record's fields. The values in `secrets` (CHAP passwords) never reach a log or
   /// an error: the executor shows them as `***`.
-  public func setNode(iqn: String, portal: String, _ settings: [(String, String)], secrets: [String] = []) async throws {
+  public func setNode(
+    iqn: String, portal: String, iface: String, _ settings: [(String, String)], secrets: [String] = []
+  ) async throws {
     for (name, value) in settings {
       let out = try await exec.output(
-        ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-o", "update", "-n", name, "-v", value], hiding: secrets)
+        ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", iface, "-o", "update", "-n", name, "-v", value],
+        hiding: secrets)
       guard out.exitCode == 0 else {
         throw SwellError(.internal, "iscsiadm could not set \(name) on \(iqn): exit \(out.exitCode): \(out.stderr.trimmingWhitespace())")
       }
     }
   }
 
-  /// Logs in; already logged in is success.
-  public func login(iqn: String, portal: String) async throws {
-    let argv = ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "--login"]
+  /// Logs in through `iface`; already logged in is success.
+  public func login(iqn: String, portal: String, iface: String) async throws {
+    let argv = ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", iface, "--login"]
     let out = try await exec.output(argv)
     if out.exitCode == Self.loginAuthFailed {
       throw SwellError(.permissionDenied, "the iSCSI target \(iqn) at \(portal) refused the login: CHAP credentials missing or wrong (node-stage secret)")

@@ -124,6 +124,34 @@ public struct Rbd: Sendable {
     try await run("rbd", ["image-meta", "set", spec, key, value])
   }
 
+  /// Removes one image-meta key; a missing key (or image) is success.
+  public func removeMeta(_ spec: String, _ key: String) async throws {
+    do {
+      try await run("rbd", ["image-meta", "remove", spec, key])
+    } catch let error as SwellError where error.kind == .notFound {}
+  }
+
+  /// Blocklists one client instance (`IP:PORT/NONCE`, as krbd's sysfs `client_addr` shows it):
+  /// the OSDs refuse its every operation from the next OSD map on, and drop its watches. The entry
+  /// expires after the cluster's `mon_osd_blocklist_default_expire` (an hour by default). Adding
+  /// one that is there is success.
+  public func blocklist(_ address: String) async throws {
+    guard Self.isClientAddress(address) else {
+      throw SwellError.invalid("\(address.debugDescription) is not a Ceph client address (IP:PORT/NONCE)")
+    }
+    try await run("ceph", ["osd", "blocklist", "add", address])
+  }
+
+  /// `IP:PORT/NONCE`, `[IPv6]:PORT/NONCE`, optionally with a `v1:` or `v2:` prefix.
+  public static func isClientAddress(_ address: String) -> Bool {
+    let parts = address.split(separator: "/")
+    guard parts.count == 2, !parts[1].isEmpty, parts[1].utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+      address.utf8.count <= 80, !address.hasPrefix("-")
+    else { return false }
+    return parts[0].contains(":")
+      && parts[0].utf8.allSatisfy { $0.isLetterOrDigit || $0 == 0x2E || $0 == 0x3A || $0 == 0x5B || $0 == 0x5D }
+  }
+
   /// Every image name in `pool`.
   public func images(pool: String) async throws -> [String] {
     try decode([String].self, try await run("rbd", ["ls", "--format", "json", pool]), pool)

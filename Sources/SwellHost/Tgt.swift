@@ -10,18 +10,34 @@ public struct TgtTarget: Sendable, Equatable {
     public var backingStore: String?
   }
 
+  /// One logged-in session (an I_T nexus): its ID, the initiator's name, its connections' IDs.
+  public struct Nexus: Sendable, Equatable {
+    public var sid: Int
+    public var initiator: String
+    public var connections: [Int] = []
+  }
+
   public var tid: Int
   public var iqn: String
+  /// Logged-in sessions.
+  public var nexuses: [Nexus] = []
   /// Logged-in initiators (I_T nexuses): one per session.
-  public var sessions: [String] = []
+  public var sessions: [String] { nexuses.map(\.initiator) }
   public var luns: [LUN] = []
   /// CHAP accounts an initiator must log in with, and the one the target answers with (mutual).
   public var accounts: [String] = []
   public var outgoingAccounts: [String] = []
-  /// Initiator addresses or names allowed in (`ALL` for any).
+  /// Initiator addresses or names allowed in (`ALL` for any). tgt admits an initiator whose
+  /// address matches an address entry or whose name matches a name entry; none admits no one.
   public var acl: [String] = []
 
   public func lun(_ number: Int) -> LUN? { luns.first { $0.number == number } }
+
+  /// Whether an ACL entry is an initiator name (an `iqn.`, `eui.` or `naa.` name) rather than an
+  /// address, a CIDR or `ALL`.
+  public static func isInitiatorName(_ entry: String) -> Bool {
+    ["iqn.", "eui.", "naa."].contains { entry.hasPrefix($0) }
+  }
 
   /// tgt's rounding of a size to decimal megabytes; sizes a MiB apart never round alike.
   public static func megabytes(_ bytes: Int64) -> Int64 { (bytes + 500_000) / 1_000_000 }
@@ -52,9 +68,15 @@ public struct TgtTarget: Sendable, Equatable {
       let last = targets.count - 1
       switch section {
       case .nexus:
-        if line.hasPrefix("Initiator:") {
+        if line.hasPrefix("I_T nexus:"), let sid = Int(line.dropFirst("I_T nexus:".count).trimmingWhitespace()) {
+          targets[last].nexuses.append(Nexus(sid: sid, initiator: ""))
+        } else if line.hasPrefix("Initiator:"), !targets[last].nexuses.isEmpty {
           let name = line.dropFirst("Initiator:".count).trimmingWhitespace()
-          targets[last].sessions.append(String(name.split(separator: " ").first ?? ""))
+          targets[last].nexuses[targets[last].nexuses.count - 1].initiator = String(name.split(separator: " ").first ?? "")
+        } else if line.hasPrefix("Connection:"), !targets[last].nexuses.isEmpty,
+          let cid = Int(line.dropFirst("Connection:".count).trimmingWhitespace())
+        {
+          targets[last].nexuses[targets[last].nexuses.count - 1].connections.append(cid)
         }
       case .lun:
         if line.hasPrefix("LUN:"), let n = Int(line.dropFirst(4).trimmingWhitespace()) {
@@ -135,6 +157,27 @@ public struct TgtAdmin: Sendable {
     try await tolerate(
       "already exists",
       tgtadm(["--mode", "target", "--op", "bind", "--tid", String(tid), "--initiator-address", initiatorAddress]))
+  }
+
+  /// Allows an initiator in by its name; bound already is fine.
+  public func bind(tid: Int, initiatorName: String) async throws {
+    try await tolerate(
+      "already exists", tgtadm(["--mode", "target", "--op", "bind", "--tid", String(tid), "--initiator-name", initiatorName]))
+  }
+
+  /// Removes one ACL entry, a name or an address; not bound is fine. Logged-in sessions stay: tgt
+  /// checks the ACL only at login (``closeConnection(tid:sid:cid:)`` ends them).
+  public func unbind(tid: Int, aclEntry entry: String) async throws {
+    let flag = TgtTarget.isInitiatorName(entry) ? "--initiator-name" : "--initiator-address"
+    try await tolerate("does not exist", tgtadm(["--mode", "target", "--op", "unbind", "--tid", String(tid), flag, entry]))
+  }
+
+  /// Ends one connection of a session; the initiator sees it drop and logs in again, which the
+  /// ACL then decides. Gone already is fine.
+  public func closeConnection(tid: Int, sid: Int, cid: Int) async throws {
+    try await tolerate(
+      "can't find",
+      tgtadm(["--mode", "conn", "--op", "delete", "--tid", String(tid), "--sid", String(sid), "--cid", String(cid)]))
   }
 
   // MARK: CHAP accounts (global in tgtd; bound to targets)

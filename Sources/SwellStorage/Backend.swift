@@ -72,10 +72,19 @@ public struct VolumeRecord: Sendable, Equatable {
 public struct AttachContext: Sendable, Equatable {
   public var volumeContext: [String: String]
   public var secrets: [String: String]
+  /// What ControllerPublishVolume answered for this node (``PublishContext``).
+  public var publishContext: [String: String]
+  /// This node's ID, the one the volume must be published to.
+  public var nodeID: String
 
-  public init(volumeContext: [String: String] = [:], secrets: [String: String] = [:]) {
+  public init(
+    volumeContext: [String: String] = [:], secrets: [String: String] = [:], publishContext: [String: String] = [:],
+    nodeID: String = ""
+  ) {
     self.volumeContext = volumeContext
     self.secrets = secrets
+    self.publishContext = publishContext
+    self.nodeID = nodeID
   }
 }
 

@@ -8,11 +8,33 @@ import SwellHost
 public struct ControllerBackends: ControllerBackend {
   public let backends: [(name: String, backend: any ControllerBackend)]
   public let defaultName: String
+  /// The publication record of the local kinds (loop, lvm, dir); the network backends keep their own.
+  public let localPublishing: LocalPublishing?
 
-  public init(_ backends: [(name: String, backend: any ControllerBackend)], defaultName: String = LoopBackend.name) {
+  public init(
+    _ backends: [(name: String, backend: any ControllerBackend)], defaultName: String = LoopBackend.name,
+    localPublishing: LocalPublishing? = nil
+  ) {
     precondition(backends.contains { $0.name == defaultName }, "the default backend must be configured")
     self.backends = backends
     self.defaultName = defaultName
+    self.localPublishing = localPublishing
+  }
+
+  /// Where the publications of a volume of `owner` live and what publishing it does: the backend's
+  /// own (iscsi: the target's ACL; rbd: the image's owner), or the local record.
+  public func publishing(for owner: any ControllerBackend) throws -> any Publishing {
+    if let own = owner as? any Publishing { return own }
+    guard let localPublishing else {
+      throw SwellError(.internal, "this controller keeps no publication record for local volumes")
+    }
+    return localPublishing
+  }
+
+  /// The nodes a volume is published to (empty for a volume that does not exist).
+  public func publishedNodes(_ record: VolumeRecord) async throws -> [String] {
+    guard let owner = try await owner(of: record.id) else { return [] }
+    return try await publishing(for: owner).publications(record.id).map(\.nodeID)
   }
 
   public var names: [String] { backends.map(\.name) }
@@ -46,13 +68,16 @@ public struct ControllerBackends: ControllerBackend {
     return try await target.create(spec)
   }
 
-  /// Deletes from every backend: each delete is idempotent and sweeps its own half-done work.
+  /// Deletes from every backend: each delete is idempotent and sweeps its own half-done work. The
+  /// volume's publication records go with it.
   public func delete(_ id: String) async throws {
     if let owner = try await owner(of: id) {
       try await owner.delete(id)
+      try await publishing(for: owner).forget(id)
       return
     }
     for entry in backends { try await entry.backend.delete(id) }
+    try await localPublishing?.forget(id)
   }
 
   public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {

@@ -10,27 +10,23 @@ public struct IscsiTargetConfig: Sendable {
   public var iqnPrefix: String
   /// tgtd's control port (`tgtd -C N`, `tgtadm -C N`).
   public var controlPort: Int
-  /// Initiator addresses let in to every target: IPs, CIDRs, or `ALL`.
-  public var allowedInitiators: [String]
 
-  public init(
-    storageDir: String, portal: String, iqnPrefix: String = "iqn.2026-11.dev.swell", controlPort: Int = 0,
-    allowedInitiators: [String] = ["ALL"]
-  ) {
+  public init(storageDir: String, portal: String, iqnPrefix: String = "iqn.2026-11.dev.swell", controlPort: Int = 0) {
     self.storageDir = storageDir
     self.portal = portal
     self.iqnPrefix = iqnPrefix
     self.controlPort = controlPort
-    self.allowedInitiators = allowedInitiators
   }
 }
 
 /// Volumes that are sparse files on the storage host, exported by tgtd as one target each (LUN 1).
 ///
-/// The files are the durable state; tgtd's targets are derived from them and rebuilt whenever
-/// they are missing or stale (``reconcileExports()``, run by every readiness check), so a restart
-/// of tgtd or of the plugin converges. Every change to tgtd goes through one gate, because target
-/// IDs are chosen by reading what is taken.
+/// The files and the publication records are the durable state; tgtd's targets and their ACLs are
+/// derived from them and rebuilt whenever they are missing or stale (``reconcileExports()``, run by
+/// every readiness check), so a restart of tgtd or of the plugin converges. A target admits only
+/// the initiators of the nodes its volume is published to (one, by name): none before a publish,
+/// none after the unpublish (``IscsiBackend/publish(_:_:)``). Every change to tgtd goes through
+/// one gate, because target IDs are chosen by reading what is taken.
 public struct IscsiBackend: ControllerBackend {
   public static let name = "iscsi"
   public static let lun = 1
@@ -40,6 +36,7 @@ public struct IscsiBackend: ControllerBackend {
   let tgt: TgtAdmin
   let gate = SerialGate()
   let accounts: ChapAccounts
+  let publicationFiles: PublicationFiles
 
   public var granularity: Int64 { files.granularity }
   public var maximumBytes: Int64 { files.maximumBytes }
@@ -51,16 +48,17 @@ public struct IscsiBackend: ControllerBackend {
     self.files = try LoopBackend(dataDir: config.storageDir, exec: exec)
     self.tgt = TgtAdmin(exec: exec, controlPort: config.controlPort)
     self.accounts = try ChapAccounts(storageDir: files.root)
+    self.publicationFiles = try PublicationFiles(dir: files.root + "/publications")
   }
 
   public func iqn(_ id: String) -> String { "\(config.iqnPrefix):\(id)" }
 
   /// An IQN may hold only lowercase letters, digits, `.`, `-` and `:` (RFC 3722), so only such
   /// volume IDs can become targets; Kubernetes' `pvc-<uid>` names are.
-  static func validateForIQN(_ id: String) throws {
+  static func validateForIQN(_ id: String, what: String = "volume name") throws {
     let ok = id.utf8.allSatisfy { c in (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x2E }
     guard ok else {
-      throw SwellError.invalid("volume name \(id.debugDescription) cannot name an iSCSI target: use lowercase letters, digits, '-' and '.'")
+      throw SwellError.invalid("\(what) \(id.debugDescription) cannot be part of an iSCSI name: use lowercase letters, digits, '-' and '.'")
     }
   }
 
@@ -207,7 +205,7 @@ public struct IscsiBackend: ControllerBackend {
   }
 
   /// Exports one volume; when that replaced a CHAP account, every target is looked at again.
-  private func exportOne(_ record: VolumeRecord) async throws {
+  func exportOne(_ record: VolumeRecord) async throws {
     let result = try await gate.run { try await export(record, in: try await tgt.targets()) }
     if result.reset { try await reconcileExports() }
   }
@@ -225,8 +223,9 @@ public struct IscsiBackend: ControllerBackend {
     return r
   }
 
-  /// Makes tgtd export `record` at its current size with the configured ACL; returns whether
-  /// anything changed. Call inside the gate, with `targets` read inside it.
+  /// Makes tgtd export `record` at its current size, admitting the initiators of the nodes it is
+  /// published to and no one else; returns whether anything changed. Call inside the gate, with
+  /// `targets` read inside it.
   ///
   /// A new target gets its CHAP accounts before its LUN and its ACL: tgtd lets no initiator in
   /// before the ACL, so there is no moment when the volume can be reached without CHAP.
@@ -234,6 +233,7 @@ public struct IscsiBackend: ControllerBackend {
   private func export(_ record: VolumeRecord, in targets: [TgtTarget]) async throws -> (changed: Bool, reset: Bool) {
     let name = iqn(record.id)
     let path = files.diskPath(record.id)
+    let admitted = try publicationFiles.read(record.id).map { initiatorName(node: $0.nodeID) }
     var changed = false
     let tid: Int
     if let existing = targets.first(where: { $0.iqn == name }) {
@@ -250,8 +250,14 @@ public struct IscsiBackend: ControllerBackend {
         try await tgt.newLUN(tid: tid, lun: Self.lun, backingStore: path)
         changed = true
       }
-      for address in config.allowedInitiators where !existing.acl.contains(address) {
-        try await tgt.bind(tid: tid, initiatorAddress: address)
+      // Entries no publication asks for go first (an older Swell's `ALL` among them), then the
+      // published nodes' names are bound.
+      for entry in existing.acl where !admitted.contains(entry) {
+        try await tgt.unbind(tid: tid, aclEntry: entry)
+        changed = true
+      }
+      for initiator in admitted where !existing.acl.contains(initiator) {
+        try await tgt.bind(tid: tid, initiatorName: initiator)
         changed = true
       }
       return (changed, chap.reset)
@@ -260,8 +266,8 @@ public struct IscsiBackend: ControllerBackend {
     try await tgt.newTarget(tid: tid, iqn: name)
     let chap = try await exportChap(record.id, tid: tid, target: nil)
     try await tgt.newLUN(tid: tid, lun: Self.lun, backingStore: path)
-    for address in config.allowedInitiators {
-      try await tgt.bind(tid: tid, initiatorAddress: address)
+    for initiator in admitted {
+      try await tgt.bind(tid: tid, initiatorName: initiator)
     }
     return (true, chap.reset)
   }

@@ -50,13 +50,13 @@ public struct IscsiEndpoint: Sendable, Equatable {
   }
 
   /// An `iqn.`, `eui.` or `naa.` name of lowercase letters, digits, `.`, `-` and `:`.
-  static func validateIQN(_ iqn: String) throws {
+  static func validateIQN(_ iqn: String, field: String = "volume_context iqn") throws {
     let prefixed = ["iqn.", "eui.", "naa."].contains { iqn.hasPrefix($0) }
     let chars = iqn.utf8.allSatisfy { c in
       (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x2E || c == 0x3A
     }
     guard prefixed, chars, iqn.utf8.count <= 223 else {
-      throw SwellError.invalid("volume_context iqn \(iqn.debugDescription) is not an iSCSI name")
+      throw SwellError.invalid("\(field) \(iqn.debugDescription) is not an iSCSI name")
     }
   }
 
@@ -108,18 +108,29 @@ public struct IscsiNodeBackend: NodeBackend {
     try endpoint(id) != nil
   }
 
+  /// The open-iscsi iface Swell logs in through: the default one's transport, with the initiator
+  /// name the controller admitted this node as.
+  static let iface = "swell"
+
   public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
     let wanted = try IscsiEndpoint(context: context.volumeContext)
     let chap = try ChapCredentials(secrets: context.secrets)
+    // The target admits only the initiator name it was published to (the publish context's).
+    guard let initiatorName = context.publishContext[PublishContext.initiator] else {
+      throw SwellError.precondition("the publish context of iSCSI volume \(id) names no initiator: publish it to this node first")
+    }
+    try IscsiEndpoint.validateIQN(initiatorName, field: "publish_context initiator")
     if let recorded = try endpoint(id), recorded != wanted {
       throw SwellError(.alreadyExists, "volume \(id) is staged here from \(recorded.iqn) at \(recorded.portal)")
     }
     try writeFileAtomically(recordPath(id), Array(wanted.encoded().utf8))
     if let device = try attachedDevice(id, wanted) { return device }
-    try await initiator.addNode(iqn: wanted.iqn, portal: wanted.portal)
+    try await initiator.ensureIface(Self.iface, initiatorName: initiatorName)
+    try await initiator.addNode(iqn: wanted.iqn, portal: wanted.portal, iface: Self.iface)
     // Set every time, CHAP or not, so that a record left by an earlier stage says what this one asks.
-    try await initiator.setNode(iqn: wanted.iqn, portal: wanted.portal, Self.authSettings(chap), secrets: chap?.secretValues ?? [])
-    try await initiator.login(iqn: wanted.iqn, portal: wanted.portal)
+    try await initiator.setNode(
+      iqn: wanted.iqn, portal: wanted.portal, iface: Self.iface, Self.authSettings(chap), secrets: chap?.secretValues ?? [])
+    try await initiator.login(iqn: wanted.iqn, portal: wanted.portal, iface: Self.iface)
     Failpoints.hit("iscsi-stage-after-login")
     return try await waitForDevice(id, wanted) { _ in true }
   }

@@ -4,8 +4,10 @@ import SwellHost
 /// A krbd mapping lives in the kernel, so it survives a restart or an upgrade of the node plugin's
 /// pod; an rbd-nbd mapping is served by a process in that pod, and dies with it.
 ///
-/// A map is refused while any other client watches the image (a mapping on another node holds a
-/// watch), so that two nodes never take turns writing one filesystem. The mapping is not
+/// A map is refused unless the image's owner (``RbdBackend/publish(_:_:)``) is this node, and while
+/// any other client watches the image (a mapping on another node holds a watch), so that two nodes
+/// never take turns writing one filesystem. Each mapping has a client of its own (`noshare`),
+/// recorded with the image, which unpublishing the node fences. The mapping is not
 /// `--exclusive`: the node hands the image's exclusive lock over when the controller asks for it,
 /// which `rbd resize` and `rbd snap create` of a mapped image need (with `--exclusive` both fail
 /// with EROFS, measured in the VM tier). What is mapped where is read from sysfs
@@ -53,7 +55,6 @@ public struct RbdNodeBackend: NodeBackend {
   public func exists(_ id: String) async throws -> Bool { try mapping(id) != nil }
 
   public func attach(_ id: String, context: AttachContext) async throws -> AttachedDevice {
-    if let entry = try mapping(id) { return try device(entry) }
     let image = RbdBackend.imageName(id)
     guard let pool = context.volumeContext["pool"], let monitors = context.volumeContext["monitors"] else {
       throw SwellError.invalid("the volume context of rbd volume \(id) lacks pool or monitors")
@@ -69,8 +70,19 @@ public struct RbdNodeBackend: NodeBackend {
       throw SwellError.precondition("no Ceph credentials: give the class a node-stage secret (userID, userKey) or the plugin --rbd-user and --rbd-key-file")
     }
     let rbd = Rbd(exec: exec, monitors: monitors, credentials: credentials, keyDir: keyDir)
+    let spec = "\(pool)/\(image)"
+    // The image's owner, as ControllerPublishVolume recorded it, must be this node.
+    let owner = try await rbd.meta(spec, RbdBackend.publicationKey).flatMap(Publication.init(encoded:))
+    guard let owner, owner.nodeID == context.nodeID else {
+      throw SwellError.precondition(
+        "rbd image \(spec) is published to \(owner.map { "node \($0.nodeID)" } ?? "no node"), not to this node (\(context.nodeID))")
+    }
+    if let entry = try mapping(id) {
+      try await recordClient(rbd, spec, entry: entry, node: context.nodeID)
+      return try device(entry)
+    }
     // One node at a time: another client's watch means the image is mapped (or opened) elsewhere.
-    let watchers = try await rbd.watchers("\(pool)/\(image)")
+    let watchers = try await rbd.watchers(spec)
     if !watchers.isEmpty {
       throw SwellError.precondition(
         "rbd image \(pool)/\(image) is in use by \(watchers.joined(separator: ", ")); a volume is mapped on one node at a time "
@@ -80,11 +92,27 @@ public struct RbdNodeBackend: NodeBackend {
     // and the kernel's devtmpfs makes /dev/rbdN by itself. ms_mode=prefer-crc: the kernel speaks
     // msgr2 to the monitors' v2 addresses (every cluster since Nautilus has them; a cluster with
     // msgr1 turned off has nothing else).
-    try await rbd.rbd("device", "map", "--options", "noudev,ms_mode=prefer-crc", "\(pool)/\(image)")
+    // noshare: a client instance of its own for this image, so that the controller's fence of this
+    // mapping (a blocklist of its address) leaves the node's other volumes alone.
+    try await rbd.rbd("device", "map", "--options", "noudev,ms_mode=prefer-crc,noshare", spec)
     guard let entry = try mapping(id) else {
-      throw SwellError(.internal, "rbd device map of \(pool)/\(image) succeeded but no mapping is in \(sysfs)")
+      throw SwellError(.internal, "rbd device map of \(spec) succeeded but no mapping is in \(sysfs)")
     }
+    Failpoints.hit("rbd-stage-after-map")
+    try await recordClient(rbd, spec, entry: entry, node: context.nodeID)
     return try device(entry)
+  }
+
+  /// Records with the image the client this node maps it with (`swell.client`: the node and the
+  /// client's address from sysfs), which ControllerUnpublishVolume blocklists.
+  func recordClient(_ rbd: Rbd, _ spec: String, entry: String, node: String) async throws {
+    let address = try readSmallFile("\(sysfs)/\(entry)/client_addr").trimmingWhitespace()
+    guard Rbd.isClientAddress(address) else {
+      throw SwellError(.internal, "krbd shows \(address.debugDescription) as the client address of rbd\(entry)")
+    }
+    let record = RbdBackend.encode([("node", node), ("addr", address)])
+    guard try await rbd.meta(spec, RbdBackend.clientKey) != record else { return }
+    try await rbd.setMeta(spec, RbdBackend.clientKey, record)
   }
 
   public func attachedDevice(_ id: String) async throws -> AttachedDevice? {

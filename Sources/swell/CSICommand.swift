@@ -13,7 +13,8 @@ struct CSICommand: AsyncParsableCommand {
     subcommands: [
       CSIProbe.self, CSIInfo.self, CSICapabilities.self, CSICreate.self, CSICapacity.self, CSIDelete.self, CSIExpand.self,
       CSIModify.self,
-      CSIList.self, CSIStats.self, CSIStage.self, CSIPublish.self, CSIUnstage.self, CSIUnpublish.self,
+      CSIList.self, CSIStats.self, CSIControllerPublish.self, CSIControllerUnpublish.self, CSIStage.self,
+      CSIPublish.self, CSIUnstage.self, CSIUnpublish.self,
       CSINodeExpand.self, CSISnapshot.self, CSIGroupSnapshot.self,
     ])
 }
@@ -272,16 +273,28 @@ struct CSIStage: AsyncParsableCommand {
   var context: [String] = []
   @Option(help: "A file of KEY=VALUE lines sent as the node-stage secrets (iSCSI CHAP); kept off the command line.")
   var secretsFile: String?
+  @Option(
+    name: .customLong("publish-context"),
+    help: "A publish_context entry from ControllerPublishVolume, KEY=VALUE; repeatable. Without any, a plugin that also serves a publishing controller is asked to publish the volume to its own node first, as the CO would.")
+  var publishContext: [String] = []
+  @Flag(help: "Stage with no publish context and publish nothing first.")
+  var noPublish = false
   func run() async throws {
     let volumeContext = try keyValues(context, option: "--context")
+    let given = try keyValues(publishContext, option: "--publish-context")
     let secrets = try secretsFile.map(readSecrets) ?? [:]
-    try await connection.call({
-      try await $0.node.nodeStageVolume(.with {
+    try await connection.call({ client in
+      var published = given
+      if given.isEmpty, !noPublish {
+        published = try await client.publishHere(volumeID, capability: volume.capability) ?? [:]
+      }
+      return try await client.node.nodeStageVolume(.with {
         $0.volumeID = volumeID
         $0.stagingTargetPath = stagingPath
         $0.volumeCapability = volume.capability
         $0.volumeContext = volumeContext
         $0.secrets = secrets
+        $0.publishContext = published
       })
     }) { _ in "staged \(volumeID) at \(stagingPath)" }
   }
@@ -313,12 +326,16 @@ struct CSIUnstage: AsyncParsableCommand {
   @OptionGroup var connection: Connection
   @Argument var volumeID: String
   @Argument var stagingPath: String
+  @Flag(help: "Leave the volume published to this node (by default a plugin that also serves a publishing controller unpublishes it after the unstage, as the CO would).")
+  var keepPublished = false
   func run() async throws {
-    try await connection.call({
-      try await $0.node.nodeUnstageVolume(.with {
+    try await connection.call({ client in
+      let response = try await client.node.nodeUnstageVolume(.with {
         $0.volumeID = volumeID
         $0.stagingTargetPath = stagingPath
       })
+      if !keepPublished { try await client.unpublishHere(volumeID) }
+      return response
     }) { _ in "unstaged \(volumeID)" }
   }
 }

@@ -99,10 +99,13 @@ struct Demo {
       CSIRequests.create(name: volumeName, bytes: 1 << 30, capability: capability))
     say("CreateVolume \(volumeName): \(created.volume.capacityBytes) bytes, on node \(created.volume.accessibleTopology.first?.segments.values.first ?? "?").")
 
+    let published = try await client.publishHere(volumeName, capability: capability) ?? [:]
+    say("ControllerPublishVolume to this node: publish context \(published.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")).")
     _ = try await client.node.nodeStageVolume(.with {
       $0.volumeID = volumeName
       $0.stagingTargetPath = staging
       $0.volumeCapability = capability
+      $0.publishContext = published
     })
     say("NodeStageVolume: attached a loop device, formatted it \(fsType) (it was blank), mounted at \(staging).")
     _ = try await client.node.nodePublishVolume(.with {
@@ -160,8 +163,9 @@ struct Demo {
         $0.volumeID = volumeName
         $0.stagingTargetPath = staging
       })
+      try await client.unpublishHere(volumeName)
       _ = try await client.controller.deleteVolume(.with { $0.volumeID = volumeName })
-      say("Cleaned up: NodeUnpublishVolume, NodeUnstageVolume (loop device detached), DeleteVolume.")
+      say("Cleaned up: NodeUnpublishVolume, NodeUnstageVolume (loop device detached), ControllerUnpublishVolume, DeleteVolume.")
     } catch {
       say("Clean-up failed: \(error)")
     }

@@ -53,8 +53,11 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "Controller: tgtd's control port (tgtd -C N).")
   var iscsiTgtControlPort = 0
 
-  @Option(help: "Controller: an initiator address (IP, CIDR or ALL) let in to every target; repeatable.")
+  @Option(help: "Deprecated and ignored: a target admits only the initiator of the node its volume is published to.")
   var iscsiAllowedInitiator: [String] = []
+
+  @Option(help: "Controller: the file listing the node IDs a network volume may be published to, one a line (the sidecar's --nodes-file); without it, any well-formed node ID.")
+  var nodesFile: String?
 
   @Option(help: "Offer the lvm backend: thick (linear) volumes in this volume group, and thin ones with --lvm-thin-pool.")
   var lvmVg: String?
@@ -126,16 +129,16 @@ struct PluginCommand: AsyncParsableCommand {
     // Run Swift concurrency on NIO's event loops: fewer thread hand-offs per RPC.
     _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
     let logger = bootstrapLogging(level: logLevel, json: logFormat == "json")
-    let config = DriverConfig(
+    var config = DriverConfig(
       driverName: driverName, version: SwellVersion.version, nodeID: nodeId ?? hostName(),
       mode: PluginMode(rawValue: mode)!, maxVolumesPerNode: maxVolumesPerNode)
+    config.nodesFile = nodesFile
     let iscsi = iscsiPortal.map {
-      IscsiTargetConfig(
-        storageDir: iscsiStorageDir, portal: $0, iqnPrefix: iscsiIqnPrefix, controlPort: iscsiTgtControlPort,
-        allowedInitiators: iscsiAllowedInitiator.isEmpty ? ["ALL"] : iscsiAllowedInitiator)
+      IscsiTargetConfig(storageDir: iscsiStorageDir, portal: $0, iqnPrefix: iscsiIqnPrefix, controlPort: iscsiTgtControlPort)
     }
-    if iscsi != nil, iscsiAllowedInitiator.isEmpty {
-      logger.warning("iSCSI targets admit any initiator; restrict them with --iscsi-allowed-initiator")
+    if !iscsiAllowedInitiator.isEmpty {
+      logger.warning(
+        "--iscsi-allowed-initiator is ignored: a target admits only the initiator of the node its volume is published to")
     }
     let rbdCredentials = try rbdCredentials()
     let plugin = Plugin(

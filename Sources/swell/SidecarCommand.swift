@@ -81,6 +81,12 @@ struct SidecarCommand: AsyncParsableCommand {
   @Flag(help: "Take VolumeGroupSnapshotContents of this driver to the plugin's GroupController too (csi-snapshotter's group role). Needs the group snapshot CRDs and the common snapshot-controller with its group feature.")
   var groupSnapshots = false
 
+  @Flag(help: "Be the attacher too (csi-attacher's role): publish volumes to the nodes their VolumeAttachments name, and unpublish them when those go. Per-node: this node's local volumes; central: the network volumes. The CSIDriver must say attachRequired: true.")
+  var attach = false
+
+  @Option(help: "Write the node IDs that CSINodes register for this driver to this file, one a line, whenever they change: the controller plugin's --nodes-file.")
+  var nodesFile: String?
+
   @Option(help: "Seconds between looks at every volume's health (ListVolumes; NodeGetVolumeStats for staged volumes with --autogrow-plugin-address); an abnormal condition becomes a Warning Event on the claim. 0 turns it off.")
   var healthInterval = 60.0
 
@@ -151,6 +157,8 @@ struct SidecarCommand: AsyncParsableCommand {
       config.autoGrowHorizon = .seconds(autogrowHorizon)
       config.snapshots = snapshots
       config.groupSnapshots = groupSnapshots
+      config.attach = attach
+      config.nodesFile = nodesFile
       if enableCapacity {
         let env = environment()
         guard let pod = podName ?? env["POD_NAME"], let ns = podNamespace ?? env["POD_NAMESPACE"], !pod.isEmpty, !ns.isEmpty

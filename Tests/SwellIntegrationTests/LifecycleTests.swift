@@ -19,10 +19,12 @@ struct LifecycleTests {
       #expect(created.volume.capacityBytes == 400 << 20)
       #expect(created.volume.accessibleTopology.first?.segments["topology.swell.csi.dev/node"] == "it-node")
 
+      let published = try await client.publishHere("v1", capability: cap) ?? [:]
       _ = try await client.node.nodeStageVolume(.with {
         $0.volumeID = "v1"
         $0.stagingTargetPath = staging
         $0.volumeCapability = cap
+        $0.publishContext = published
       })
       _ = try await client.node.nodePublishVolume(.with {
         $0.volumeID = "v1"
@@ -111,10 +113,12 @@ struct LifecycleTests {
       let staging = root + "/staging"
       let target = root + "/pods/p1/dev/block"
       _ = try await client.controller.createVolume(CSIRequests.create(name: "b1", bytes: 64 << 20, capability: cap))
+      let published = try await client.publishHere("b1", capability: cap) ?? [:]
       _ = try await client.node.nodeStageVolume(.with {
         $0.volumeID = "b1"
         $0.stagingTargetPath = staging
         $0.volumeCapability = cap
+        $0.publishContext = published
       })
       _ = try await client.node.nodePublishVolume(.with {
         $0.volumeID = "b1"
@@ -165,14 +169,18 @@ struct LifecycleTests {
       _ = try await client.controller.createVolume(CSIRequests.create(name: "d1", bytes: 320 << 20, capability: cap))
       // Someone else's filesystem is already on the volume.
       try await exec.run(["mkfs.xfs", "-q", root + "/data/volumes/d1/disk.img"])
+      let published = try await client.publishHere("d1", capability: cap) ?? [:]
+      #expect(published["node"] == "it-node")
       let error = await #expect(throws: RPCError.self) {
         _ = try await client.node.nodeStageVolume(.with {
           $0.volumeID = "d1"
           $0.stagingTargetPath = root + "/staging"
           $0.volumeCapability = cap
+          $0.publishContext = published
         })
       }
       #expect(error?.code == .failedPrecondition)
+      #expect(error?.message.contains("refusing to format") == true)
       let still = try await exec.run(["blkid", "-p", "-o", "value", "-s", "TYPE", root + "/data/volumes/d1/disk.img"])
       #expect(still.stdout.trimmingWhitespace() == "xfs")
       #expect(loopsUnder(root).isEmpty, "a failed stage leaves no loop device")

@@ -372,12 +372,14 @@ class Cluster:
         req.volume_capability.mount.fs_type = fs
         # What kubelet sends for a ReadWriteOnce volume to a node advertising SINGLE_NODE_MULTI_WRITER.
         req.volume_capability.access_mode.mode = VolumeCapability.AccessMode.SINGLE_NODE_MULTI_WRITER
+        req.publish_context.update(self.plugin.publish_here(handle, req.volume_capability))
         self.plugin.node.NodeStageVolume(req)
         return staging
 
     def unstage(self, handle, staging):
         from csi_pb2 import NodeUnstageVolumeRequest
         self.plugin.node.NodeUnstageVolume(NodeUnstageVolumeRequest(volume_id=handle, staging_target_path=staging))
+        self.plugin.unpublish_here(handle)
 
     def snapshots(self):
         from csi_pb2 import ListSnapshotsRequest

@@ -46,6 +46,8 @@ RESOURCES = {
     ("", "v1", "nodes"): ("Node", False, True),
     ("storage.k8s.io", "v1", "storageclasses"): ("StorageClass", False, False),
     ("storage.k8s.io", "v1", "csinodes"): ("CSINode", False, False),
+    # Made by the attach/detach controller, attached by the attacher (shapes in ../shared/k8s-samples/11*).
+    ("storage.k8s.io", "v1", "volumeattachments"): ("VolumeAttachment", False, True),
     # GA since 1.34; shapes in ../shared/k8s-samples/10*.
     ("storage.k8s.io", "v1", "volumeattributesclasses"): ("VolumeAttributesClass", False, False),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
@@ -366,6 +368,10 @@ def validate_update(res, old, new):
         quoted = ", ".join(json.dumps(f) for f in added)
         raise invalid(kind, name, [("FieldValueForbidden", "Forbidden: no new finalizers can be added if the object "
                                     f"is being deleted, found new finalizers []string{{{quoted}}}", "metadata.finalizers")])
+    if res[2] == "volumeattachments" and old.get("spec") != new.get("spec"):
+        # The real server: a VolumeAttachment's spec never changes once made.
+        raise invalid(kind, name, [("FieldValueInvalid", "Invalid value: field is immutable", "spec")],
+                      group="storage.k8s.io")
     if res[2] != "persistentvolumeclaims":
         return
     cap = old.get("status", {}).get("capacity", {}).get("storage")

@@ -23,6 +23,20 @@ def tgtd(cluster):
         t.close()
 
 
+def attach_to_the_reader(api, pv):
+    """A VolumeAttachment of the PV to a node whose initiator is the host's libiscsi reader, as the
+    attach/detach controller makes it; the central sidecar attaches it (the target then admits the
+    reader). Returns once attached."""
+    from test_attach import attachment, create_attachment
+    if api.get("/apis/storage.k8s.io/v1/csinodes/reader-node") is None:
+        api.ok("POST", "/apis/storage.k8s.io/v1/csinodes", {
+            "apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": "reader-node"},
+            "spec": {"drivers": [{"name": "swell.csi.dev", "nodeID": iscsi.READER, "topologyKeys": []}]}})
+    va = create_attachment(api, pv["metadata"]["name"], pv["spec"]["csi"]["volumeHandle"], node="reader-node")
+    return api.wait("attached", lambda: (lambda v: v if v and v["status"].get("attached") else None)(
+        attachment(api, va["metadata"]["name"])))
+
+
 def operations(sidecar, op):
     text = sidecar.http("/metrics")[1]
     for line in text.splitlines():
@@ -36,7 +50,7 @@ def test_per_node_serves_loop_and_central_serves_iscsi(cluster, tgtd):
     cluster.plugin.stop()
     cluster.plugin.start(extra_args=tgtd.plugin_args(os.path.join(cluster.root, "iscsi")))
     node = cluster.sidecar("--per-node", "--node-id", NODE, "--backend", "loop", name="node")
-    central = cluster.sidecar("--backend", "iscsi", name="central")
+    central = cluster.sidecar("--backend", "iscsi", "--attach", name="central")
     api.create_class("local", binding="WaitForFirstConsumer")
     api.create_class("net", params={"backend": "iscsi"})
     local = api.create_claim("local-data", sc="local", annotations={"volume.kubernetes.io/selected-node": NODE})
@@ -50,6 +64,9 @@ def test_per_node_serves_loop_and_central_serves_iscsi(cluster, tgtd):
     attrs = net_pv["spec"]["csi"]["volumeAttributes"]
     assert attrs["backend"] == "iscsi" and attrs["lun"] == "1"
     assert attrs["iqn"] == f"iqn.2026-11.dev.swell:{net_name}"
+    assert iscsi.readcapacity(tgtd.port, attrs["iqn"]) is None, "no node is published yet"
+    va = attach_to_the_reader(api, net_pv)
+    assert va["status"]["attachmentMetadata"]["initiator"] == iscsi.initiator_name(iscsi.READER)
     assert iscsi.readcapacity(tgtd.port, attrs["iqn"]) == 64 * MiB
 
     # kubectl edit pvc on the iSCSI claim: the controller's sidecar grows the exported LUN.
@@ -58,6 +75,7 @@ def test_per_node_serves_loop_and_central_serves_iscsi(cluster, tgtd):
              == "128Mi")
     assert iscsi.readcapacity(tgtd.port, attrs["iqn"]) == 128 * MiB
 
+    api.ok("DELETE", f"/apis/storage.k8s.io/v1/volumeattachments/{va['metadata']['name']}")
     api.ok("DELETE", api.pvc_path("net-data"))
     api.wait("the iSCSI PV deleted", lambda: api.get(f"/api/v1/persistentvolumes/{net_name}") is None)
     assert tgtd.targets() == {}
@@ -80,7 +98,7 @@ def test_a_chap_class_gives_the_plugin_its_secret_and_the_pv_a_node_stage_secret
     api.ok("POST", "/api/v1/namespaces/default/secrets", {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-chap", "namespace": "default"},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in {"username": "db", "password": password}.items()}})
-    sidecar = cluster.sidecar("--backend", "iscsi")
+    sidecar = cluster.sidecar("--backend", "iscsi", "--attach")
     api.create_class("chap", params={
         "backend": "iscsi",
         "csi.storage.k8s.io/provisioner-secret-name": "${pvc.name}-chap",
@@ -92,6 +110,7 @@ def test_a_chap_class_gives_the_plugin_its_secret_and_the_pv_a_node_stage_secret
     pv = api.wait("the PV", lambda: api.get(f"/api/v1/persistentvolumes/{name}"))
     assert pv["spec"]["csi"]["nodeStageSecretRef"] == {"name": "db-chap", "namespace": "default"}
     iqn = pv["spec"]["csi"]["volumeAttributes"]["iqn"]
+    attach_to_the_reader(api, pv)
     assert iscsi.readcapacity(tgtd.port, iqn) is None, "the target asks for CHAP"
     assert iscsi.readcapacity(tgtd.port, iqn, chap=("db", password)) == 64 * MiB
 

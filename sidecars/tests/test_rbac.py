@@ -12,6 +12,7 @@ from test_capacity import NS, capacities, owned_pod, stale_pair
 from test_group_snapshots import group_snapshot_and_delete
 from test_sidecar import pv_for, repeated_failure, wait_bound
 from test_vac import create_vac
+from test_attach import attachment, create_attachment, VA
 
 
 def granted(path, role, kind="ClusterRole"):
@@ -43,6 +44,16 @@ def snapshot_restore_delete(api, claim_name, handle, sc="swell", size="600Mi", a
     api.wait("the content gone", lambda: api.content(content["metadata"]["name"]) is None)
 
 
+def attach_and_detach(api, pv, node):
+    """Everything the attacher calls: a VolumeAttachment whose first write meets a conflict (so it
+    is read again), attached, then deleted and let go."""
+    api.hook("conflict?resource=volumeattachments&count=1")
+    va = create_attachment(api, pv["metadata"]["name"], pv["spec"]["csi"]["volumeHandle"], node=node)
+    api.wait("attached", lambda: (attachment(api, va["metadata"]["name"]) or {}).get("status", {}).get("attached"))
+    api.ok("DELETE", f"{VA}/{va['metadata']['name']}")
+    api.wait("the attachment gone", lambda: attachment(api, va["metadata"]["name"]) is None)
+
+
 def test_node_rbac_matches_the_calls(cluster):
     """Provision (with an attributes class), auto-grow, resize and delete: everything the per-node sidecar does."""
     api = cluster.api
@@ -53,9 +64,10 @@ def test_node_rbac_matches_the_calls(cluster):
     api.create_class("swell", binding="WaitForFirstConsumer")
     stale_pair(api, "swell", f"external-provisioner-{NODE}", {TOPOLOGY_KEY: NODE})
     api.create_class("fresh", binding="WaitForFirstConsumer")  # no object yet: one is created
+    api.create_node(NODE)
     sidecar = cluster.sidecar("--per-node", "--node-id", NODE, "--autogrow-plugin-address", f"127.0.0.1:{port}",
                               "--autogrow-max-interval", "0.5", "--snapshots", "--group-snapshots", "--enable-capacity",
-                              "--pod-name", pod, "--pod-namespace", NS)
+                              "--attach", "--pod-name", pod, "--pod-namespace", NS)
     create_vac(api, "thin", {"provisioning": "thin"})
     claim = api.create_claim("r", size="400Mi", attributes_class="thin", annotations={
         "volume.kubernetes.io/selected-node": NODE, "autogrow.swell.dev/enabled": "true",
@@ -68,6 +80,7 @@ def test_node_rbac_matches_the_calls(cluster):
         assert api.get(api.pvc_path("r"))["spec"]["resources"]["requests"]["storage"] == "600Mi"
     finally:
         cluster.unstage(pv["spec"]["csi"]["volumeHandle"], staging)
+    attach_and_detach(api, pv, NODE)
     snapshot_restore_delete(api, "r", pv["spec"]["csi"]["volumeHandle"], annotations={
         "volume.kubernetes.io/selected-node": NODE})
     group_snapshot_and_delete(api, [pv["spec"]["csi"]["volumeHandle"]])
@@ -99,6 +112,7 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     sidecar = cluster.sidecar("--backend", "iscsi", "--leader-election", "--leader-election-namespace", "swell-system",
                               "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
                               "--leader-election-retry-period", "0.3", "--snapshots", "--group-snapshots", "--enable-capacity",
+                              "--attach", "--nodes-file", os.path.join(cluster.root, "nodes"),
                               "--pod-name", pod, "--pod-namespace", NS)
     create_vac(api, "thin", {"provisioning": "thin"})
     claim = api.create_claim("c", sc="net", size="64Mi", attributes_class="thin",
@@ -107,6 +121,7 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     assert "nodeAffinity" not in pv["spec"]
     api.update_claim("c", lambda c: c["spec"]["resources"]["requests"].update(storage="96Mi"))
     api.wait("the PV grown", lambda: pv_for(api, claim)["spec"]["capacity"]["storage"] == "96Mi")
+    attach_and_detach(api, pv, "worker-1")
     snapshot_restore_delete(api, "c", pv["spec"]["csi"]["volumeHandle"], sc="net", size="96Mi",
                             annotations={"volume.kubernetes.io/selected-node": "worker-1"})
     group_snapshot_and_delete(api, [pv["spec"]["csi"]["volumeHandle"]])

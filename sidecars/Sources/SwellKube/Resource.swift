@@ -21,6 +21,9 @@ public struct KubeResource: Sendable, Hashable, CustomStringConvertible {
   public static let nodes = KubeResource(group: "", version: "v1", plural: "nodes", kind: "Node", namespaced: false)
   public static let csiNodes = KubeResource(
     group: "storage.k8s.io", version: "v1", plural: "csinodes", kind: "CSINode", namespaced: false)
+  /// A volume to attach to a node, made by the attach/detach controller (shapes in k8s-samples/11*).
+  public static let volumeAttachments = KubeResource(
+    group: "storage.k8s.io", version: "v1", plural: "volumeattachments", kind: "VolumeAttachment", namespaced: false)
 
   /// The mutable parameters a claim asks for by name (storage.k8s.io/v1, GA since Kubernetes 1.34).
   public static let volumeAttributesClasses = KubeResource(

@@ -28,11 +28,16 @@ public struct ClassSecrets: Sendable {
   public var nodeStage: Ref?
   public var controllerExpand: Ref?
   public var controllerModify: Ref?
-  public init(provisioner: Ref? = nil, nodeStage: Ref? = nil, controllerExpand: Ref? = nil, controllerModify: Ref? = nil) {
+  public var controllerPublish: Ref?
+  public init(
+    provisioner: Ref? = nil, nodeStage: Ref? = nil, controllerExpand: Ref? = nil, controllerModify: Ref? = nil,
+    controllerPublish: Ref? = nil
+  ) {
     self.provisioner = provisioner
     self.nodeStage = nodeStage
     self.controllerExpand = controllerExpand
     self.controllerModify = controllerModify
+    self.controllerPublish = controllerPublish
   }
 }
 
@@ -165,12 +170,14 @@ public enum Claims {
     if !isBlock(claim) { csi["fsType"] = .string(fsType(storageClass, defaultFSType: defaultFSType)) }
     if !volume.volumeContext.isEmpty { csi["volumeAttributes"] = .strings(volume.volumeContext) }
     // Kubelet reads this secret and hands it to NodeStageVolume (CHAP for iSCSI, a Ceph key for rbd);
-    // the resizer reads controllerExpandSecretRef for ControllerExpandVolume.
+    // the resizer reads controllerExpandSecretRef for ControllerExpandVolume, the attacher
+    // controllerPublishSecretRef for ControllerPublishVolume and ControllerUnpublishVolume.
     func secretRef(_ ref: ClassSecrets.Ref?) -> JSON? {
       ref.map { ["name": .string($0.name), "namespace": .string($0.namespace)] }
     }
     csi["nodeStageSecretRef"] = secretRef(secrets.nodeStage)
     csi["controllerExpandSecretRef"] = secretRef(secrets.controllerExpand)
+    csi["controllerPublishSecretRef"] = secretRef(secrets.controllerPublish)
     var spec: JSON = [
       "accessModes": claim[path: "spec", "accessModes"] ?? [],
       "capacity": ["storage": .string(Quantity.format(capacity))],
@@ -210,7 +217,7 @@ public enum Claims {
   }
 
   /// A secret a StorageClass names through `csi.storage.k8s.io/<kind>-secret-name` and
-  /// `-namespace` (`kind` is `provisioner`, `node-stage`, `controller-expand` or `controller-modify`), with external-provisioner's templates
+  /// `-namespace` (`kind` is `provisioner`, `node-stage`, `controller-expand`, `controller-modify` or `controller-publish`), with external-provisioner's templates
   /// resolved: `${pv.name}`, `${pvc.namespace}` and `${pvc.name}`. Nil when the class names none.
   public static func secretReference(_ kind: String, storageClass: JSON, claim: JSON) throws
     -> (namespace: String, name: String)?
@@ -241,7 +248,8 @@ public enum Claims {
       provisioner: secretReference("provisioner", storageClass: storageClass, claim: claim),
       nodeStage: secretReference("node-stage", storageClass: storageClass, claim: claim),
       controllerExpand: secretReference("controller-expand", storageClass: storageClass, claim: claim),
-      controllerModify: secretReference("controller-modify", storageClass: storageClass, claim: claim))
+      controllerModify: secretReference("controller-modify", storageClass: storageClass, claim: claim),
+      controllerPublish: secretReference("controller-publish", storageClass: storageClass, claim: claim))
   }
 
   /// The provisioner secret for a PV's DeleteVolume, as external-provisioner finds it: the PV's

@@ -34,6 +34,9 @@ public final class Reconciler: Sendable {
   let snapshotCaches: ContentCaches?
   /// VolumeGroupSnapshotContents and VolumeGroupSnapshotClasses, when the sidecar serves group snapshots.
   let groupCaches: ContentCaches?
+  /// VolumeAttachments and CSINodes, when the sidecar attaches (`--attach`).
+  let attachments: Informer?
+  let csiNodes: Informer?
   let queue: WorkQueue
   let events: EventRecorder
   let metrics: SidecarMetrics
@@ -51,9 +54,11 @@ public final class Reconciler: Sendable {
   init(
     kube: KubeClient, csi: CSIClient, driver: String, scope: Scope, backends: Set<String> = [], defaultFSType: String,
     multiWriter: Bool = false, csiTimeout: Duration, claims: Informer, volumes: Informer, classes: Informer, snapshotCaches: ContentCaches? = nil,
-    groupCaches: ContentCaches? = nil,
+    groupCaches: ContentCaches? = nil, attachments: Informer? = nil, csiNodes: Informer? = nil,
     queue: WorkQueue, events: EventRecorder, metrics: SidecarMetrics, capacityChanged: Nudge = Nudge(), logger: Logger
   ) {
+    self.attachments = attachments
+    self.csiNodes = csiNodes
     self.capacityChanged = capacityChanged
     self.kube = kube
     self.csi = csi
@@ -84,6 +89,8 @@ public final class Reconciler: Sendable {
       object = snapshotCaches?.contents.get(String(key.dropFirst("content/".count)))
     } else if key.hasPrefix("groupcontent/") {
       object = groupCaches?.contents.get(String(key.dropFirst("groupcontent/".count)))
+    } else if key.hasPrefix("attachment/") {
+      object = attachments?.get(String(key.dropFirst("attachment/".count)))
     } else {
       object = volumes.get(String(key.dropFirst("volume/".count)))
     }
@@ -96,6 +103,11 @@ public final class Reconciler: Sendable {
     if key.hasPrefix("groupcontent/") {
       object[path: "metadata", "annotations", GroupSnapshotNames.beingCreated] = nil
       object[path: "metadata", "annotations", SnapshotNames.nodeAnnotation] = nil
+    }
+    if key.hasPrefix("attachment/") {
+      // The attacher's finalizer and node ID are its own writes.
+      object[path: "metadata", "annotations", AttachNames.nodeIDAnnotation] = nil
+      object[path: "metadata", "finalizers"] = .strings(object.finalizers.filter { $0 != attachFinalizer })
     }
     return [
       "spec": object["spec"] ?? .null, "annotations": object[path: "metadata", "annotations"] ?? .null,
@@ -140,7 +152,12 @@ public final class Reconciler: Sendable {
         try await provisionIfNeeded(claim, key: key)
       }
     } else if key.hasPrefix("volume/") {
-      if let pv = volumes.get(String(key.dropFirst("volume/".count))) { try await deleteIfReleased(pv) }
+      if let pv = volumes.get(String(key.dropFirst("volume/".count))) {
+        if owns(pv) { try await releaseAttachFinalizer(pv) }
+        try await deleteIfReleased(pv)
+      }
+    } else if key.hasPrefix("attachment/") {
+      if let va = attachments?.get(String(key.dropFirst("attachment/".count))) { try await syncAttachment(va) }
     } else if key.hasPrefix("content/") {
       if let content = snapshotCaches?.contents.get(String(key.dropFirst("content/".count))) { try await syncContent(content) }
     } else if key.hasPrefix("groupcontent/") {

@@ -44,6 +44,12 @@ public struct SidecarConfig: Sendable {
   /// Serve VolumeGroupSnapshotContents (the group snapshot CRDs, and the common snapshot-controller
   /// with its group feature, must be installed).
   public var groupSnapshots = false
+  /// Serve VolumeAttachments of this driver (csi-attacher's role): ControllerPublishVolume and
+  /// ControllerUnpublishVolume for the volumes this sidecar owns.
+  public var attach = false
+  /// Keep this file listing the node IDs that CSINodes register for the driver (the plugin's
+  /// `--nodes-file`); nil: none.
+  public var nodesFile: String?
   /// How often the volumes' health is looked at (ListVolumes, and NodeGetVolumeStats for staged
   /// volumes when auto-grow has the plugin's address); nil turns health reporting off.
   public var healthInterval: Duration? = .seconds(60)
@@ -152,11 +158,26 @@ public struct SidecarService: Service {
         .volumeGroupSnapshotContents, classes: .volumeGroupSnapshotClasses, classField: "volumeGroupSnapshotClassName",
         kube: kube, queue: queue, logger: logger, key: Reconciler.groupContentKey)
       : nil
+    let attachments = config.attach
+      ? Informer(client: kube, resource: .volumeAttachments, logger: logger) { old, new in
+        guard let va = new ?? old else { return }
+        Task {
+          if new != nil { await queue.add(Reconciler.attachmentKey(va)) }
+          // A VolumeAttachment gone may free its PV of the attacher's finalizer.
+          if let pv = va[path: "spec", "source", "persistentVolumeName"]?.string { await queue.add("volume/\(pv)") }
+        }
+      }
+      : nil
+    let nodesChanged = Nudge()
+    let csiNodes = config.attach || config.nodesFile != nil
+      ? Informer(client: kube, resource: .csiNodes, logger: logger) { _, _ in nodesChanged.nudge() }
+      : nil
     let reconciler = Reconciler(
       kube: kube, csi: csi, driver: config.driverName, scope: scope, backends: Set(config.backends),
       defaultFSType: config.defaultFSType, multiWriter: multiWriter,
       csiTimeout: config.csiTimeout, claims: claims, volumes: volumes, classes: classes, snapshotCaches: snapshotCaches,
-      groupCaches: groupCaches, queue: queue, events: events, metrics: metrics, capacityChanged: capacityChanged, logger: logger)
+      groupCaches: groupCaches, attachments: attachments, csiNodes: csiNodes, queue: queue, events: events,
+      metrics: metrics, capacityChanged: capacityChanged, logger: logger)
     let publisher: CapacityPublisher?
     if let capacity = config.capacity {
       let owner = try await CapacityPublisher.owner(
@@ -170,7 +191,7 @@ public struct SidecarService: Service {
     }
     // The snapshot CRDs are optional, as for external-provisioner: provisioning, resizing and capacity
     // start once the core caches are filled; the snapshot informers wait for their CRDs on their own.
-    let core = [claims, volumes, classes]
+    let core = [claims, volumes, classes] + [attachments, csiNodes].compactMap { $0 }
     let optional = (snapshotCaches.map { [$0.contents, $0.classes] } ?? [])
       + (groupCaches.map { [$0.contents, $0.classes] } ?? [])
     let informers = core + optional
@@ -197,6 +218,10 @@ public struct SidecarService: Service {
           let health = config.healthInterval.map { HealthMonitor(reconciler: reconciler, interval: $0, logger: logger) }
           if let health { workers.addTask { try await health.run() } }
           if let publisher { workers.addTask { try await publisher.run() } }
+          if let path = config.nodesFile, let csiNodes {
+            let registry = NodeRegistry(csiNodes: csiNodes, driver: config.driverName, path: path, logger: logger)
+            workers.addTask { try await registry.run(nudge: nodesChanged) }
+          }
           if case .node(let node, _) = scope, let address = config.autoGrowPluginAddress {
             let grower = AutoGrower(
               reconciler: reconciler, pluginAddress: address, maxInterval: config.autoGrowMaxInterval,
@@ -211,6 +236,7 @@ public struct SidecarService: Service {
               for pv in volumes.list() { await queue.add(Reconciler.volumeKey(pv)) }
               for content in snapshotCaches?.contents.list() ?? [] { await queue.add(Reconciler.contentKey(content)) }
               for content in groupCaches?.contents.list() ?? [] { await queue.add(Reconciler.groupContentKey(content)) }
+              for va in attachments?.list() ?? [] { await queue.add(Reconciler.attachmentKey(va)) }
             }
           }
           try await workers.next()
