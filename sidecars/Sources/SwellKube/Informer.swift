@@ -114,7 +114,10 @@ public final class Informer: Sendable {
       if event.kind == .deleted { store[key] = nil } else { store[key] = event.object }
       return old
     }
-    handler(old, event.kind == .deleted ? nil : event.object)
+    // Not `? nil : event.object`: JSON is ExpressibleByNilLiteral, so that would hand a deleted
+    // object's handler `.some(.null)` instead of nil.
+    let new: JSON? = event.kind == .deleted ? .none : event.object
+    handler(old, new)
     return version.isEmpty ? nil : version
   }
 }
