@@ -83,6 +83,27 @@ def test_attach_and_detach_as_csi_attacher_does(cluster):
     assert handle not in cluster.volumes()
 
 
+def test_a_claim_deleted_before_its_detach_waits_for_it(cluster):
+    """The claim goes while its volume is still attached (the detach waits for kubelet): the volume
+    is not deleted until the VolumeAttachment is gone, as external-provisioner waits; then the PV
+    goes, the attacher's finalizer with it."""
+    api = cluster.api
+    api.create_node(NODE)
+    cluster.sidecar("--attach")
+    pv, handle = provisioned(api)
+    va = create_attachment(api, pv["metadata"]["name"], handle)
+    name = va["metadata"]["name"]
+    api.wait("attached", lambda: (lambda v: v if v and v["status"].get("attached") else None)(attachment(api, name)))
+    api.ok("DELETE", api.pvc_path("data"))
+    api.wait("the deletion refused while attached", lambda: [
+        e for e in api.events_for(pv["metadata"]["name"]) if e["reason"] == "VolumeFailedDelete"
+        and "is still attached to node" in e["message"]] or None)
+    assert handle in cluster.volumes() and published(cluster, handle) == [NODE]
+    api.ok("DELETE", f"{VA}/{name}")
+    api.wait("the PV gone", lambda: api.get(pv_path(pv["metadata"]["name"])) is None, timeout=60)
+    assert handle not in cluster.volumes()
+
+
 def test_attach_and_detach_errors_are_written_as_csi_attacher_writes_them(cluster):
     """A publish the plugin refuses (the volume does not exist) is attachError with the gRPC code
     (11e-va-attach-error.json), retried; a failed unpublish (the plugin down) is detachError with no

@@ -158,6 +158,16 @@ extension Reconciler {
       return
     }
     guard let handle = pv[path: "spec", "csi", "volumeHandle"]?.string else { return }
+    // As external-provisioner: no DeleteVolume while a VolumeAttachment names the volume (it is
+    // still published to that node); the detach comes first, and its event brings the PV back here.
+    if let attached = attachments?.list().first(where: {
+      $0[path: "spec", "source", "persistentVolumeName"]?.string == pv.name
+    }) {
+      let error = Claims.Invalid(
+        description: "persistentvolume \(pv.name) is still attached to node \(attached[path: "spec", "nodeName"]?.string ?? "?")")
+      events.record(pv, .warning, reason: "VolumeFailedDelete", message: error.description)
+      throw error
+    }
     // The cache can lag a delete this sidecar just finished; ask the API server before deleting. A PV
     // being deleted without our finalizer has had its volume deleted already: the finalizer comes off
     // only after DeleteVolume, and other finalizers (kubernetes.io/pv-protection) may keep the PV a while.
