@@ -16,6 +16,7 @@ sys.path.insert(0, HERE)
 
 import images  # noqa: E402
 import kube  # noqa: E402
+import nodes  # noqa: E402
 
 NAMESPACE = "swell-system"
 OVERLAY = os.path.join(ROOT, "deploy", "overlays", "dev")
@@ -61,7 +62,7 @@ def log(msg):
     print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster():
     kit = require_kit()
     workdir = tempfile.mkdtemp(prefix="swell-kube-")
@@ -88,15 +89,46 @@ def cluster():
             c.forced = forced
 
 
+@pytest.fixture(scope="module")
+def multi():
+    """Three real nodes on one control plane, with Swell's dev overlay applied unchanged (only
+    `imagePullPolicy: Never`): the DaemonSet on all three, the controller on the first."""
+    kit = require_kit()
+    workdir = tempfile.mkdtemp(prefix="swell-kube-")
+    # Node 3's pool is a 400 MiB filesystem of its own: the scheduler must keep larger claims off it.
+    c = nodes.MultiCluster(kit, workdir, count=3, log=log, pools={3: 400 * 1024 * 1024})
+    # A node that stops answering is marked unknown after 16 s, not 50 (the non-graceful flow).
+    c.controller_flags = ["--node-monitor-grace-period=16s"]
+    try:
+        binary = release_binary(workdir)
+        c.unpack_kit()
+        built = images.build_all(workdir, binary, os.path.join(c.bin, "csi-node-driver-registrar"), log=log)
+        c.start(built)
+        c.kubectl("label", "node", c.nodes[0].name, "swell.csi.dev/storage-host=true")
+        c.kubectl("apply", "-f", "-", input=rendered_overlay())
+        yield c
+    finally:
+        try:
+            dump_on_failure(c)
+            uninstall(c)
+        finally:
+            forced = c.stop()
+            if forced:
+                log("forced at teardown: " + "; ".join(forced))
+            c.forced = forced
+
+
 def uninstall(c):
     """What a user does to remove Swell: claims first (their volumes go with them), then the install."""
     if "kube-apiserver" not in c.procs:
         return
     try:
+        c.kubectl("delete", "statefulsets,deployments", "--all", "-n", "default", "--wait=true", "--timeout=60s",
+                  check=False)
         c.kubectl("delete", "pods", "--all", "-n", "default", "--wait=true", "--timeout=60s", check=False)
         c.kubectl("delete", "volumesnapshots", "--all", "-n", "default", "--wait=false", check=False)
         c.kubectl("delete", "pvc", "--all", "-n", "default", "--wait=true", "--timeout=60s", check=False)
-        kube.wait_for("every PV gone", lambda: not c.get("pv")["items"], timeout=60)
+        kube.wait_for("every PV gone", lambda: not c.get("pv")["items"], timeout=150)
     except Exception as e:  # noqa: BLE001
         log(f"uninstall: {e}")
     c.kubectl("delete", "-f", "-", "--wait=true", "--timeout=60s", input=rendered_overlay(), check=False)
@@ -147,12 +179,12 @@ def json_stream(proc):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    if rep.when == "call" and rep.failed and "cluster" in item.funcargs:
-        c = item.funcargs["cluster"]
+    c = item.funcargs.get("cluster") or item.funcargs.get("multi")
+    if rep.when == "call" and rep.failed and c is not None:
         try:
             text = c.kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False).stdout[-6000:]
-            p = node_pod(c)
-            if p:
+            pods = c.get("pods", "-n", NAMESPACE)["items"]
+            for p in pods[:4]:
                 for container in ("swell", "sidecar"):
                     text += f"\n--- {p['metadata']['name']}/{container}\n" + container_logs(c, p["metadata"]["name"], container)
             rep.sections.append(("cluster state", text))

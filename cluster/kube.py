@@ -54,10 +54,67 @@ def wait_for(what, check, timeout=120, interval=0.5):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
+def containerd_config(d, sock, cni_conf_dir):
+    """containerd's config for one node: its own root, state and sockets under `d`, the CRI plugin
+    as this sandbox needs it (restrict_oom_score_adj), CNI confs in `cni_conf_dir`."""
+    return f"""version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.10"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni_conf_dir}"
+"""
+
+
+def kubelet_config(pki, sock, pod_logs, volume_plugins, address=None):
+    """A KubeletConfiguration for this sandbox (the kit's README): cgroup v1, no CAP_SYS_RESOURCE,
+    imported images never collected, NodeExpandVolume at the next 10 s sync."""
+    config = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": f"{pki}/ca.crt"}},
+        "authorization": {"mode": "Webhook"},
+        "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False,
+        "enforceNodeAllocatable": [], "oomScoreAdj": 0, "failSwapOn": False,
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "syncFrequency": "10s", "volumeStatsAggPeriod": "10s", "readOnlyPort": 0,
+        "containerRuntimeEndpoint": f"unix://{sock}",
+        "podLogsDir": pod_logs, "volumePluginDir": volume_plugins,
+        "resolvConf": "/etc/resolv.conf", "serializeImagePulls": False,
+    }
+    if address:
+        config["address"] = address
+    return config
+
+
 class Cluster:
-    def __init__(self, kit, workdir, log=print):
+    def __init__(self, kit, workdir, log=print, api_ip=None, service_cidr=SERVICE_CIDR, etcd_port=ETCD_PORT):
         self.kit, self.dir, self.log = kit, workdir, log
         self.ip = host_ip()
+        # Where the API server listens (every address when None) and what clients dial.
+        self.api_ip = api_ip
+        self.service_cidr, self.etcd_port = service_cidr, etcd_port
         self.procs = {}
         self.created_dirs = []
         self.mounted = []
@@ -65,6 +122,8 @@ class Cluster:
         self.pki = os.path.join(workdir, "pki")
         self.kubeconfig = os.path.join(workdir, "admin.kubeconfig")
         self.containerd_sock = os.path.join(workdir, "containerd", "containerd.sock")
+        # Extra kube-controller-manager flags (the multi-node tier's shorter node-monitor grace period).
+        self.controller_flags = []
         self.env = dict(os.environ, PATH=ENV_PATH + ":" + os.environ.get("PATH", ""), KUBECONFIG=self.kubeconfig)
         self.env.pop("KUBERNETES_SERVICE_HOST", None)
         for d in ("bin", "pki", "logs", "etcd", "containerd", "cni/net.d", "kubelet-conf", "pod-logs",
@@ -176,7 +235,8 @@ class Cluster:
             self.openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                          "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN=swell-test-{ca}")
         client = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
-        sans = ",".join([f"IP:{self.ip}", "IP:127.0.0.1", f"IP:{SERVICE_IP}", "DNS:localhost", "DNS:kubernetes",
+        sans = ",".join([f"IP:{self.ip}", "IP:127.0.0.1", f"IP:{SERVICE_IP}"] + ([f"IP:{self.api_ip}"] if self.api_ip else [])
+                        + ["DNS:localhost", "DNS:kubernetes",
                          "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
                          "DNS:kubernetes.default.svc.cluster.local"])
         self.make_cert("apiserver", "/CN=kube-apiserver", "ca",
@@ -189,7 +249,7 @@ class Cluster:
         p = self.pki
         with open(self.kubeconfig, "w") as f:
             json.dump({"apiVersion": "v1", "kind": "Config",
-                       "clusters": [{"name": "swell-test", "cluster": {"server": f"https://{self.ip}:443",
+                       "clusters": [{"name": "swell-test", "cluster": {"server": f"https://{self.api_ip or self.ip}:443",
                                                                        "certificate-authority": f"{p}/ca.crt"}}],
                        "users": [{"name": "admin", "user": {"client-certificate": f"{p}/admin.crt",
                                                             "client-key": f"{p}/admin.key"}}],
@@ -197,20 +257,22 @@ class Cluster:
                        "current-context": "swell-test"}, f)
 
     def start_etcd(self):
+        port = self.etcd_port
         self.spawn("etcd", ["etcd", "--name", "swell-test", "--data-dir", os.path.join(self.dir, "etcd"),
-                            "--listen-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
-                            "--advertise-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
-                            "--listen-peer-urls", f"http://127.0.0.1:{ETCD_PORT + 10}",
-                            "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PORT + 10}",
-                            "--initial-cluster", f"swell-test=http://127.0.0.1:{ETCD_PORT + 10}",
+                            "--listen-client-urls", f"http://127.0.0.1:{port}",
+                            "--advertise-client-urls", f"http://127.0.0.1:{port}",
+                            "--listen-peer-urls", f"http://127.0.0.1:{port + 10}",
+                            "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 10}",
+                            "--initial-cluster", f"swell-test=http://127.0.0.1:{port + 10}",
                             "--quota-backend-bytes", str(1 << 30)])
 
     def start_apiserver(self):
         p = self.pki
         self.spawn("kube-apiserver", [
-            f"{self.bin}/kube-apiserver", f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
-            "--bind-address=0.0.0.0", "--secure-port=443", f"--advertise-address={self.ip}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", f"--cert-dir={self.dir}/pki",
+            f"{self.bin}/kube-apiserver", f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            f"--bind-address={self.api_ip or '0.0.0.0'}", "--secure-port=443",
+            f"--advertise-address={self.api_ip or self.ip}",
+            f"--service-cluster-ip-range={self.service_cidr}", f"--cert-dir={self.dir}/pki",
             f"--tls-cert-file={p}/apiserver.crt", f"--tls-private-key-file={p}/apiserver.key",
             f"--client-ca-file={p}/ca.crt", f"--service-account-key-file={p}/sa.pub",
             f"--service-account-signing-key-file={p}/sa.key",
@@ -228,35 +290,8 @@ class Cluster:
 
     def start_containerd(self):
         d = os.path.join(self.dir, "containerd")
-        config = f"""version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{self.containerd_sock}"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{self.dir}/cni/net.d"
-"""
         with open(os.path.join(d, "config.toml"), "w") as f:
-            f.write(config)
+            f.write(containerd_config(d, self.containerd_sock, f"{self.dir}/cni/net.d"))
         # A bridge network makes the node Ready; no pod of the tier uses it (all run on the host network).
         with open(os.path.join(self.dir, "cni", "net.d", "10-swell-test.conflist"), "w") as f:
             json.dump({"cniVersion": "1.0.0", "name": "swell-test", "plugins": [
@@ -274,8 +309,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             f"--service-account-private-key-file={p}/sa.key", f"--root-ca-file={p}/ca.crt",
             f"--cluster-signing-cert-file={p}/ca.crt", f"--cluster-signing-key-file={p}/ca.key",
             "--use-service-account-credentials=true", "--leader-elect=false", "--bind-address=127.0.0.1",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--controllers=*,-service-ca-certificate-publisher-controller", "--v=1"])
+            f"--service-cluster-ip-range={self.service_cidr}",
+            "--controllers=*,-service-ca-certificate-publisher-controller", "--v=1", *self.controller_flags])
         self.spawn("kube-scheduler", [
             f"{self.bin}/kube-scheduler", f"--kubeconfig={self.kubeconfig}",
             f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
@@ -284,23 +319,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     def start_kubelet(self):
         conf = os.path.join(self.dir, "kubelet-conf", "config.json")
         with open(conf, "w") as f:
-            json.dump({
-                "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-                "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                                   "x509": {"clientCAFile": f"{self.pki}/ca.crt"}},
-                "authorization": {"mode": "Webhook"},
-                # What this sandbox needs (the kit's README): cgroup v1, no CAP_SYS_RESOURCE.
-                "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False,
-                "enforceNodeAllocatable": [], "oomScoreAdj": 0, "failSwapOn": False,
-                # Images exist only as imported: never collect them.
-                "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-                "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-                # NodeExpandVolume comes at the next pod sync.
-                "syncFrequency": "10s", "volumeStatsAggPeriod": "10s", "readOnlyPort": 0,
-                "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
-                "podLogsDir": f"{self.dir}/pod-logs", "volumePluginDir": f"{self.dir}/volume-plugins",
-                "resolvConf": "/etc/resolv.conf", "serializeImagePulls": False,
-            }, f)
+            json.dump(kubelet_config(self.pki, self.containerd_sock, f"{self.dir}/pod-logs",
+                                     f"{self.dir}/volume-plugins"), f)
         self.spawn("kubelet", [
             f"{self.bin}/kubelet", f"--config={conf}", f"--kubeconfig={self.kubeconfig}",
             "--root-dir=/var/lib/kubelet", f"--cert-dir={self.dir}/kubelet-conf", f"--node-ip={self.ip}",

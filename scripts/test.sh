@@ -40,6 +40,10 @@ leftovers() {
     if [ -e "$d" ]; then echo "leaked: $d"; found=1; fi
   done
   if ip link show swelltest0 >/dev/null 2>&1; then echo "leaked bridge swelltest0"; found=1; fi
+  # The multi-node tier: its bridge, and a veth per node.
+  if ip link show swellk0 >/dev/null 2>&1 || ip -o link show | grep -q ": swk[0-9]"; then
+    echo "leaked multi-node network:"; ip -o link show | grep -E ": (swellk0|swk[0-9])"; found=1
+  fi
   return $found
 }
 
