@@ -138,3 +138,21 @@ def test_stage_refuses_a_volume_not_published_to_this_node(plugin):
     plugin.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id="s1", staging_target_path=staging))
     plugin.unpublish_here("s1")
     assert code_of(plugin.node.NodeStageVolume, stage({})) == C.FAILED_PRECONDITION
+
+
+def test_stage_unpublished_local_lets_a_driver_without_attach_stage_local_volumes(plugin):
+    """--stage-unpublished-local, for a CSIDriver with attachRequired: false: a local volume stages
+    with no publish context; another node's context is still refused."""
+    plugin.stop()
+    plugin.start(extra_args=["--stage-unpublished-local"])
+    cap = mount_cap("ext4")
+    staging, _ = paths(plugin, "u1")
+    plugin.controller.CreateVolume(create_req("u1", required=64 * MiB, cap=cap))
+    other = csi_pb2.NodeStageVolumeRequest(volume_id="u1", staging_target_path=staging, volume_capability=cap,
+                                          publish_context={"node": "another-node"})
+    assert code_of(plugin.node.NodeStageVolume, other) == C.FAILED_PRECONDITION
+    plugin.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(volume_id="u1", staging_target_path=staging,
+                                                               volume_capability=cap))
+    with open("/proc/self/mountinfo") as f:
+        assert staging in f.read()
+    plugin.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id="u1", staging_target_path=staging))

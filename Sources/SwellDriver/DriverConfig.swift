@@ -20,6 +20,10 @@ public struct DriverConfig: Sendable {
   /// The list of nodes a network volume may be published to (one node ID a line), which the
   /// sidecar keeps from the cluster's CSINodes; nil: every well-formed node ID.
   public var nodesFile: String? = nil
+  /// Stage local volumes (loop, lvm, dir) with no publish context: for a CSIDriver without attach
+  /// (`attachRequired: false`), where nothing calls ControllerPublishVolume. Network volumes always
+  /// need their publication.
+  public var stageUnpublishedLocal = false
 
   public init(
     driverName: String, version: String, nodeID: String, mode: PluginMode, maxVolumesPerNode: Int64 = 256,

@@ -80,9 +80,11 @@ public struct NodeService: Csi_V1_Node.SimpleServiceProtocol {
     let publishedTo = request.publishContext[PublishContext.node]
     guard publishedTo != config.nodeID else { return }
     let kind = request.volumeContext["backend"] ?? LoopBackend.name
-    if [LoopBackend.name, LvmBackend.name, DirectoryBackend.name].contains(kind), try await !backend.exists(id) {
+    let local = [LoopBackend.name, LvmBackend.name, DirectoryBackend.name].contains(kind)
+    if local, try await !backend.exists(id) {
       throw SwellError.notFound("volume \(id) does not exist on this node")
     }
+    if local, publishedTo == nil, config.stageUnpublishedLocal { return }
     guard let publishedTo else {
       throw SwellError.precondition(
         "volume \(id) is not published to this node (\(config.nodeID)): NodeStageVolume needs the publish context "

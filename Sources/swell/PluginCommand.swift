@@ -56,6 +56,9 @@ struct PluginCommand: AsyncParsableCommand {
   @Option(help: "Deprecated and ignored: a target admits only the initiator of the node its volume is published to.")
   var iscsiAllowedInitiator: [String] = []
 
+  @Flag(help: "Node: stage local volumes (loop, lvm, dir) that come with no publish context, for a CSIDriver with attachRequired: false. Network volumes always need their publication.")
+  var stageUnpublishedLocal = false
+
   @Option(help: "Controller: the file listing the node IDs a network volume may be published to, one a line (the sidecar's --nodes-file); without it, any well-formed node ID.")
   var nodesFile: String?
 
@@ -133,6 +136,7 @@ struct PluginCommand: AsyncParsableCommand {
       driverName: driverName, version: SwellVersion.version, nodeID: nodeId ?? hostName(),
       mode: PluginMode(rawValue: mode)!, maxVolumesPerNode: maxVolumesPerNode)
     config.nodesFile = nodesFile
+    config.stageUnpublishedLocal = stageUnpublishedLocal
     let iscsi = iscsiPortal.map {
       IscsiTargetConfig(storageDir: iscsiStorageDir, portal: $0, iqnPrefix: iscsiIqnPrefix, controlPort: iscsiTgtControlPort)
     }
