@@ -186,15 +186,25 @@ class Node:
         for container in self.ctr("containers", "list", "-q", check=False).stdout.split():
             self.ctr("containers", "delete", container, check=False)
 
+    def task_pids(self):
+        """The init process of every container this node's containerd runs (killing one kills its
+        whole PID namespace)."""
+        c = self.procs.get("containerd")
+        if not c or c.poll() is not None:
+            return []
+        out = self.ctr("tasks", "ls", check=False).stdout.splitlines()[1:]
+        return [int(line.split()[1]) for line in out if len(line.split()) >= 2 and line.split()[1].isdigit()]
+
     def processes(self):
-        """Every process in this node's namespaces, the holder aside."""
+        """Every process in this node's namespaces (its own mount namespace, or its network
+        namespace, which host-network pods share), the holder aside."""
         if self.holder is None:
             return []
-        mnt = ns_inode(self.pid, "mnt")
+        mine = {("mnt", ns_inode(self.pid, "mnt")), ("net", ns_inode(self.pid, "net"))}
         found = []
         for d in glob.glob("/proc/[0-9]*"):
             pid = int(d.split("/")[2])
-            if pid != self.pid and mnt is not None and ns_inode(pid, "mnt") == mnt:
+            if pid != self.pid and ({("mnt", ns_inode(pid, "mnt")), ("net", ns_inode(pid, "net"))} & mine):
                 found.append(pid)
         return found
 
@@ -210,6 +220,7 @@ class Node:
         namespaces, every loop device it attached, then the holder (its mounts go with its mount
         namespace). Returns what had to be forced."""
         forced = []
+        tasks = self.task_pids()
         if graceful:
             self.kill_tasks()
             for name in ("kubelet", "containerd"):
@@ -220,6 +231,12 @@ class Node:
                         p.wait(20)
                     except subprocess.TimeoutExpired:
                         forced.append(f"{self.name} {name}")
+        # A power cut: every container's processes die at once, whatever containerd would say.
+        for pid in tasks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pid in kube.shims(self.containerd_sock):
             if graceful:
                 forced.append(f"{self.name} shim {pid}")

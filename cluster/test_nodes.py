@@ -380,8 +380,9 @@ def test_a_rolling_update_of_the_node_plugin_keeps_every_mount(multi):
     old = {p["metadata"]["name"] for p in c.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/name=swell-node")["items"]}
     c.kubectl("rollout", "restart", "daemonset/swell-node", "-n", NAMESPACE)
     c.kubectl("rollout", "status", "daemonset/swell-node", "-n", NAMESPACE, "--timeout=300s", timeout=320)
-    new = {p["metadata"]["name"] for p in c.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/name=swell-node")["items"]}
-    assert not old & new, "every node's plugin pod was replaced"
+    wait_for("the old plugin pods gone", lambda: not old & {
+        p["metadata"]["name"] for p in c.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/name=swell-node")["items"]},
+        120)
     for name in pods:
         assert hash_of(c, name, "before") == digests[name]
         write_and_hash(c, name, "after")

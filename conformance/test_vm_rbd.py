@@ -62,6 +62,8 @@ mapped() { ls /sys/bus/rbd/devices | wc -l; }
 ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }
 expect_precondition() { if out=$(csi "$@" 2>&1); then echo "expected FAILED_PRECONDITION: $*"; exit 1; fi; echo "$out"; }
 mkfifo /tmp/hold; exec 3<> /tmp/hold   # a stdin that never ends, for `rbd watch`
+# rbd volumes stay published to this node between stages (--keep-published): unpublishing fences
+# the node's client with `ceph osd blocklist`, and the guest has the rbd tool but not ceph's.
 
 # ext4: staged, written, grown while mounted, staged again without a format.
 csi create --parameter backend=rbd --fs-type ext4 $S --bytes 268435456 pvc-e
@@ -82,7 +84,7 @@ result e_stats "$(csi stats pvc-e /tmp/csi/stage/pvc-e 2>&1 | tr '\n' ' ')"
 # hands it back), restored into a second image.
 csi snapshot create snap-e pvc-e
 csi create --parameter backend=rbd --fs-type ext4 $S --bytes 536870912 --from-snapshot snap-e pvc-e2
-csi unstage pvc-e /tmp/csi/stage/pvc-e
+csi unstage --keep-published pvc-e /tmp/csi/stage/pvc-e
 result e_mapped_after_unstage "$(mapped)"
 # Another client watching the image, as a mapping on a second node would: the stage is refused.
 rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.key watch $POOL/swell-vol-pvc-e < /tmp/hold > /dev/null 2>&1 &
@@ -97,10 +99,10 @@ i=0; while rbd -c /dev/null -m $MON --id swell-plugin --keyfile /share/plugin.ke
 csi stage --fs-type ext4 $CTX $S pvc-e /tmp/csi/stage/pvc-e
 result e_sha_restaged "$(sha256sum /tmp/csi/stage/pvc-e/data | cut -d' ' -f1)"
 result e_delete_staged "$(expect_precondition delete $S pvc-e | tr '\n' ' ')"
-csi unstage pvc-e /tmp/csi/stage/pvc-e
+csi unstage --keep-published pvc-e /tmp/csi/stage/pvc-e
 csi stage --fs-type ext4 $CTX $S pvc-e2 /tmp/csi/stage/pvc-e2
 result e2_sha "$(sha256sum /tmp/csi/stage/pvc-e2/data | cut -d' ' -f1)"
-csi unstage pvc-e2 /tmp/csi/stage/pvc-e2
+csi unstage --keep-published pvc-e2 /tmp/csi/stage/pvc-e2
 csi delete $S pvc-e
 csi delete $S pvc-e2
 csi snapshot delete snap-e
@@ -117,7 +119,7 @@ csi node-expand --bytes 469762048 pvc-x /tmp/csi/stage/pvc-x
 result x_dev_bytes "$(blockdev --getsize64 "$(findmnt -n -o SOURCE /tmp/csi/stage/pvc-x)")"
 result x_fs_after "$(stat -f -c '%b %S' /tmp/csi/stage/pvc-x | awk '{print $1*$2}')"
 result x_sha_after "$(sha256sum /tmp/csi/stage/pvc-x/data | cut -d' ' -f1)"
-csi unstage pvc-x /tmp/csi/stage/pvc-x
+csi unstage --keep-published pvc-x /tmp/csi/stage/pvc-x
 csi delete $S pvc-x
 
 # A block volume: written through the device, grown, the device sees the new size.
@@ -125,10 +127,13 @@ csi create --parameter backend=rbd --block $S --bytes 67108864 pvc-b
 # A client that dies holding the image: the host's `rbd bench`, SIGKILLed while it writes (holding
 # the exclusive lock and a watch), as a node that loses power would. The stage is refused while the
 # dead client's watch lasts, then succeeds; the first write takes the lock from the dead owner.
+# Published to this node first (as the attacher would, before kubelet's first stage), so that each
+# try below is the stage alone: its refusal is measured against the dead client's watch.
+PB=""; for kv in $(csi controller-publish --block pvc-b); do PB="$PB --publish-context $kv"; done
 touch /share/hold-lock
 i=0; while [ ! -e /share/holder-killed ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "the host killed no holder"; exit 1; }; sleep 0.1; done
 t0=$(ms); refusals=0
-until csi stage --block $CTX $S pvc-b /tmp/csi/stage/pvc-b > /tmp/stage-out 2>&1; do
+until csi stage --block $CTX $S $PB pvc-b /tmp/csi/stage/pvc-b > /tmp/stage-out 2>&1; do
   grep -q FAILED_PRECONDITION /tmp/stage-out || { cat /tmp/stage-out; exit 1; }
   refusals=$((refusals+1)); [ $refusals -lt 120 ] || { echo "never staged"; exit 1; }; sleep 1
 done
@@ -148,7 +153,7 @@ result b_pub_bytes "$(blockdev --getsize64 /tmp/csi/pub/pvc-b)"
 result b_dev_bytes_after "$(blockdev --getsize64 $dev)"
 result b_sha_read "$(dd if=$dev bs=1M skip=4 count=8 2>/dev/null | sha256sum | cut -d' ' -f1)"
 csi unpublish pvc-b /tmp/csi/pub/pvc-b
-csi unstage pvc-b /tmp/csi/stage/pvc-b
+csi unstage --keep-published pvc-b /tmp/csi/stage/pvc-b
 csi delete $S pvc-b
 
 # PostgreSQL on an rbd volume (the pool keeps 2 copies on 3 OSDs): pgbench quietly, then pgbench
@@ -188,7 +193,7 @@ if wait $load; then result db_pgbench 0; else result db_pgbench $?; fi
 if as_pg $PGBIN/pg_amcheck -h /tmp/pgsock-5401 -p 5401 -U postgres --install-missing --all --heapallindexed \
     > /share/amcheck-rbd.txt 2>&1; then result db_amcheck 0; else result db_amcheck $?; fi
 pg_stop /tmp/csi/stage/db-rbd/pg/data
-csi unstage db-rbd /tmp/csi/stage/db-rbd
+csi unstage --keep-published db-rbd /tmp/csi/stage/db-rbd
 csi delete $S db-rbd
 
 # The same quiet pgbench on an iSCSI volume that the host's controller exported (tgtd on the
