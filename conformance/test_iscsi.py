@@ -28,8 +28,8 @@ def iscsi_tools():
         pytest.fail("tgt and libiscsi-bin are not installed (scripts/setup.sh --tests installs them)")
 
 
-# The nodes the controller knows (its --nodes-file): the host's libiscsi reader, two nodes, the VM.
-NODES = [iscsi.READER, "node-a", "node-b", "vm"]
+# The nodes the controller knows (its --nodes-file): the host's libiscsi reader, two nodes, the VMs.
+NODES = [iscsi.READER, "node-a", "node-b", "vm", "vm-a", "vm-b"]
 
 
 class Controller:

@@ -36,7 +36,7 @@ MODULES = [
 REQUIRED_TOOLS = [
     "/usr/sbin/iscsiadm", "/usr/sbin/iscsid", "/usr/sbin/mke2fs", "/usr/sbin/resize2fs", "/usr/sbin/mkfs.xfs",
     "/usr/sbin/xfs_growfs", "/usr/sbin/blkid", "/usr/bin/mount", "/usr/bin/umount", "/usr/sbin/losetup",
-    "/usr/sbin/blockdev", "/usr/bin/findmnt",
+    "/usr/sbin/blockdev", "/usr/bin/findmnt", "/usr/sbin/e2fsck",
 ]
 # GNU cp (busybox's has no --reflink=always): the node plugin copies dir volumes with it.
 OPTIONAL_TOOLS = ["/usr/sbin/lvm", "/usr/sbin/thin_check", "/usr/sbin/dmsetup", "/usr/bin/setpriv", "/usr/bin/cp"]
