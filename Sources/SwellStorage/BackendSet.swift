@@ -31,10 +31,9 @@ public struct ControllerBackends: ControllerBackend {
     return localPublishing
   }
 
-  /// The nodes a volume is published to (empty for a volume that does not exist).
+  /// The nodes a volume is published to, read from the backend its record names.
   public func publishedNodes(_ record: VolumeRecord) async throws -> [String] {
-    guard let owner = try await owner(of: record.id) else { return [] }
-    return try await publishing(for: owner).publications(record.id).map(\.nodeID)
+    try await publishing(for: try backend(named: record.backend)).publications(record.id).map(\.nodeID)
   }
 
   public var names: [String] { backends.map(\.name) }
