@@ -140,9 +140,14 @@ class Node:
     def start_kubelet(self):
         c = self.cluster
         conf = os.path.join(self.dir, "kubelet-conf", "config.json")
+        config = kube.kubelet_config(c.pki, self.containerd_sock, os.path.join(self.dir, "pod-logs"),
+                                     os.path.join(self.dir, "volume-plugins"), address=self.ip)
+        # The node's lease is renewed every 2 s (a quarter of its 8 s), so that the controller's
+        # 16 s grace period (conftest) still leaves a busy machine 14 s before a live node counts
+        # as lost; with the default 40 s lease a renewal is only every 10 s.
+        config["nodeLeaseDurationSeconds"] = 8
         with open(conf, "w") as f:
-            json.dump(kube.kubelet_config(c.pki, self.containerd_sock, os.path.join(self.dir, "pod-logs"),
-                                          os.path.join(self.dir, "volume-plugins"), address=self.ip), f)
+            json.dump(config, f)
         self.spawn("kubelet", [
             f"{c.bin}/kubelet", f"--config={conf}", f"--kubeconfig={c.kubeconfig}", "--root-dir=/var/lib/kubelet",
             f"--cert-dir={self.dir}/kubelet-conf", f"--node-ip={self.ip}", f"--hostname-override={self.name}", "--v=1"])
@@ -265,7 +270,9 @@ class Node:
 
 def loops_under(folder):
     """The loop devices whose backing file lives under `folder`, matched by the file's device and
-    inode (the kernel shows the path the attaching namespace saw)."""
+    inode (the kernel shows the path the attaching namespace saw), and then every loop device whose
+    backing file lives on one of those (a node's volumes on its own pool filesystem, which the host
+    cannot see): the latter first, since each keeps the filesystem under it busy."""
     inodes = set()
     for root, _, files in os.walk(folder):
         for f in files:
@@ -274,16 +281,41 @@ def loops_under(folder):
                 inodes.add((st.st_dev, st.st_ino))
             except OSError:
                 pass
-    found = []
+    backing = {}
     for f in glob.glob("/sys/block/loop*/loop/backing_file"):
         dev = "/dev/" + f.split("/")[3]
         r = subprocess.run(["losetup", "--noheadings", "-O", "BACK-MAJ:MIN,BACK-INO", dev], capture_output=True, text=True)
         parts = r.stdout.split()
-        if len(parts) != 2:
-            continue
-        major, minor = (int(x) for x in parts[0].split(":"))
-        if (os.makedev(major, minor), int(parts[1])) in inodes:
-            found.append(dev)
+        if len(parts) == 2:
+            major, minor = (int(x) for x in parts[0].split(":"))
+            backing[dev] = (os.makedev(major, minor), int(parts[1]))
+    found = [dev for dev, key in backing.items() if key in inodes]
+    layer = found
+    while layer:
+        devices = {os.stat(d).st_rdev for d in layer if os.path.exists(d)}
+        layer = [dev for dev, (bdev, _) in backing.items() if bdev in devices and dev not in found]
+        found = layer + found
+    return found
+
+
+def loop_holders(dev):
+    """Who still holds a loop device: each process whose mount table shows it (pid, command, its
+    mount namespace), for a report."""
+    try:
+        st = os.stat(dev)
+    except OSError:
+        return []
+    mm = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    found = []
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(f"{d}/mountinfo") as f:
+                if not any(line.split()[2] == mm for line in f):
+                    continue
+            cmd = open(f"{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")[:80]
+            found.append((int(d.split("/")[2]), cmd, ns_inode(d.split("/")[2], "mnt")))
+        except OSError:
+            pass
     return found
 
 
@@ -292,7 +324,8 @@ def detach_loops_under(folder):
     left = []
     for dev in loops_under(folder):
         left.append(f"loop device {dev}")
-        subprocess.run(["losetup", "-d", dev], check=False)
+        # One set to clear itself may already be gone by the time its turn comes.
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
     return left
 
 

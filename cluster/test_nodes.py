@@ -405,15 +405,21 @@ def test_a_node_that_loses_power_comes_back_with_its_volumes(multi):
     n3.stop(graceful=False)
     assert handle not in open("/proc/self/mountinfo").read()
     # Detached at the stop; the kernel lets each go once the namespace's mounts are released.
-    wait_for("no loop device of node 3 left", lambda: nodes.loops_under(n3.dir) == [], 30)
+    try:
+        wait_for("no loop device of node 3 left", lambda: nodes.loops_under(n3.dir) == [], 30)
+    except TimeoutError:
+        left = {dev: nodes.loop_holders(dev) for dev in nodes.loops_under(n3.dir)}
+        raise AssertionError(f"loop devices of node 3 still held after its power cut: {left}") from None
     wait_for("node 3 NotReady", lambda: not c.node_ready(N3), 90)
     n3.restart()
     wait_for("node 3 Ready", lambda: c.node_ready(N3), 120)
     def back():
+        # The status from before the cut can still say Running: the container answering is the test.
         for p in pods_of(c, "pg"):
-            if p["spec"]["nodeName"] == N3 and p["status"].get("phase") == "Running" and all(
-                    s.get("ready") for s in p["status"].get("containerStatuses", [])):
-                return p
+            if p["spec"]["nodeName"] == N3 and any(
+                    x["type"] == "Ready" and x["status"] == "True" for x in p["status"].get("conditions", [])):
+                ok = c.kubectl("exec", "-n", "default", p["metadata"]["name"], "--", "true", check=False).returncode == 0
+                return p if ok else None
     wait_for("node 3's database back", back, 300)
     assert hash_of(c, name, "power") == digest
     wait_for("PostgreSQL on node 3 again", lambda: c.kubectl(
