@@ -136,3 +136,16 @@ import SwellStorage
     #expect(throws: SwellError.self) { try DirectoryMeta.decode("version=2\nproject=1\ncapacity_bytes=1\n") }
   }
 }
+
+@Suite struct FailpointTests {
+  @Test func aPauseHoldsForTheSecondsItNames() {
+    #expect(Failpoints.parse("pause") == .pause(seconds: 1))
+    #expect(Failpoints.parse("pause=30") == .pause(seconds: 30))
+  }
+
+  @Test func anythingElseIsACrash() {
+    #expect(Failpoints.parse("pause=") == .crash)
+    #expect(Failpoints.parse("pause=-1") == .crash)
+    #expect(Failpoints.parse("crash") == .crash)
+  }
+}
