@@ -203,10 +203,12 @@ class VM:
     the guest meet through marker files in the share.
     """
 
-    def __init__(self, root, artifacts, memory_mib=1024, disks=(), netdev="user,id=n0", prefix=()):
+    def __init__(self, root, artifacts, memory_mib=1024, disks=(), netdev="user,id=n0", prefix=(), mac=None):
         """`netdev`: qemu's -netdev for the guest's eth0 (id n0); `prefix`: what qemu runs under
-        (`ip netns exec NS` for a tap device in a namespace)."""
+        (`ip netns exec NS` for a tap device in a namespace); `mac`: eth0's address (guests on one
+        bridge each need their own)."""
         self.netdev = netdev
+        self.mac = mac
         self.prefix = list(prefix)
         self.root = root
         self.disks = list(disks)  # raw image files, seen as /dev/vda, /dev/vdb, … in the guest
@@ -227,7 +229,7 @@ class VM:
              "-kernel", os.path.join(self.artifacts, "vmlinux"),
              "-initrd", os.path.join(self.artifacts, "initramfs.cpio"),
              "-append", "console=ttyS0 panic=-1 quiet",
-             "-netdev", self.netdev, "-device", "virtio-net-pci,netdev=n0,romfile=",
+             "-netdev", self.netdev, "-device", "virtio-net-pci,netdev=n0,romfile=" + (f",mac={self.mac}" if self.mac else ""),
              "-virtfs", f"local,path={self.share},mount_tag=share,security_model=none,id=share",
              *[a for d in self.disks for a in ("-drive", f"file={d},if=virtio,format=raw")]],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
