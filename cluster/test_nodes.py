@@ -2,7 +2,8 @@
 on one control plane, Swell installed from the dev overlay unchanged, driven as a user drives a
 cluster: a StatefulSet spread over the nodes, claims that must wait for a node, two pods that want
 one ReadWriteOnce volume from two nodes, a node lost while it holds a volume, a drain, a rolling
-update of the node plugin, and a node that loses power.
+update of the node plugin, a node that loses power, and two controller replicas whose leader is
+killed in the middle of provisioning (with the rbd overlay and a real Ceph cluster).
 
 The tests run in this file's order on one cluster. This machine's kernel has no iSCSI initiator, so
 a node here cannot stage an iSCSI volume: for those, the attach side is checked (VolumeAttachments,
@@ -10,14 +11,16 @@ the target's ACL through an independent initiator, the Multi-Attach event); the 
 fence runs in the VM tier.
 """
 import os
+import signal
 import subprocess
 import time
 
 import yaml
 
-from conftest import NAMESPACE, restarts
+from conftest import NAMESPACE, rendered_overlay, restarts
 from kube import wait_for
 import nodes
+import rbd_install
 
 MiB, GiB = 1 << 20, 1 << 30
 DRIVER = "swell.csi.dev"
@@ -430,3 +433,77 @@ def test_a_node_that_loses_power_comes_back_with_its_volumes(multi):
     for i in range(3):
         c.kubectl("delete", "pvc", f"data-pg-{i}", "-n", "default", "--wait=true", "--timeout=120s")
     wait_for("every PV gone", lambda: not c.get("pv")["items"], 180)
+
+
+def test_two_controller_replicas_and_the_leader_killed_in_the_middle_of_provisioning(multi):
+    """Flow g: the rbd overlay's controller, two replicas on two storage hosts (nodes 1 and 2), a
+    real Ceph cluster behind them. The leader's plugin is held inside CreateVolume just after it
+    made the image (a failpoint: `rbd-create-after-create:pause=30`, on both replicas); there the
+    leader's sidecar and plugin are SIGKILLed. Once the lease lapses a new sidecar takes it (the
+    other replica's, or the killed pod's restarted one: whichever asks first), the claim is
+    provisioned once with the one image, and deleting the claim leaves the pool empty."""
+    c = multi
+    cl, key = rbd_install.start_ceph(nodes.API_IP)
+    dev = next(d for d in yaml.safe_load_all(rendered_overlay()) if d and d["kind"] == "Deployment")
+    image = dev["spec"]["template"]["spec"]["containers"][0]["image"]
+    c.kubectl("label", "node", N2, "swell.csi.dev/storage-host=true")
+    try:
+        before = rbd_install.lease_holder(c)
+        c.kubectl("apply", "-f", "-", input=rbd_install.rendered(cl.monitors, key, image, replicas=2,
+                                                                  failpoints="rbd-create-after-create:pause=30"))
+        wait_for("two controller replicas on nodes 1 and 2", lambda: sorted(
+            p["spec"].get("nodeName", "") for p in c.get("pods", "-n", NAMESPACE, "-l",
+                                                         "app.kubernetes.io/name=swell-controller")["items"]
+            if not p["metadata"].get("deletionTimestamp") and all(
+                s.get("ready") for s in p["status"].get("containerStatuses", [{}]))) == [N1, N2], 240)
+        wait_for("a new replica holding the lease", lambda: rbd_install.lease_holder(c) not in ("", before), 120)
+        killed_identity = rbd_install.lease_holder(c)
+        # The leader's pod is the one whose sidecar logged that identity (a host-network pod's host
+        # name, the identity's first part, is not a safe guide here: see leader_pod).
+        leader_pod = rbd_install.leader_pod(c, NAMESPACE, killed_identity)
+        leader = leader_pod["spec"]["nodeName"]
+        apply(c, claim("ha", "64Mi", sc="swell-rbd"))
+        made = wait_for("the leader's image in the pool", lambda: rbd_install.images(cl), 120)
+        assert len(made) == 1 and pv_of(c, "ha") is None
+        killed = [pid for pid in c.node(leader).processes() if is_controller_process(pid)]
+        assert len(killed) == 2, f"the leader's sidecar and plugin on {leader}: {killed}"
+        restarts_before = pod_restarts(leader_pod)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        pv = wait_for("the claim bound", lambda: pv_of(c, "ha"), 180)
+        # The lease lapses and the first sidecar to ask after it takes it: the other replica's, or
+        # the killed one's container that kubelet restarted; either way a new holder.
+        holder = rbd_install.lease_holder(c)
+        print(f"leader on {leader} killed mid-provision; bound {time.monotonic() - t0:.1f} s later, "
+              f"the lease now {holder}")
+        assert holder not in ("", killed_identity)
+        wait_for("the leader's pod restarting what was killed", lambda: pod_restarts(
+            c.get("pod", leader_pod["metadata"]["name"], "-n", NAMESPACE)) >= restarts_before + 2, 60)
+        handle = pv["spec"]["csi"]["volumeHandle"]
+        assert rbd_install.images(cl) == [f"swell-vol-{handle}"], "one image, the PV's, and nothing duplicated"
+        assert len(events(c, "ha", "ProvisioningSucceeded")) == 1
+        c.kubectl("delete", "pvc", "ha", "-n", "default", "--wait=true", "--timeout=90s")
+        wait_for("the PV gone", lambda: c.get("pv", pv["metadata"]["name"]) is None, 120)
+        assert rbd_install.images(cl) == [], "nothing leaked in the pool"
+    finally:
+        c.kubectl("delete", "pvc", "ha", "-n", "default", "--wait=true", "--timeout=90s", check=False)
+        # The dev overlay's controller again, one replica, on node 1.
+        c.kubectl("label", "node", N2, "swell.csi.dev/storage-host-", check=False)
+        c.kubectl("apply", "-f", "-", input=yaml.safe_dump(dev))
+        c.kubectl("delete", "storageclass", "swell-rbd", check=False)
+        c.kubectl("delete", "secret", "swell-ceph", "-n", NAMESPACE, check=False)
+        cl.stop()
+
+
+def pod_restarts(pod):
+    return sum(s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", []))
+
+
+def is_controller_process(pid):
+    """The controller pod's sidecar or plugin (the node pod's run with --per-node, --mode=node)."""
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return ("sidecar" in argv and "--leader-election" in argv) or ("plugin" in argv and "--mode=controller" in argv)
