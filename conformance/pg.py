@@ -19,6 +19,15 @@ echo "postgres:x:70:70:postgres:/tmp:/bin/sh" >> /etc/passwd
 echo "postgres:x:70:" >> /etc/group
 PGBIN=/usr/lib/postgresql/15/bin
 as_pg() { su -s /bin/sh postgres -c "LD_LIBRARY_PATH=$LD_LIBRARY_PATH TZ=UTC $*"; }
+# pg_ctl's stop returns once the postmaster has removed its pid file, a moment before the process
+# exits, and until then its working directory (the data directory) keeps the filesystem busy: an
+# unmount right after failed with EBUSY in CI. So wait for the process too (a zombie has no cwd).
+pg_stop() {  # datadir
+  pid=$(head -n 1 $1/postmaster.pid 2>/dev/null)
+  as_pg $PGBIN/pg_ctl -D $1 -m fast -w -t 300 stop || return $?
+  [ -n "$pid" ] || return 0
+  i=0; while [ -e /proc/$pid/cwd ]; do i=$((i+1)); [ $i -lt 300 ] || { echo "postmaster $pid still there"; return 1; }; sleep 0.1; done
+}
 '''
 
 
@@ -69,9 +78,17 @@ class Server:
                     check=True, capture_output=True)
 
     def stop(self):
-        if os.path.exists(os.path.join(self.datadir, "postmaster.pid")):
+        """pg_ctl's stop, then the postmaster's own exit (pg_ctl returns when the pid file is gone,
+        a moment before the process that still has the data directory as its cwd)."""
+        pid_file = os.path.join(self.datadir, "postmaster.pid")
+        if os.path.exists(pid_file):
+            with open(pid_file) as f:
+                pid = f.readline().strip()
             as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.datadir, "-m", "fast", "-w", "stop"],
                         check=False, capture_output=True, timeout=120)
+            deadline = time.monotonic() + 30
+            while pid.isdigit() and os.path.exists(f"/proc/{pid}/cwd") and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def psql(self, sql):
         out = as_postgres([f"{PG_BIN}/psql", "-h", self.sockdir, "-p", str(self.port), "-U", "postgres", "-d", "postgres",

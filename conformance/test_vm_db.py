@@ -56,7 +56,6 @@ pg_start() {  # datadir port
   mkdir -p /tmp/pgsock-$2; chown postgres /tmp/pgsock-$2
   as_pg $PGBIN/pg_ctl -D $1 -l /tmp/pglogs/pg-$2.log -w -t 300 -o "'-k /tmp/pgsock-$2 -p $2 -c listen_addresses= -c jit=off -c fsync=on'" start
 }
-pg_stop() { as_pg $PGBIN/pg_ctl -D $1 -m fast -w -t 300 stop; }
 bench() {  # port seconds output
   as_pg $PGBIN/pgbench -h /tmp/pgsock-$1 -p $1 -U postgres -c 2 -j 1 -T $2 postgres > $3 2>&1
 }

@@ -110,7 +110,7 @@ result pg_started $?
 as_pg "$PGBIN/pg_amcheck -h /tmp -p 5432 -U postgres --install-missing --all" > /share/amcheck.txt 2>&1
 result amcheck $?
 result accounts "$(as_pg "$PGBIN/psql -h /tmp -p 5432 -U postgres -At -c 'select count(*) from pgbench_accounts' postgres")"
-as_pg "$PGBIN/pg_ctl -D $S/pg/data -m fast -w stop" > /dev/null
+pg_stop $S/pg/data > /dev/null
 csi unstage --keep-published v $S
 # The filesystem, unmounted clean, checked read-only through a block stage of the same LUN.
 csi stage --block $ARGS v /tmp/csi/stage/vb

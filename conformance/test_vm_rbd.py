@@ -170,7 +170,6 @@ pg_init() {  # datadir port
   as_pg $PGBIN/pg_ctl -D $1 -l /tmp/pglogs/pg-$2.log -w -t 300 -o "'-k /tmp/pgsock-$2 -p $2 -c listen_addresses= -c jit=off -c fsync=on'" start
   as_pg $PGBIN/pgbench -h /tmp/pgsock-$2 -p $2 -U postgres -i -s 2 -q postgres > /share/pgbench-init-$2.log 2>&1
 }
-pg_stop() { as_pg $PGBIN/pg_ctl -D $1 -m fast -w -t 300 stop; }
 bench() { as_pg $PGBIN/pgbench -h /tmp/pgsock-$1 -p $1 -U postgres -c 2 -j 1 -T $2 postgres > $3 2>&1; }
 
 csi create --parameter backend=rbd --fs-type ext4 $S --bytes 1073741824 db-rbd
