@@ -77,7 +77,8 @@ tail -n 1 .build/test-build.log
 # not on the clock.
 vm_log="$PWD/.build/vm-tier.log"
 stage "conformance, VM tier: started in the background (its log: .build/vm-tier.log)"
-SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_" conformance > "$vm_log" 2>&1 &
+# The fence drills (two guests each) wait for the real-node tiers, then run beside this tier's tail.
+SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_ and not test_vm_fence" conformance > "$vm_log" 2>&1 &
 vm_pid=$!
 # On any failure below, stop it and its VMs (a background job ignores SIGINT, so pytest's own
 # cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
@@ -122,6 +123,10 @@ else
   python3 -m pytest -q -rs -p no:cacheprovider cluster || node_status=$?
 fi
 
+stage "conformance, VM tier: the fence drills (two kernels as two nodes; beside the VM tier's tail)"
+fence_status=0
+SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_fence" conformance || fence_status=$?
+
 stage "conformance, VM tier: waiting for it"
 vm_status=0
 wait $vm_pid || vm_status=$?
@@ -134,6 +139,10 @@ fi
 tail -n 15 "$vm_log"
 if [ "$node_status" -ne 0 ]; then
   echo "the real-node tier failed (exit $node_status)"
+  exit 1
+fi
+if [ "$fence_status" -ne 0 ]; then
+  echo "the fence drills failed (exit $fence_status)"
   exit 1
 fi
 
