@@ -75,8 +75,12 @@ class Node:
     def start_holder(self):
         self.holder = subprocess.Popen(["unshare", "--mount", "--net", "--uts", "--propagation", "slave", "--",
                                         "sleep", "infinity"], start_new_session=True)
-        kube.wait_for(f"{self.name}'s namespaces", lambda: ns_inode(self.pid, "net") not in (None, ns_inode(1, "net")),
-                      timeout=10, interval=0.02)
+        # Until `unshare` has made them, the holder is in this process's namespaces, and whatever
+        # entered it would act on the host (PID 1's namespaces cannot be read here: comparing with
+        # them let `hostname` and the first mounts race the unshare, and renamed the host).
+        mine = {k: ns_inode(os.getpid(), k) for k in ("mnt", "net", "uts")}
+        kube.wait_for(f"{self.name}'s namespaces", lambda: all(
+            ns_inode(self.pid, k) not in (None, mine[k]) for k in mine), timeout=10, interval=0.02)
         self.run("hostname", self.name)
         self.run("ip", "link", "set", "lo", "up")
         v = lambda *p: os.path.join(self.dir, *p)  # noqa: E731

@@ -61,9 +61,10 @@ def lease_holder(c):
 
 
 def leader_pod(c, namespace, identity):
-    """The controller pod whose sidecar took the lease as `identity`, read from its log. The
-    identity's host name is not enough: on the multi-node tier a host-network pod on node 1 has
-    been seen reporting node 2's name; each pod's own name is printed with the one it sees."""
+    """The controller pod whose sidecar took the lease as `identity`, read from its log. Each
+    pod, on the host network, must also see its node's host name (the identity's first part):
+    the tier once let a node's `hostname` race its namespace's creation and rename the host, so
+    that a pod on node 1 saw node 2's name."""
     found = []
     for p in c.get("pods", "-n", namespace, "-l", "app.kubernetes.io/name=swell-controller")["items"]:
         if p["metadata"].get("deletionTimestamp"):
@@ -71,7 +72,7 @@ def leader_pod(c, namespace, identity):
         name = p["metadata"]["name"]
         seen = c.kubectl("exec", "-n", namespace, name, "-c", "sidecar", "--", "cat", "/proc/sys/kernel/hostname",
                          check=False).stdout.strip()
-        print(f"{name} on {p['spec'].get('nodeName')} sees the host name {seen!r}")
+        assert seen == p["spec"].get("nodeName"), f"{name} on {p['spec'].get('nodeName')} sees the host name {seen!r}"
         log = c.kubectl("logs", "-n", namespace, name, "-c", "sidecar", check=False).stdout
         if f'"identity":"{identity}"' in log and "became leader" in log:
             found.append(p)

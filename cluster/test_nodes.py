@@ -458,8 +458,7 @@ def test_two_controller_replicas_and_the_leader_killed_in_the_middle_of_provisio
                 s.get("ready") for s in p["status"].get("containerStatuses", [{}]))) == [N1, N2], 240)
         wait_for("a new replica holding the lease", lambda: rbd_install.lease_holder(c) not in ("", before), 120)
         killed_identity = rbd_install.lease_holder(c)
-        # The leader's pod is the one whose sidecar logged that identity (a host-network pod's host
-        # name, the identity's first part, is not a safe guide here: see leader_pod).
+        # The leader's pod: the one whose sidecar logged that identity.
         leader_pod = rbd_install.leader_pod(c, NAMESPACE, killed_identity)
         leader = leader_pod["spec"]["nodeName"]
         apply(c, claim("ha", "64Mi", sc="swell-rbd"))
