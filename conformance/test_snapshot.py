@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import grpc
@@ -474,3 +475,55 @@ def test_a_write_issued_during_the_copy_waits_for_the_thaw_and_is_not_in_the_cop
     assert not os.path.exists(during) or os.path.getsize(during) == 0, "the copy holds a write made after the freeze"
     release(plugin, "fz-2")
     release(plugin, "fz")
+
+
+def test_a_snapshots_creation_time_is_its_freeze_so_every_commit_before_it_is_in_it(plugin):
+    """CSI's creation_time is when the point-in-time snapshot is taken. A writer commits numbered
+    records (each written and fsynced; its time taken once fsync returns) while the snapshot is
+    taken, with the plugin held 2 s after the thaw (a failpoint) so that commits land between the
+    thaw and the end of the call. Every record committed before creation_time must be in the
+    snapshot. Stamped at the end of the call, as it was, the records of those 2 s looked older than
+    the snapshot and were not in it."""
+    cap = mount_cap("ext4")
+    target = mounted(plugin, "ct", cap, size=64 * MiB)
+    plugin.stop()
+    plugin.start(failpoints="snapshot-after-thaw:pause=2")
+    acked = {}  # record number -> the time its fsync returned
+    stop = threading.Event()
+
+    def writer():
+        fd = os.open(os.path.join(target, "ledger"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                os.pwrite(fd, b"%08d\n" % n, 9 * (n - 1))
+                os.fsync(fd)
+                acked[n] = time.time_ns()
+                time.sleep(0.005)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        s = snap(plugin, "ct-1", "ct")
+        returned = time.time_ns()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    created = s.creation_time.seconds * 10**9 + s.creation_time.nanos
+    restored = mounted(plugin, "ct-2", cap, volume=plugin.controller.CreateVolume(from_snapshot("ct-2", "ct-1", cap=cap)).volume)
+    with open(os.path.join(restored, "ledger"), "rb") as f:
+        held = {int(line) for line in f.read().split(b"\n") if len(line) == 8 and line.isdigit()}
+    before = sorted(n for n, t in acked.items() if t < created)
+    assert before, "records committed before the snapshot"
+    missing = [n for n in before if n not in held]
+    assert not missing, f"{len(missing)} records committed before creation_time are not in the snapshot: {missing[:5]}…"
+    after = [n for n, t in acked.items() if created < t < returned]
+    assert len(after) > 10, f"records committed between the snapshot's time and the call's end: {len(after)}"
+    # At most the one whose fsync returned just before the freeze, timed just after it.
+    assert len([n for n in after if n in held]) <= 1, "the snapshot holds what was committed after its time"
+    release(plugin, "ct-2")
+    release(plugin, "ct")

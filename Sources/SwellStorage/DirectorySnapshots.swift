@@ -43,10 +43,13 @@ extension DirectoryBackend {
       return tree
     }
     do {
+      // The copy's start: a file is copied as it is when its turn comes, so whatever was written
+      // before the start is in the copy (a directory volume is not frozen: later writes may be too).
+      let started = unixNanoseconds()
       let method = try await copyTree(source, into: staging + "/data")
       Failpoints.hit("dir-snapshot-after-copy")
       let meta = SnapshotMeta(
-        sourceVolumeID: spec.sourceVolumeID, sizeBytes: volume.capacityBytes, createdUnixNanos: unixNanoseconds(),
+        sourceVolumeID: spec.sourceVolumeID, sizeBytes: volume.capacityBytes, createdUnixNanos: started,
         method: method)
       try await BlockingIO.run {
         _ = try tree(of: .volume(spec.sourceVolumeID))

@@ -67,7 +67,6 @@ extension LoopBackend {
     }
     var renamed = 0
     do {
-      let instant = unixNanoseconds()
       for (plan, staging) in zip(plans, stagings) {
         guard let mountPoint = plan.mountPoint else { continue }
         let marker = staging + "/frozen"
@@ -75,6 +74,9 @@ extension LoopBackend {
         try FileSystemFreeze.freeze(mountPoint)
         frozen.append((mountPoint, marker))
       }
+      // The group's instant: every member frozen (a member's writes stop at its own freeze, so
+      // whatever any member acknowledged before this is in its copy).
+      let instant = unixNanoseconds()
       Failpoints.hit("group-snapshot-after-freeze")
       let deadline = ContinuousClock().now + freezeLimit
       var methods: [CloneMethod] = []

@@ -45,14 +45,14 @@ extension LoopBackend {
     guard mkdir(staging, 0o750) == 0 else { throw SystemCallError("mkdir", staging) }
     let record: SnapshotRecord
     do {
-      let method = try copyConsistently(
+      let (method, instant) = try copyConsistently(
         volume: spec.sourceVolumeID, to: staging + "/disk.img", marker: staging, inUseElsewhere: inUseElsewhere)
       Failpoints.hit("snapshot-after-thaw")
       guard let size = try FileInfo.of(staging + "/disk.img")?.size, size > 0 else {
         throw SwellError(.internal, "the snapshot copy of \(spec.sourceVolumeID) is empty")
       }
       let meta = SnapshotMeta(
-        sourceVolumeID: spec.sourceVolumeID, sizeBytes: size, createdUnixNanos: unixNanoseconds(), method: method)
+        sourceVolumeID: spec.sourceVolumeID, sizeBytes: size, createdUnixNanos: instant, method: method)
       try writeFileAtomically(staging + "/meta", Array(meta.encoded().utf8), syncDirectory: false)
       guard rename(staging, snapshotDir(spec.id)) == 0 else { throw SystemCallError("rename", staging) }
       record = Self.snapshotRecord(spec.id, meta)
@@ -137,7 +137,15 @@ extension LoopBackend {
   /// its filesystem frozen around the copy when it is mounted here; a reflink only, when it is
   /// in use any other way. The freeze and thaw are plain system calls with no suspension between
   /// them, so neither cancellation nor an error can leave the filesystem frozen.
-  func copyConsistently(volume id: String, to dest: String, marker: String, inUseElsewhere: Bool) throws -> CloneMethod {
+  ///
+  /// Returns the copy's method and its instant (Unix nanoseconds): when the freeze returned, or
+  /// just before the copy of a filesystem not mounted here. Every write acknowledged before that
+  /// instant is in the copy, and none after the freeze; the time after the copy would date the
+  /// snapshot later than what it holds (a commit between the thaw and that time would look older
+  /// than the snapshot and not be in it).
+  func copyConsistently(volume id: String, to dest: String, marker: String, inUseElsewhere: Bool) throws -> (
+    CloneMethod, instant: Int64
+  ) {
     let source = diskPath(id)
     let device = try loops.attached(to: source).first
     let mountPoint = try device.flatMap { dev in
@@ -145,18 +153,20 @@ extension LoopBackend {
     }
     let inUse = inUseElsewhere || device != nil
     guard let mountPoint else {
-      return try cloneFile(source, to: dest) {
+      let instant = unixNanoseconds()
+      return (try cloneFile(source, to: dest) {
         if inUse {
           throw SwellError.precondition(
             "volume \(id) is in use without a filesystem this node can freeze, and \(root) cannot reflink; "
               + "a plain copy of it would not be consistent: unstage it, or keep data on xfs (reflink=1) or btrfs")
         }
         try requireRoom(toCopy: source)
-      }
+      }, instant)
     }
     let markerFile = marker + "/frozen"
     try writeFileAtomically(markerFile, Array(mountPoint.utf8))
     try FileSystemFreeze.freeze(mountPoint)
+    let instant = unixNanoseconds()
     Failpoints.hit("snapshot-after-freeze")
     let method: CloneMethod
     do {
@@ -171,7 +181,7 @@ extension LoopBackend {
     }
     try FileSystemFreeze.thaw(mountPoint)
     try removeIfPresent(markerFile)
-    return method
+    return (method, instant)
   }
 
   /// Thaws the filesystem a crashed snapshot or clone left frozen (its staging directory's
