@@ -86,4 +86,43 @@ struct AutoGrowPolicyTests {
     p.minimumStep = 1
     #expect(p.nextRequest(current: 2 * gi + 7) == .grow(to: 3 * gi))
   }
+
+  @Test func aBurstCountsOnceAtItsSizeNotProjectedOverTheHorizon() {
+    // One 2 s sample showing 130 MB more (XFS's reservation, a 16 MiB WAL segment or several) while
+    // the database writes 0.5 MB/s: the old smoothed two-sample rate made it 1.95 GB in 30 s.
+    var fill = FillRate(window: .seconds(30))
+    let t0 = ContinuousClock.now
+    var used: Int64 = 500_000_000
+    for s in 0...60 {
+      if s == 45 { used += 130_000_000 } else { used += 500_000 }
+      fill.add(used: used, at: t0 + .seconds(s))
+    }
+    // The window now spans 30 s, and the burst is in it: 15 MB of steady writes and the 130 MB.
+    #expect(fill.growth.over == .seconds(30))
+    #expect(abs(fill.projected(over: .seconds(30)) - 145_000_000) < 1_000_000)
+    // Past the window, the burst is gone from it.
+    for s in 61...95 { used += 500_000; fill.add(used: used, at: t0 + .seconds(s)) }
+    #expect(abs(fill.projected(over: .seconds(30)) - 15_000_000) < 1_000_000)
+  }
+
+  @Test func beforeAWholeWindowTheProjectionIsTheGrowthSoFar() {
+    var fill = FillRate(window: .seconds(30))
+    let t0 = ContinuousClock.now
+    fill.add(used: 1000, at: t0)
+    fill.add(used: 1000 + 64 << 20, at: t0 + .seconds(1))
+    #expect(fill.projected(over: .seconds(30)) == Double(64 << 20))  // not 30 times it
+    #expect(fill.bytesPerSecond == Double(64 << 20))
+    fill.add(used: 500, at: t0 + .seconds(2))  // files deleted: no negative growth
+    #expect(fill.growth.bytes == 0)
+  }
+
+  @Test func theReasonNamesTheThresholdOrTheRate() {
+    var p = AutoGrowPolicy(maximum: 10 * gi)
+    p.threshold = .percent(30)
+    let usage = AutoGrowPolicy.Usage(totalBytes: 1000, availableBytes: 400)  // floor 300, 100 above it
+    #expect(p.reason(usage, projected: 99) == nil)
+    #expect(p.reason(usage, projected: 101) == .rate(floor: 300, projected: 101))
+    #expect(p.reason(.init(totalBytes: 1000, availableBytes: 299)) == .space(floor: 300))
+    #expect(p.reason(.init(totalBytes: 1000, availableBytes: 900, totalInodes: 100, freeInodes: 4)) == .inodes(floor: 5))
+  }
 }

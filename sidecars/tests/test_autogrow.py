@@ -157,3 +157,47 @@ def test_invalid_policy_is_reported_and_ignored(cluster):
         assert sidecar.proc.poll() is None
     finally:
         cluster.unstage(pv["spec"]["csi"]["volumeHandle"], staging)
+
+
+def test_autogrow_sees_through_bursts_and_says_why_it_grew(cluster):
+    """A writer that fills in bursts (12 MiB at once, fsynced, every 6 s: 2 MiB/s) on a volume with
+    a 30% threshold stays far from it, and no raise comes: the fill rate is the growth over the 30 s
+    horizon, so a burst counts once at its size. (Before, the rate from two samples a second apart,
+    smoothed, made a burst several MiB/s, projected over the horizon: with bursts of 16 MiB the
+    claim was raised at 80% free, and again at once.) Then bursts of 16 MiB come every 1.5 s until the growth over the
+    window would cross the threshold: a raise, whose Event gives the rate and the window behind it."""
+    api = cluster.api
+    handle, staging = staged_autogrow_claim(cluster, "burst", {
+        "autogrow.swell.dev/threshold": "30%", "autogrow.swell.dev/increase": "50%",
+        "autogrow.swell.dev/min-step": "64Mi", "autogrow.swell.dev/max": "640Mi"})
+    kubelet = Kubelet(api, cluster.plugin, "burst", handle, staging)
+    kubelet.start()
+    grows = lambda: [e for e in api.events_for("burst") if e["reason"] == "AutoGrow"]  # noqa: E731
+    try:
+        chunk = os.urandom(12 * MiB)
+        first = os.statvfs(staging)
+        floor = 0.3 * first.f_blocks * first.f_frsize
+        for i in range(5):
+            with open(os.path.join(staging, f"b{i}"), "wb") as f:
+                write_synced(f, chunk, i * len(chunk))
+            time.sleep(6)
+        time.sleep(3)
+        st = os.statvfs(staging)
+        free = st.f_bavail * st.f_frsize
+        assert free > 2 * floor, f"the bursts left {free // MiB} MiB free, the threshold is {floor // MiB} MiB"
+        assert grows() == [], f"raised at {free // MiB} MiB free by bursts of 16 MiB: {grows()}"
+        i, chunk = 5, os.urandom(16 * MiB)
+        while not grows():
+            assert i < 14, "no raise as the bursts came faster"
+            with open(os.path.join(staging, f"b{i}"), "wb") as f:
+                write_synced(f, chunk, i * len(chunk))
+            i += 1
+            time.sleep(1.5)
+        message = api.wait("the AutoGrow Event", grows)[0]["message"]
+        print(f"after {i} bursts: {message}")
+        assert "bytes/s" in message and "horizon would cross the threshold" in message, message
+        assert kubelet.error is None, kubelet.error
+    finally:
+        kubelet.stop.set()
+        kubelet.join(timeout=5)
+        cluster.unstage(handle, staging)

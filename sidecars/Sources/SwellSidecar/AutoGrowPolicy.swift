@@ -146,17 +146,36 @@ public struct AutoGrowPolicy: Sendable, Equatable {
     }
   }
 
-  /// True when free space or free inodes are under their thresholds, or when, at the rate the volume
-  /// is filling, free space would fall under the threshold within `horizon`.
-  public func needsGrowth(_ usage: Usage, bytesPerSecond: Double = 0, horizon: Duration = .zero) -> Bool {
+  /// Why a volume should grow now.
+  public enum Reason: Sendable, Equatable {
+    /// Free bytes are under the threshold (`floor` bytes).
+    case space(floor: Int64)
+    /// Free bytes are above the threshold, but the bytes expected to be used within the horizon
+    /// would take them under it.
+    case rate(floor: Int64, projected: Int64)
+    /// Free inodes are under their threshold (`floor` inodes).
+    case inodes(floor: Int64)
+  }
+
+  /// Why the volume should grow, or nil: free space or free inodes under their thresholds, or
+  /// `projected` bytes (what the volume is expected to use more within the horizon) more than the
+  /// free space above the threshold.
+  public func reason(_ usage: Usage, projected: Double = 0) -> Reason? {
     let floor = threshold.of(usage.totalBytes)
-    if usage.availableBytes < floor { return true }
-    let seconds = Double(horizon.components.seconds) + Double(horizon.components.attoseconds) / 1e18
-    if bytesPerSecond > 0 && Double(usage.availableBytes - floor) < bytesPerSecond * seconds { return true }
-    if let total = usage.totalInodes, let free = usage.freeInodes, total > 0, free < inodesThreshold.of(total) {
-      return true
+    if usage.availableBytes < floor { return .space(floor: floor) }
+    if projected > 0 && Double(usage.availableBytes - floor) < projected {
+      return .rate(floor: floor, projected: Int64(projected.rounded(.up)))
     }
-    return false
+    if let total = usage.totalInodes, let free = usage.freeInodes, total > 0, free < inodesThreshold.of(total) {
+      return .inodes(floor: inodesThreshold.of(total))
+    }
+    return nil
+  }
+
+  /// True when free space or free inodes are under their thresholds, or when, at `bytesPerSecond`,
+  /// free space would fall under the threshold within `horizon`.
+  public func needsGrowth(_ usage: Usage, bytesPerSecond: Double = 0, horizon: Duration = .zero) -> Bool {
+    reason(usage, projected: bytesPerSecond * FillRate.seconds(horizon)) != nil
   }
 
   public enum Decision: Sendable, Equatable {

@@ -22,9 +22,7 @@ final class AutoGrower: Sendable {
   let node: String
 
   struct VolumeState {
-    var lastUsed: Int64
-    var lastSeen: ContinuousClock.Instant
-    var bytesPerSecond: Double = 0
+    var fill: FillRate
     var lastBump: ContinuousClock.Instant?
     var reportedProblems = ""
     var cappedAt: Int64?
@@ -95,7 +93,7 @@ final class AutoGrower: Sendable {
     guard let claim = r.claim(boundTo: pv), let storageClass = r.storageClass(of: claim) else { return nil }
     let (policy, problems) = AutoGrowPolicy.resolve(
       classAnnotations: storageClass.annotations, claimAnnotations: claim.annotations)
-    var state = states[claim.uid] ?? VolumeState(lastUsed: 0, lastSeen: .now)
+    var state = states[claim.uid] ?? VolumeState(fill: FillRate(window: horizon))
     defer { states[claim.uid] = state }
     let problemText = problems.map(\.description).joined(separator: "; ")
     if !problems.isEmpty { r.metrics.deferred("autogrow", reason: "invalid-policy") }
@@ -135,23 +133,18 @@ final class AutoGrower: Sendable {
     let usage = AutoGrowPolicy.Usage(
       totalBytes: bytes.total, availableBytes: bytes.available, totalInodes: inodes?.total, freeInodes: inodes?.available)
 
-    // The fill rate, smoothed, sets how soon to look again: a quarter of the time left to the threshold.
+    // The fill rate over the window sets how soon to look again: a quarter of the time left to the threshold.
     let now = ContinuousClock.now
-    let elapsed = Double((now - state.lastSeen).components.attoseconds) / 1e18 + Double((now - state.lastSeen).components.seconds)
-    if elapsed > 0 && state.lastUsed > 0 {
-      let rate = max(0, Double(bytes.used - state.lastUsed) / elapsed)
-      state.bytesPerSecond = state.bytesPerSecond == 0 ? rate : 0.5 * state.bytesPerSecond + 0.5 * rate
-    }
-    state.lastUsed = bytes.used
-    state.lastSeen = now
+    state.fill.add(used: bytes.used, at: now)
+    let rate = state.fill.bytesPerSecond
+    let projected = state.fill.projected(over: horizon)
     var soon: Duration?
-    let horizonSeconds = Double(horizon.components.seconds)
-    if state.bytesPerSecond > 0 {
-      let headroom = Double(bytes.available - policy.threshold.of(bytes.total)) - state.bytesPerSecond * horizonSeconds
-      soon = .milliseconds(Int64(max(0, headroom / state.bytesPerSecond / 4) * 1000))
+    if rate > 0 {
+      let headroom = Double(bytes.available - policy.threshold.of(bytes.total)) - projected
+      soon = .milliseconds(Int64(max(0, headroom / rate / 4) * 1000))
     }
 
-    guard policy.needsGrowth(usage, bytesPerSecond: state.bytesPerSecond, horizon: horizon) else { return soon }
+    guard let reason = policy.reason(usage, projected: projected) else { return soon }
     let requested = try Claims.requestedBytes(claim)
     let capacity = Claims.bytes(claim[path: "status", "capacity", "storage"]) ?? 0
     if requested > capacity { return soon }  // One growth in flight: wait until it reaches the filesystem.
@@ -169,7 +162,7 @@ final class AutoGrower: Sendable {
         claim, .normal, reason: "AutoGrow",
         message: "raised the request from \(Quantity.format(requested)) to \(Quantity.format(target)): "
           + "\(bytes.available) of \(bytes.total) bytes free"
-          + (inodes.map { ", \($0.available) of \($0.total) inodes free" } ?? ""))
+          + (inodes.map { ", \($0.available) of \($0.total) inodes free" } ?? "") + "; " + why(reason, fill: state.fill))
     case .capped:
       if state.cappedAt != requested {
         state.cappedAt = requested
@@ -182,5 +175,18 @@ final class AutoGrower: Sendable {
       }
     }
     return soon
+  }
+
+  /// The reason an AutoGrow Event gives: the threshold crossed, or the fill rate that would cross it.
+  func why(_ reason: AutoGrowPolicy.Reason, fill: FillRate) -> String {
+    switch reason {
+    case .space(let floor): return "under the threshold of \(floor) bytes"
+    case .inodes(let floor): return "free inodes under the threshold of \(floor)"
+    case .rate(let floor, let projected):
+      let (bytes, over) = fill.growth
+      return "filling at \(Int64(fill.bytesPerSecond.rounded())) bytes/s (\(bytes) bytes in the last "
+        + "\(Int64(FillRate.seconds(over).rounded())) s), \(projected) bytes more within the \(Int64(FillRate.seconds(horizon))) s "
+        + "horizon would cross the threshold of \(floor) bytes"
+    }
   }
 }
