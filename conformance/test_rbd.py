@@ -466,7 +466,7 @@ def test_rbd_publish_records_one_owner_and_unpublish_fences_its_client(rbd_plugi
     assert publish(c, "pvc-o1", "node-a", cluster) == {"node": "node-a"}
     assert publish(c, "pvc-o1", "node-a") == {"node": "node-a"}, "a repeat, with the controller's own key"
     assert meta(cluster, "swell-vol-pvc-o1", "swell.publication") == \
-        "node=node-a;access=mount;mode=SINGLE_NODE_WRITER;readonly=false"
+        "version=1;node=node-a;access=mount;mode=SINGLE_NODE_WRITER;readonly=false"
     with pytest.raises(grpc.RpcError) as err:
         publish(c, "pvc-o1", "node-b", cluster)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "node-a" in err.value.details()

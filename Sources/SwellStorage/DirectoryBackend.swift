@@ -342,7 +342,7 @@ public struct DirectoryBackend: ControllerBackend, NodeBackend {
     do {
       return try DirectoryMeta.decode(try readSmallFile(volumeDir(id) + "/meta"))
     } catch {
-      throw SwellError(.internal, "volume \(id) has unreadable metadata", cause: error)
+      throw RecordFormat.rethrow(error, subject: "volume \(id)", fallback: "volume \(id) has unreadable metadata")
     }
   }
 

@@ -31,9 +31,10 @@ public struct DirectoryMeta: Sendable, Equatable {
 
   public static func decode(_ text: String) throws -> DirectoryMeta {
     let fields = try metadataFields(text)
-    guard fields["version"] == String(version), let project = fields["project"].flatMap(UInt32.init),
+    try RecordFormat.check(fields["version"], current: version, what: "its metadata")
+    guard let project = fields["project"].flatMap(UInt32.init),
       let capacity = fields["capacity_bytes"].flatMap(Int64.init), capacity > 0
-    else { throw SwellError(.internal, "directory volume metadata is incomplete or of another version") }
+    else { throw SwellError(.internal, "directory volume metadata is incomplete") }
     var source: VolumeSource? = nil
     if let text = fields["source"] {
       guard let decoded = VolumeSource(encoded: text) else { throw SwellError(.internal, "directory volume metadata names source \(text)") }

@@ -100,7 +100,7 @@ extension DirectoryBackend {
     do {
       return snapshotRecord(id, try SnapshotMeta.decode(try readSmallFile(snapshotDir(id) + "/meta")))
     } catch {
-      throw SwellError(.internal, "snapshot \(id) has unreadable metadata", cause: error)
+      throw RecordFormat.rethrow(error, subject: "snapshot \(id)", fallback: "snapshot \(id) has unreadable metadata")
     }
   }
 

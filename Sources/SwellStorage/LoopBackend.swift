@@ -293,7 +293,17 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
 
   public func attach(_ id: String, context: AttachContext = .init()) async throws -> AttachedDevice {
     guard try await exists(id) else { throw SwellError.notFound("volume \(id) does not exist") }
+    try await BlockingIO.run { try refuseNewerRecord(id) }
     return try describe(try await loops.attach(diskPath(id)))
+  }
+
+  /// FAILED_PRECONDITION when the volume's record is of a format newer than this build reads: a
+  /// node does not attach what it cannot read (a damaged or missing record does not stop it).
+  func refuseNewerRecord(_ id: String) throws {
+    guard let text = try? readSmallFile(metaPath(id)) else { return }
+    do { _ = try VolumeMeta.decode(text) } catch let error as SwellError where error.kind == .failedPrecondition {
+      throw RecordFormat.rethrow(error, subject: "volume \(id)", fallback: "")
+    } catch {}
   }
 
   public func attachedDevice(_ id: String) async throws -> AttachedDevice? {
@@ -343,7 +353,7 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     do {
       meta = try VolumeMeta.decode(try readSmallFile(metaPath(id)))
     } catch {
-      throw SwellError(.internal, "volume \(id) has unreadable metadata", cause: error)
+      throw RecordFormat.rethrow(error, subject: "volume \(id)", fallback: "volume \(id) has unreadable metadata")
     }
     let size = try FileInfo.of(diskPath(id))?.size ?? meta.capacityBytes
     return VolumeRecord(

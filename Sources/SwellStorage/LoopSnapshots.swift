@@ -93,7 +93,7 @@ extension LoopBackend {
     do {
       return Self.snapshotRecord(id, try SnapshotMeta.decode(try readSmallFile(snapshotDir(id) + "/meta")))
     } catch {
-      throw SwellError(.internal, "snapshot \(id) has unreadable metadata", cause: error)
+      throw RecordFormat.rethrow(error, subject: "snapshot \(id)", fallback: "snapshot \(id) has unreadable metadata")
     }
   }
 

@@ -16,19 +16,33 @@ public struct Publication: Sendable, Equatable {
     self.readonly = readonly
   }
 
-  /// `node=…;access=…;mode=…;readonly=…`: node IDs, kinds and mode names hold neither `;` nor `=`.
-  public var encoded: String { "node=\(nodeID);access=\(access.rawValue);mode=\(mode);readonly=\(readonly)" }
+  /// The record format this build writes and the newest it reads (``RecordFormat``). Format 1
+  /// lines were written without a version field until 2026-12-06, and are read as format 1.
+  public static let version = 1
+
+  /// `version=1;node=…;access=…;mode=…;readonly=…`: node IDs, kinds and mode names hold neither `;`
+  /// nor `=`. A build that does not know `version` skips it, as every field it does not know.
+  public var encoded: String {
+    "version=\(Self.version);node=\(nodeID);access=\(access.rawValue);mode=\(mode);readonly=\(readonly)"
+  }
 
   public init?(encoded text: String) {
+    guard let record = try? Publication.decode(text) else { return nil }
+    self = record
+  }
+
+  /// Parses ``encoded``: FAILED_PRECONDITION for a newer format, INTERNAL for a line it cannot read.
+  public static func decode(_ text: String) throws -> Publication {
     var fields: [String: String] = [:]
     for part in text.split(separator: ";") {
       let kv = part.split(separator: "=", maxSplits: 1)
       if kv.count == 2 { fields[String(kv[0])] = String(kv[1]) }
     }
+    try RecordFormat.check(fields["version"] ?? "1", current: version, what: "its publication record")
     guard let node = fields["node"], !node.isEmpty, let access = fields["access"].flatMap(AccessKind.init(rawValue:)),
       let mode = fields["mode"], !mode.isEmpty
-    else { return nil }
-    self.init(nodeID: node, access: access, mode: mode, readonly: fields["readonly"] == "true")
+    else { throw SwellError(.internal, "a publication record line is incomplete: \(text)") }
+    return Publication(nodeID: node, access: access, mode: mode, readonly: fields["readonly"] == "true")
   }
 
   /// What ControllerPublishVolume answers for a volume already published to `request`'s node:
@@ -82,9 +96,15 @@ public struct PublicationFiles: Sendable {
 
   func path(_ id: String) -> String { "\(dir)/\(id)" }
 
+  /// The volume's publications. A line it cannot read fails the call rather than being dropped: a
+  /// dropped publication would let a second node publish, and the next write would lose it.
   public func read(_ id: String) throws -> [Publication] {
     guard try FileInfo.of(path(id)) != nil else { return [] }
-    return try readSmallFile(path(id)).split(separator: "\n").compactMap { Publication(encoded: String($0)) }
+    do {
+      return try readSmallFile(path(id)).split(separator: "\n").map { try Publication.decode(String($0)) }
+    } catch {
+      throw RecordFormat.rethrow(error, subject: "volume \(id)", fallback: "volume \(id)'s publication record is unreadable")
+    }
   }
 
   public func write(_ id: String, _ publications: [Publication]) throws {

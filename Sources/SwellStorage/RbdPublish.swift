@@ -25,7 +25,14 @@ extension RbdBackend: Publishing {
   public func publications(_ id: String) async throws -> [Publication] {
     let rbd = try client()
     guard let image = try await publishedImage(rbd, id) else { return [] }
-    return try await rbd.meta(image, Self.publicationKey).flatMap(Publication.init(encoded:)).map { [$0] } ?? []
+    // An owner record it cannot read fails the call: read as none, it would let a second node publish.
+    return try await rbd.meta(image, Self.publicationKey).map { [try Self.owner($0, id)] } ?? []
+  }
+
+  static func owner(_ text: String, _ id: String) throws -> Publication {
+    do { return try Publication.decode(text) } catch {
+      throw RecordFormat.rethrow(error, subject: "volume \(id)", fallback: "volume \(id)'s owner record is unreadable")
+    }
   }
 
   public func publish(_ volume: VolumeRecord, _ publication: Publication) async throws -> [String: String] {
@@ -46,7 +53,7 @@ extension RbdBackend: Publishing {
       Failpoints.hit("rbd-unpublish-after-blocklist")
       try await rbd.removeMeta(image, Self.clientKey)
     }
-    if let owner = try await rbd.meta(image, Self.publicationKey).flatMap(Publication.init(encoded:)), owner.nodeID == node {
+    if let owner = try await rbd.meta(image, Self.publicationKey).map({ try Self.owner($0, id) }), owner.nodeID == node {
       try await rbd.removeMeta(image, Self.publicationKey)
     }
   }

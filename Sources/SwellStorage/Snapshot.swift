@@ -98,7 +98,8 @@ public struct SnapshotMeta: Sendable, Equatable {
 
   public static func decode(_ text: String) throws -> SnapshotMeta {
     let fields = try metadataFields(text)
-    guard fields["version"] == String(version), let source = fields["source_volume"], !source.isEmpty,
+    try RecordFormat.check(fields["version"], current: version, what: "its metadata")
+    guard let source = fields["source_volume"], !source.isEmpty,
       let size = fields["size_bytes"].flatMap(Int64.init), size > 0,
       let created = fields["created_unix_nanos"].flatMap(Int64.init),
       let method = fields["method"].flatMap(CloneMethod.init(rawValue:))

@@ -30,9 +30,7 @@ public struct VolumeMeta: Sendable, Equatable {
   /// Parses ``encoded()``; throws on any missing, unknown or malformed field.
   public static func decode(_ text: String) throws -> VolumeMeta {
     let fields = try metadataFields(text)
-    guard fields["version"] == String(version) else {
-      throw SwellError(.internal, "metadata version \(fields["version"] ?? "missing") is not \(version)")
-    }
+    try RecordFormat.check(fields["version"], current: version, what: "its metadata")
     guard let access = fields["access"].flatMap(AccessKind.init(rawValue:)),
       let fsType = fields["fs_type"],
       let capacity = fields["capacity_bytes"].flatMap(Int64.init), capacity > 0
