@@ -77,12 +77,20 @@ tail -n 1 .build/test-build.log
 # not on the clock.
 vm_log="$PWD/.build/vm-tier.log"
 stage "conformance, VM tier: started in the background (its log: .build/vm-tier.log)"
-# The fence drills (two guests each) wait for the real-node tiers, then run beside this tier's tail.
-SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_ and not test_vm_fence" conformance > "$vm_log" 2>&1 &
+# The fence drills (two guests each) come last in it: by then the host suites are done, and they run
+# beside the real-node tiers.
+(
+  vm=0 fence=0
+  SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_ and not test_vm_fence" conformance || vm=$?
+  echo "== the fence drills (two kernels as two nodes)"
+  SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_fence" conformance || fence=$?
+  [ "$vm" -eq 0 ] && [ "$fence" -eq 0 ]
+) > "$vm_log" 2>&1 &
 vm_pid=$!
-# On any failure below, stop it and its VMs (a background job ignores SIGINT, so pytest's own
-# cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
-trap 'pkill -P $vm_pid 2>/dev/null; kill $vm_pid 2>/dev/null; rmdir "$empty_shared" 2>/dev/null || true' EXIT
+# On any failure below, stop it and its VMs, deepest first (a background job ignores SIGINT, so
+# pytest's own cleanups cannot be asked for; everything it made lives inside the guest or its temp folder).
+kill_tree() { local child; for child in $(pgrep -P "$1"); do kill_tree "$child"; done; kill "$1" 2>/dev/null || true; }
+trap 'kill_tree $vm_pid; rmdir "$empty_shared" 2>/dev/null || true' EXIT
 
 stage "swift test (unit + loop-device integration)"
 swift test --skip-build 2>&1 | grep -vE "^(◇|↳)|warning swell.test" 
@@ -123,10 +131,6 @@ else
   python3 -m pytest -q -rs -p no:cacheprovider cluster || node_status=$?
 fi
 
-stage "conformance, VM tier: the fence drills (two kernels as two nodes; beside the VM tier's tail)"
-fence_status=0
-SWELL_BIN="$PWD/.build/debug/swell" python3 -m pytest -q -rs -p no:cacheprovider -k "test_vm_fence" conformance || fence_status=$?
-
 stage "conformance, VM tier: waiting for it"
 vm_status=0
 wait $vm_pid || vm_status=$?
@@ -136,13 +140,9 @@ if [ "$vm_status" -ne 0 ]; then
   echo "the VM tier failed (exit $vm_status)"
   exit 1
 fi
-tail -n 15 "$vm_log"
+tail -n 30 "$vm_log"
 if [ "$node_status" -ne 0 ]; then
   echo "the real-node tier failed (exit $node_status)"
-  exit 1
-fi
-if [ "$fence_status" -ne 0 ]; then
-  echo "the fence drills failed (exit $fence_status)"
   exit 1
 fi
 
