@@ -440,18 +440,52 @@ def meta(cluster, image, key, pool=POOL):
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def node_client(cluster, image, node, pool=POOL):
+class NodeClient:
     """A client writing the image as a node's mapping would (`rbd bench`: a watch and the exclusive
-    lock), recorded with the image as the node records its krbd client at stage."""
-    spec = f"{pool}/{image}"
-    bench = subprocess.Popen(["rbd", "-c", cluster.conf, "bench", "--io-type", "write", "--io-size", "4K",
-                              "--io-threads", "1", "--io-total", "10G", "--io-pattern", "rand", spec],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster.env(),
-                             start_new_session=True)
-    ceph.Cluster.wait(lambda: "watcher=" in cluster.run("rbd", "status", spec).stdout, 60, "the client's watch")
-    address = re.search(r"watcher=(\S+)", cluster.run("rbd", "status", spec).stdout).group(1)
-    cluster.run("rbd", "image-meta", "set", spec, "swell.client", f"node={node};addr={address}")
-    return bench, address
+    lock), recorded with the image as the node records its krbd client at stage. Its stderr goes to a
+    file, so that what librbd reports can be read while it runs."""
+
+    def __init__(self, cluster, image, node, pool=POOL):
+        self.cluster, self.spec = cluster, f"{pool}/{image}"
+        self.err_path = os.path.join(cluster.root, f"bench-{image}.err")
+        with open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(
+                ["rbd", "-c", cluster.conf, "bench", "--io-type", "write", "--io-size", "4K", "--io-threads", "1",
+                 "--io-total", "10G", "--io-pattern", "rand", self.spec],
+                stdout=subprocess.DEVNULL, stderr=err, env=cluster.env(), start_new_session=True)
+        ceph.Cluster.wait(lambda: "watcher=" in cluster.run("rbd", "status", self.spec).stdout, 60, "the client's watch")
+        self.address = re.search(r"watcher=(\S+)", cluster.run("rbd", "status", self.spec).stdout).group(1)
+        cluster.run("rbd", "image-meta", "set", self.spec, "swell.client", f"node={node};addr={self.address}")
+
+    def stderr(self):
+        with open(self.err_path) as f:
+            return f.read()
+
+    def refused(self):
+        """The OSDs refused a write: librbd reports ESHUTDOWN (108), Ceph's EBLOCKLISTED."""
+        return "(108) Cannot send after transport endpoint shutdown" in self.stderr()
+
+    def wait_fenced(self, timeout=90):
+        """Waits until the client's writes are refused and it has lost its watch. Whether `rbd bench`
+        then exits is librbd's own shutdown path, which can block behind the lock it can no longer
+        release; the fence is what the OSDs do, so that is what is asserted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            exited = self.proc.poll() is not None
+            if (self.refused() or (exited and self.proc.returncode != 0)) and \
+                    "watcher=" not in self.cluster.run("rbd", "status", self.spec).stdout:
+                assert not (exited and self.proc.returncode == 0), "the fenced client finished its writes"
+                return
+            time.sleep(0.2)
+        diag = [self.cluster.run(*argv, check=False, timeout=30).stdout for argv in
+                (("ceph", "-s"), ("ceph", "health", "detail"), ("ceph", "osd", "blocklist", "ls"), ("rbd", "status", self.spec))]
+        raise AssertionError(f"the fenced client was not refused within {timeout} s (exit {self.proc.poll()}):\n"
+                             f"{self.stderr()[-3000:]}\n" + "\n".join(diag))
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def test_rbd_publish_records_one_owner_and_unpublish_fences_its_client(rbd_plugin, cluster):
@@ -473,19 +507,14 @@ def test_rbd_publish_records_one_owner_and_unpublish_fences_its_client(rbd_plugi
     got = c.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-o1"))
     assert list(got.status.published_node_ids) == ["node-a"]
 
-    bench, address = node_client(cluster, "swell-vol-pvc-o1", "node-a")
+    client = NodeClient(cluster, "swell-vol-pvc-o1", "node-a")
     try:
-        assert bench.poll() is None
+        assert client.proc.poll() is None and not client.refused()
         unpublish(c, "pvc-o1", "node-a", cluster)
-        assert address in cluster.run("ceph", "osd", "blocklist", "ls").stdout
-        bench.wait(timeout=60)
-        assert bench.returncode != 0, "the fenced client's writes fail"
-        ceph.Cluster.wait(lambda: "watcher=" not in cluster.run("rbd", "status", "swell-a/swell-vol-pvc-o1").stdout, 60,
-                          "the fenced client's watch is dropped")
+        assert client.address in cluster.run("ceph", "osd", "blocklist", "ls").stdout
+        client.wait_fenced()
     finally:
-        if bench.poll() is None:
-            os.killpg(bench.pid, signal.SIGKILL)
-            bench.wait()
+        client.kill()
     assert meta(cluster, "swell-vol-pvc-o1", "swell.client") is None
     assert meta(cluster, "swell-vol-pvc-o1", "swell.publication") is None
     unpublish(c, "pvc-o1", "node-a", cluster)  # a repeat
@@ -502,7 +531,7 @@ def test_rbd_a_sigkill_after_the_fence_converges_on_retry(rbd_plugin, cluster):
     c = rbd_plugin.controller
     c.CreateVolume(rbd_req("pvc-o2", cluster))
     publish(c, "pvc-o2", "node-a", cluster)
-    bench, address = node_client(cluster, "swell-vol-pvc-o2", "node-a")
+    client = NodeClient(cluster, "swell-vol-pvc-o2", "node-a")
     try:
         rbd_plugin.stop()
         rbd_plugin.start(failpoints="rbd-unpublish-after-blocklist")
@@ -512,18 +541,15 @@ def test_rbd_a_sigkill_after_the_fence_converges_on_retry(rbd_plugin, cluster):
         assert rbd_plugin.wait_dead() == -signal.SIGKILL
         rbd_plugin.start()
         c = rbd_plugin.controller
-        assert address in cluster.run("ceph", "osd", "blocklist", "ls").stdout
+        assert client.address in cluster.run("ceph", "osd", "blocklist", "ls").stdout
         assert code_of(c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
             volume_id="pvc-o2", node_id="node-b", volume_capability=mount_cap(), secrets=secrets(cluster))) \
             == grpc.StatusCode.FAILED_PRECONDITION, "still node-a's until the retry"
         unpublish(c, "pvc-o2", "node-a", cluster)
         assert publish(c, "pvc-o2", "node-b", cluster) == {"node": "node-b"}
-        bench.wait(timeout=60)
-        assert bench.returncode != 0
+        client.wait_fenced()
     finally:
-        if bench.poll() is None:
-            os.killpg(bench.pid, signal.SIGKILL)
-            bench.wait()
+        client.kill()
     unpublish(c, "pvc-o2", "node-b", cluster)
     c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-o2", secrets=secrets(cluster)))
 
