@@ -3,7 +3,9 @@ it, and the per-node sidecar grows the claim (this test plays kubelet for the no
 test_autogrow) before PostgreSQL ever sees "No space left on device"."""
 
 import os
+import re
 import sys
+import time
 
 import pytest
 
@@ -16,6 +18,11 @@ import pg  # noqa: E402
 MiB = 1 << 20
 
 # About 1 MiB of heap per transaction; at 20 transactions a second pgbench writes ~20 MiB/s.
+# An AutoGrow Event: "... to 480Mi: F of T bytes free; <why>", where <why> is the threshold or
+# "filling at R bytes/s (...)".
+EVENT = re.compile(r"(\d+) of (\d+) bytes free[^;]*; (.*)$")
+RATE = re.compile(r"^filling at (\d+) bytes/s")
+
 FILL = "INSERT INTO filler (payload) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 1000) g;\n"
 
 
@@ -42,9 +49,14 @@ def test_autogrow_grows_a_postgres_volume_before_it_is_full(cluster):
         server.psql("CREATE TABLE filler (id bigserial PRIMARY KEY, payload text NOT NULL)")
         server.psql("ALTER TABLE filler ALTER COLUMN payload SET STORAGE PLAIN")
         first = os.statvfs(staging)
+        began = time.monotonic()
         # ~600 MiB of rows into a 320 MiB volume: without growing it fills a third of the way in.
         load = server.pgbench_background("-n", "-c", "2", "-j", "2", "-R", "20", "-T", "30", "-f", script)
         out, _ = load.communicate(timeout=180)
+        elapsed = time.monotonic() - began
+        end = os.statvfs(staging)
+        used = lambda st: (st.f_blocks - st.f_bfree) * st.f_frsize  # noqa: E731
+        average_rate = (used(end) - used(first)) / elapsed
         assert load.returncode == 0, out
         assert "number of failed transactions: 0" in out, out
         rows = int(server.psql("SELECT count(*) FROM filler"))
@@ -57,6 +69,17 @@ def test_autogrow_grows_a_postgres_volume_before_it_is_full(cluster):
         assert code == 0, report
         grows = [e for e in api.events_for("pg") if e["reason"] == "AutoGrow"]
         assert len(grows) >= 2, grows
+        # No raise with more than twice the threshold's free space, unless the fill rate over the
+        # window demanded it, and that rate was the database's own, not a burst's (XFS's
+        # preallocation, a new 16 MiB WAL segment) magnified.
+        for event in grows:
+            free, total, why = EVENT.search(event["message"]).groups()
+            if int(free) > 2 * 0.3 * int(total):
+                rate = RATE.match(why)
+                assert rate, f"raised at {int(free) // MiB} of {int(total) // MiB} MiB free: {event['message']}"
+                assert int(rate.group(1)) <= 2 * average_rate, \
+                    f"a rate of {int(rate.group(1)) // MiB} MiB/s, the database filled at {average_rate / MiB:.1f}: {event['message']}"
+        print(f"the database filled at {average_rate / MiB:.1f} MiB/s; " + " | ".join(e["message"] for e in grows))
         st = os.statvfs(staging)
         assert st.f_blocks * st.f_frsize > first.f_blocks * first.f_frsize + size - 320 * MiB
         assert kubelet.error is None, kubelet.error
