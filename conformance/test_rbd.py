@@ -554,6 +554,82 @@ def test_rbd_a_sigkill_after_the_fence_converges_on_retry(rbd_plugin, cluster):
     c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-o2", secrets=secrets(cluster)))
 
 
+def test_rbd_records_of_every_format_are_read_and_a_newer_one_is_refused(rbd_plugin, cluster):
+    """The records kept with images carry a format version (issue 38, part 3). A record written
+    before versions existed (format 1, no field) is served. One in a newer format (a downgrade) is
+    FAILED_PRECONDITION naming the image and the format, and changes nothing: above all, an image
+    whose record cannot be read is not taken for the leftover of an interrupted create and removed."""
+    c = rbd_plugin.controller
+    s = secrets(cluster)
+    c.CreateVolume(rbd_req("pvc-f1", cluster))
+    spec = f"{POOL}/swell-vol-pvc-f1"
+    record = meta(cluster, "swell-vol-pvc-f1", "swell.record")
+    assert record.startswith("version=1;") and "volume=pvc-f1" in record, record
+    old = record[len("version=1;"):]
+
+    def set_meta(image, key, value):
+        cluster.run("rbd", "image-meta", "set", f"{POOL}/{image}", key, value)
+
+    # Format 1 as the builds before versions wrote it: served, grown, snapshotted.
+    set_meta("swell-vol-pvc-f1", "swell.record", old)
+    assert c.CreateVolume(rbd_req("pvc-f1", cluster)).volume.capacity_bytes == 64 * MiB
+    c.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-f1", capacity_range=csi_pb2.CapacityRange(required_bytes=128 * MiB), secrets=s))
+    snap = c.CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="snap-f1", source_volume_id="pvc-f1", secrets=s)).snapshot
+    snap_image = f"swell-snap-{snap.snapshot_id}"
+    snap_record = meta(cluster, snap_image, "swell.record")
+    assert snap_record.startswith("version=1;"), snap_record
+    set_meta(snap_image, "swell.record", snap_record[len("version=1;"):])
+    assert c.CreateSnapshot(csi_pb2.CreateSnapshotRequest(
+        name="snap-f1", source_volume_id="pvc-f1", secrets=s)).snapshot.snapshot_id == snap.snapshot_id
+
+    # A newer format: every call that meets it refuses, and the images stay as they were.
+    set_meta("swell-vol-pvc-f1", "swell.record", "version=2;" + old)
+    set_meta(snap_image, "swell.record", "version=2;" + snap_record[len("version=1;"):])
+
+    def state():
+        images = sorted(cluster.run("rbd", "ls", POOL).stdout.split())
+        return images, [info(cluster, i)["size"] for i in images], meta(cluster, "swell-vol-pvc-f1", "swell.record"), \
+            meta(cluster, snap_image, "swell.record"), meta(cluster, "swell-vol-pvc-f1", "swell.publication")
+    before = state()
+
+    def refused(call, request, image):
+        with pytest.raises(grpc.RpcError) as e:
+            call(request)
+        details = e.value.details()
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, details
+        assert "newer Swell" in details and "format 2" in details and image in details, details
+
+    refused(c.CreateVolume, rbd_req("pvc-f1", cluster, required=128 * MiB), "swell-vol-pvc-f1")
+    refused(c.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest(volume_id="pvc-f1"), "swell-vol-pvc-f1")
+    refused(c.ControllerExpandVolume, csi_pb2.ControllerExpandVolumeRequest(
+        volume_id="pvc-f1", capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB), secrets=s), "swell-vol-pvc-f1")
+    refused(c.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+        volume_id="pvc-f1", node_id="node-a", volume_capability=mount_cap(), secrets=s), "swell-vol-pvc-f1")
+    refused(c.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id="pvc-f1", secrets=s), "swell-vol-pvc-f1")
+    refused(c.CreateSnapshot, csi_pb2.CreateSnapshotRequest(name="snap-f1", source_volume_id="pvc-f1", secrets=s),
+            snap_image)
+    refused(c.DeleteSnapshot, csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id, secrets=s), snap_image)
+    refused(c.CreateVolume, rbd_req("pvc-f2", cluster, source=("snapshot", snap.snapshot_id)), snap_image)
+    assert state() == before, "a refused call changed the pool"
+
+    # The node's client record, newer: the unpublish refuses before it blocklists anyone.
+    set_meta("swell-vol-pvc-f1", "swell.record", record)
+    set_meta(snap_image, "swell.record", snap_record)
+    assert publish(c, "pvc-f1", "node-a", cluster) == {"node": "node-a"}
+    set_meta("swell-vol-pvc-f1", "swell.client", "version=2;node=node-a;addr=127.0.0.1:0/4242")
+    refused(c.ControllerUnpublishVolume, csi_pb2.ControllerUnpublishVolumeRequest(
+        volume_id="pvc-f1", node_id="node-a", secrets=s), "swell-vol-pvc-f1")
+    assert "127.0.0.1:0/4242" not in cluster.run("ceph", "osd", "blocklist", "ls").stdout
+    assert meta(cluster, "swell-vol-pvc-f1", "swell.publication") is not None
+
+    cluster.run("rbd", "image-meta", "remove", spec, "swell.client")
+    unpublish(c, "pvc-f1", "node-a", cluster)
+    c.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id, secrets=s))
+    c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id="pvc-f1", secrets=s))
+    assert "swell-vol-pvc-f1" not in cluster.run("rbd", "ls", POOL).stdout
+
+
 # ---- snapshots, restores, clones ----------------------------------------------------------------
 
 def test_rbd_snapshots_restores_and_clones_by_checksum(rbd_plugin, cluster):

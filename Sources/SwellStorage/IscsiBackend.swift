@@ -76,7 +76,7 @@ public struct IscsiBackend: ControllerBackend {
   }
 
   public func delete(_ id: String) async throws {
-    let names = try? chapNames(id)
+    let names = try chapNames(id)
     if try await files.volume(id) != nil {
       try await gate.run {
         guard let target = try await tgt.targets().first(where: { $0.iqn == iqn(id) }) else { return }

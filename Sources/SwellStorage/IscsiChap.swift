@@ -80,14 +80,17 @@ struct ChapNames: Equatable {
   var username: String
   var usernameIn: String?
 
-  func encoded() -> String { "username=\(username)\n" + (usernameIn.map { "username_in=\($0)\n" } ?? "") }
+  /// The record's format; files written before 2026-12-06 carry no version line and are format 1.
+  static let version = 1
 
-  static func decode(_ text: String) -> ChapNames? {
-    var fields: [String: String] = [:]
-    for line in text.split(separator: "\n") {
-      guard let eq = line.firstIndex(of: "=") else { continue }
-      fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
-    }
+  func encoded() -> String {
+    "version=\(Self.version)\nusername=\(username)\n" + (usernameIn.map { "username_in=\($0)\n" } ?? "")
+  }
+
+  /// The names in `text`; a newer format is FAILED_PRECONDITION naming `what`.
+  static func decode(_ text: String, what: String) throws -> ChapNames? {
+    let fields = keyValueLines(text)
+    try RecordFormat.check(fields["version"] ?? "1", current: version, what: what)
     return fields["username"].map { ChapNames(username: $0, usernameIn: fields["username_in"]) }
   }
 }
@@ -98,7 +101,7 @@ extension IscsiBackend {
   /// The usernames the volume was created with, or nil for a volume without CHAP.
   func chapNames(_ id: String) throws -> ChapNames? {
     guard try FileInfo.of(chapPath(id)) != nil else { return nil }
-    return ChapNames.decode(try readSmallFile(chapPath(id)))
+    return try ChapNames.decode(try readSmallFile(chapPath(id)), what: "the CHAP record of volume \(id)")
   }
 
   /// Records the request's credentials for the volume (or that it has none): passwords under

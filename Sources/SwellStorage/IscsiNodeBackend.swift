@@ -60,14 +60,16 @@ public struct IscsiEndpoint: Sendable, Equatable {
     }
   }
 
-  func encoded() -> String { "portal=\(portal)\niqn=\(iqn)\nlun=\(lun)\n" }
+  /// The node's record of a staged volume's endpoint; files written before 2026-12-06 carry no
+  /// version line and are format 1.
+  static let version = 1
 
-  static func decode(_ text: String) throws -> IscsiEndpoint {
-    var fields: [String: String] = [:]
-    for line in text.split(separator: "\n") {
-      guard let eq = line.firstIndex(of: "=") else { continue }
-      fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
-    }
+  func encoded() -> String { "version=\(Self.version)\nportal=\(portal)\niqn=\(iqn)\nlun=\(lun)\n" }
+
+  /// The endpoint in `text`; a newer format is FAILED_PRECONDITION naming `what`.
+  static func decode(_ text: String, what: String) throws -> IscsiEndpoint {
+    let fields = keyValueLines(text)
+    try RecordFormat.check(fields["version"] ?? "1", current: version, what: what)
     return try IscsiEndpoint(context: fields)
   }
 }
@@ -95,7 +97,7 @@ public struct IscsiNodeBackend: NodeBackend {
   /// The endpoint stage recorded for `id`, or nil when it is not staged here.
   func endpoint(_ id: String) throws -> IscsiEndpoint? {
     guard try FileInfo.of(recordPath(id)) != nil else { return nil }
-    return try IscsiEndpoint.decode(try readSmallFile(recordPath(id)))
+    return try IscsiEndpoint.decode(try readSmallFile(recordPath(id)), what: "the node's iSCSI record of volume \(id)")
   }
 
   /// The volumes with a stage record on this node.

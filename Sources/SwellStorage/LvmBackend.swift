@@ -35,6 +35,9 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   static let sourceTag = "swell.csi.dev/source"
   static let snapshotTag = "swell.csi.dev/snapshot"
   static let createdTag = "swell.csi.dev/created"
+  /// The record format of an LV's tags: LVs made before 2026-12-06 carry none and are format 1.
+  static let formatTag = "swell.csi.dev/format"
+  static let format = 1
   /// Substrings LVM reserves for its own hidden LVs.
   static let reserved = ["_cdata", "_cmeta", "_corig", "_mlog", "_mimage", "_pmspare", "_rimage", "_rmeta",
                          "_tdata", "_tmeta", "_vorigin", "_vdata"]
@@ -88,7 +91,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     if spec.thick { return try await createThick(spec) }
     let name = try Self.lvName(spec.id)
     let lvs = try await lvm.logicalVolumes(vg: vg)
-    if let existing = lvs.first(where: { $0.name == name }), let record = record(existing), record.thick {
+    if let existing = lvs.first(where: { $0.name == name }), let record = try record(existing), record.thick {
       throw SwellError(.alreadyExists, "volume \(spec.id) exists as a thick LV, not thin")
     }
     let origin = try spec.source.map { try sourceLV($0, in: lvs) }
@@ -103,7 +106,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
       return lv.pool
     } ?? self.pool(named: spec.pool)
     if let existing = lvs.first(where: { $0.name == name }) {
-      guard var record = record(existing), record.id == spec.id else {
+      guard var record = try record(existing), record.id == spec.id else {
         throw SwellError(.alreadyExists, "LV \(vg)/\(name) exists and is not volume \(spec.id)")
       }
       if spec.source != nil, record.source == spec.source, record.capacityBytes < spec.capacityBytes {
@@ -127,7 +130,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
       try await lvm.createThin(vg: vg, pool: pool, name: name, bytes: size, tags: tags)
       Failpoints.hit("lvm-create-after-lvcreate")
     }
-    guard let made = try await logicalVolume(spec.id), let record = record(made) else {
+    guard let made = try await logicalVolume(spec.id), let record = try record(made) else {
       throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
     }
     return record
@@ -144,7 +147,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     }
     let lvs = try await lvm.logicalVolumes(vg: vg)
     if let existing = lvs.first(where: { $0.name == name }) {
-      guard let record = record(existing), record.id == spec.id else {
+      guard let record = try record(existing), record.id == spec.id else {
         throw SwellError(.alreadyExists, "LV \(vg)/\(name) exists and is not volume \(spec.id)")
       }
       try checkCompatible(record, existing, with: spec, pool: "")
@@ -154,7 +157,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     try checkFree(group, adding: size)
     try await lvm.createLinear(vg: vg, name: name, bytes: size, tags: tags)
     Failpoints.hit("lvm-create-after-lvcreate")
-    guard let made = try await logicalVolume(spec.id), let record = record(made) else {
+    guard let made = try await logicalVolume(spec.id), let record = try record(made) else {
       throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
     }
     return record
@@ -169,7 +172,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
     else {
       throw SwellError(.outOfRange, "\(spec.capacityBytes) bytes rounds up to whole \(group.extentBytes)-byte extents, over limit_bytes \(spec.limitBytes)")
     }
-    let tags = ["\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
+    let tags = ["\(Self.formatTag)=\(Self.format)", "\(Self.volumeTag)=\(spec.id)", "\(Self.accessTag)=\(spec.access.rawValue)"]
       + (spec.fsType.isEmpty ? [] : ["\(Self.fsTypeTag)=\(spec.fsType)"])
     return (group, size, tags)
   }
@@ -184,6 +187,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
 
   public func delete(_ id: String) async throws {
     guard let lv = try await logicalVolume(id) else { return }
+    if lv.tag(Self.volumeTag) != nil { try checkFormat(lv) }
     if lv.isOpen {
       throw SwellError.precondition("volume \(id) (\(lv.path)) is open, still mounted or in use; unstage it first")
     }
@@ -192,7 +196,7 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
 
   public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
     let lvs = try await lvm.logicalVolumes(vg: vg)
-    guard let lv = lvs.first(where: { $0.name == (try? Self.lvName(id)) }), var record = record(lv) else {
+    guard let lv = lvs.first(where: { $0.name == (try? Self.lvName(id)) }), var record = try record(lv) else {
       throw SwellError.notFound("volume \(id) does not exist")
     }
     if bytes <= lv.sizeBytes { return record }
@@ -211,11 +215,11 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
   }
 
   public func volume(_ id: String) async throws -> VolumeRecord? {
-    try await logicalVolume(id).flatMap(record)
+    try await logicalVolume(id).flatMap { try record($0) }
   }
 
   public func list() async throws -> [VolumeRecord] {
-    try await lvm.logicalVolumes(vg: vg).compactMap(record).sorted { $0.id < $1.id }
+    try await lvm.logicalVolumes(vg: vg).compactMap { try record($0) }.sorted { $0.id < $1.id }
   }
 
   public func health(_ id: String) async -> VolumeHealth {
@@ -327,16 +331,21 @@ public struct LvmBackend: ControllerBackend, NodeBackend {
 
   /// The volume an LV is, when it is one of ours: tagged, and thin in one of our pools or linear
   /// (thick).
-  func record(_ lv: LogicalVolume) -> VolumeRecord? {
+  func record(_ lv: LogicalVolume) throws -> VolumeRecord? {
     let thin = lv.segmentType == "thin" && config.thinPools.contains(lv.pool)
     let thick = ["linear", "striped"].contains(lv.segmentType) && lv.pool.isEmpty
-    guard thin || thick, let id = lv.tag(Self.volumeTag),
-      (try? Self.lvName(id)) == lv.name, let access = lv.tag(Self.accessTag).flatMap(AccessKind.init(rawValue:))
-    else { return nil }
+    guard thin || thick, let id = lv.tag(Self.volumeTag), (try? Self.lvName(id)) == lv.name else { return nil }
+    try checkFormat(lv)
+    guard let access = lv.tag(Self.accessTag).flatMap(AccessKind.init(rawValue:)) else { return nil }
     return VolumeRecord(
       id: id, capacityBytes: lv.sizeBytes, access: access, fsType: lv.tag(Self.fsTypeTag) ?? "", backend: Self.name,
       context: thin ? ["pool": lv.pool] : [:], source: lv.tag(Self.sourceTag).flatMap(VolumeSource.init(encoded:)),
       thick: thick)
+  }
+
+  /// An LV's tags in a newer format than this build reads: FAILED_PRECONDITION, changing nothing.
+  func checkFormat(_ lv: LogicalVolume) throws {
+    try RecordFormat.check(lv.tag(Self.formatTag) ?? "1", current: Self.format, what: "the tags of LV \(lv.vg)/\(lv.name)")
   }
 
   private func describe(_ lv: LogicalVolume) throws -> AttachedDevice {

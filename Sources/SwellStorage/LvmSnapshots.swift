@@ -13,7 +13,7 @@ extension LvmBackend {
     let name = try Self.snapshotLVName(spec.id)
     let lvs = try await lvm.logicalVolumes(vg: vg)
     if let existing = lvs.first(where: { $0.name == name }) {
-      guard let record = snapshotRecord(existing) else {
+      guard let record = try snapshotRecord(existing) else {
         throw SwellError(.alreadyExists, "LV \(vg)/\(name) exists and is not snapshot \(spec.id)")
       }
       guard record.sourceVolumeID == spec.sourceVolumeID else {
@@ -29,10 +29,10 @@ extension LvmBackend {
     try checkRoom(in: origin.pool, lvs: lvs, adding: origin.sizeBytes)
     try await lvm.createThinSnapshot(
       vg: vg, origin: origin.name, name: name,
-      tags: ["\(Self.snapshotTag)=\(spec.id)", "\(Self.sourceTag)=\(spec.sourceVolumeID)", "\(Self.createdTag)=\(unixNanoseconds())"],
+      tags: ["\(Self.formatTag)=\(Self.format)", "\(Self.snapshotTag)=\(spec.id)", "\(Self.sourceTag)=\(spec.sourceVolumeID)", "\(Self.createdTag)=\(unixNanoseconds())"],
       active: false)
     Failpoints.hit("lvm-snapshot-after-lvcreate")
-    guard let made = try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }), let record = snapshotRecord(made) else {
+    guard let made = try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }), let record = try snapshotRecord(made) else {
       throw SwellError(.internal, "lvcreate succeeded but \(vg)/\(name) is not reported")
     }
     return record
@@ -51,23 +51,25 @@ extension LvmBackend {
 
   public func deleteSnapshot(_ id: String) async throws {
     let name = try Self.snapshotLVName(id)
-    guard let lv = try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }), snapshotRecord(lv) != nil else { return }
+    guard let lv = try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }), try snapshotRecord(lv) != nil else { return }
     try await lvm.remove(vg: vg, name: lv.name)
   }
 
   public func snapshot(_ id: String) async throws -> SnapshotRecord? {
     let name = try Self.snapshotLVName(id)
-    return try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }).flatMap(snapshotRecord)
+    return try await lvm.logicalVolumes(vg: vg).first(where: { $0.name == name }).flatMap { try snapshotRecord($0) }
   }
 
   public func listSnapshots() async throws -> [SnapshotRecord] {
-    try await lvm.logicalVolumes(vg: vg).compactMap(snapshotRecord).sorted { $0.id < $1.id }
+    try await lvm.logicalVolumes(vg: vg).compactMap { try snapshotRecord($0) }.sorted { $0.id < $1.id }
   }
 
-  func snapshotRecord(_ lv: LogicalVolume) -> SnapshotRecord? {
+  func snapshotRecord(_ lv: LogicalVolume) throws -> SnapshotRecord? {
     guard lv.segmentType == "thin", config.thinPools.contains(lv.pool), let id = lv.tag(Self.snapshotTag),
-      (try? Self.snapshotLVName(id)) == lv.name, let source = lv.tag(Self.sourceTag)
+      (try? Self.snapshotLVName(id)) == lv.name
     else { return nil }
+    try checkFormat(lv)
+    guard let source = lv.tag(Self.sourceTag) else { return nil }
     return SnapshotRecord(
       id: id, sourceVolumeID: source, sizeBytes: lv.sizeBytes,
       createdUnixNanos: lv.tag(Self.createdTag).flatMap(Int64.init) ?? 0, readyToUse: true, backend: Self.name,
@@ -79,13 +81,13 @@ extension LvmBackend {
     switch source {
     case .snapshot(let id):
       let name = try Self.snapshotLVName(id)
-      guard let lv = lvs.first(where: { $0.name == name }), snapshotRecord(lv) != nil else {
+      guard let lv = lvs.first(where: { $0.name == name }), try snapshotRecord(lv) != nil else {
         throw SwellError.notFound("source snapshot \(id) does not exist")
       }
       return lv
     case .volume(let id):
       let name = try Self.lvName(id)
-      guard let lv = lvs.first(where: { $0.name == name }), record(lv) != nil else {
+      guard let lv = lvs.first(where: { $0.name == name }), try record(lv) != nil else {
         throw SwellError.notFound("source volume \(id) does not exist")
       }
       return lv

@@ -77,9 +77,23 @@ public struct RbdBackend: ControllerBackend {
 
   // MARK: Records
 
-  /// `key=value;…`: IDs, access kinds, filesystems and sources hold neither `;` nor `=`.
+  /// The format of the records kept with images (`swell.record`, `swell.client`). Records written
+  /// before 2026-12-06 carry no version field and are format 1.
+  static let recordVersion = 1
+
+  /// `version=1;key=value;…`: IDs, access kinds, filesystems and sources hold neither `;` nor `=`.
   static func encode(_ fields: [(String, String)]) -> String {
-    fields.filter { !$0.1.isEmpty }.map { "\($0.0)=\($0.1)" }.joined(separator: ";")
+    ([("version", "\(recordVersion)")] + fields).filter { !$0.1.isEmpty }.map { "\($0.0)=\($0.1)" }
+      .joined(separator: ";")
+  }
+
+  /// A record's fields, its format checked first: one written by a newer Swell is
+  /// FAILED_PRECONDITION naming `what`, before anything reads (or, taking it for the leftover of an
+  /// interrupted call, removes) the image.
+  static func fields(_ text: String, what: String) throws -> [String: String] {
+    let fields = decode(text)
+    try RecordFormat.check(fields["version"] ?? "1", current: recordVersion, what: what)
+    return fields
   }
 
   static func decode(_ text: String) -> [String: String] {
@@ -101,7 +115,7 @@ public struct RbdBackend: ControllerBackend {
 
   func record(_ rbd: Rbd, pool: String, image: RbdImage) async throws -> VolumeRecord? {
     guard let text = try await rbd.meta("\(pool)/\(image.name)", Self.recordKey) else { return nil }
-    let fields = Self.decode(text)
+    let fields = try Self.fields(text, what: "the record of rbd image \(pool)/\(image.name)")
     guard let id = fields["volume"], Self.imageName(id) == image.name,
       let access = fields["access"].flatMap(AccessKind.init(rawValue:))
     else { return nil }

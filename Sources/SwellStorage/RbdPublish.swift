@@ -47,7 +47,7 @@ extension RbdBackend: Publishing {
   public func unpublish(_ id: String, node: String) async throws {
     let rbd = try client()
     guard let image = try await publishedImage(rbd, id) else { return }
-    let client = try await rbd.meta(image, Self.clientKey).map(Self.decode) ?? [:]
+    let client = try await rbd.meta(image, Self.clientKey).map { try Self.fields($0, what: "the client record of rbd image \(image)") } ?? [:]
     if client["node"] == node {
       if let address = client["addr"] { try await rbd.blocklist(address) }
       Failpoints.hit("rbd-unpublish-after-blocklist")

@@ -12,7 +12,7 @@ import SwellHost
 extension RbdBackend {
   func snapshotRecord(_ rbd: Rbd, pool: String, image: RbdImage) async throws -> SnapshotRecord? {
     guard let text = try await rbd.meta("\(pool)/\(image.name)", Self.recordKey) else { return nil }
-    let fields = Self.decode(text)
+    let fields = try Self.fields(text, what: "the record of rbd image \(pool)/\(image.name)")
     guard let id = fields["snapshot"], Self.snapshotImageName(id) == image.name, let source = fields["source"],
       let created = fields["created"].flatMap(Int64.init)
     else { return nil }

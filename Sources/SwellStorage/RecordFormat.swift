@@ -32,3 +32,14 @@ public enum RecordFormat {
     return SwellError(.internal, fallback, cause: error)
   }
 }
+
+/// `key=value` lines (a line without `=` is skipped; the first `=` splits), as the iSCSI records
+/// are written.
+func keyValueLines(_ text: String) -> [String: String] {
+  var fields: [String: String] = [:]
+  for line in text.split(separator: "\n") {
+    guard let eq = line.firstIndex(of: "=") else { continue }
+    fields[String(line[..<eq])] = String(line[line.index(after: eq)...])
+  }
+  return fields
+}

@@ -88,7 +88,26 @@ import Testing
     #expect(e == IscsiEndpoint(portal: "10.0.2.2:3260", iqn: "iqn.2026-11.dev.swell:pvc-1", lun: 1))
     _ = try IscsiEndpoint(context: context("storage.example.com:3260"))
     _ = try IscsiEndpoint(context: context("[fd00::1]:3260"))
-    #expect(try IscsiEndpoint.decode(e.encoded()) == e)
+    #expect(try IscsiEndpoint.decode(e.encoded(), what: "r") == e)
+    #expect(e.encoded().hasPrefix("version=1\n"))
+  }
+
+  @Test func recordsOfEveryFormatStillReadAndNoNewer() throws {
+    let e = IscsiEndpoint(portal: "10.0.2.2:3260", iqn: "iqn.2026-11.dev.swell:pvc-1", lun: 1)
+    // Written before records had versions: format 1.
+    #expect(try IscsiEndpoint.decode("portal=10.0.2.2:3260\niqn=iqn.2026-11.dev.swell:pvc-1\nlun=1\n", what: "r") == e)
+    let newer = "version=2\nportal=10.0.2.2:3260\niqn=iqn.2026-11.dev.swell:pvc-1\nlun=1\n"
+    #expect(throws: SwellError.self) { try IscsiEndpoint.decode(newer, what: "r") }
+    do {
+      _ = try IscsiEndpoint.decode(newer, what: "the node's iSCSI record of volume pvc-1")
+    } catch let error as SwellError {
+      #expect(error.kind == .failedPrecondition)
+      #expect(error.message.contains("pvc-1") && error.message.contains("format 2"))
+    }
+    #expect(try ChapNames.decode("username=alice\n", what: "c") == ChapNames(username: "alice", usernameIn: nil))
+    let names = ChapNames(username: "alice", usernameIn: "target-swell")
+    #expect(try ChapNames.decode(names.encoded(), what: "c") == names)
+    #expect(throws: SwellError.self) { try ChapNames.decode("version=2\nusername=alice\n", what: "c") }
   }
 
   @Test func refusedBeforeReachingIscsiadm() {

@@ -53,30 +53,46 @@ import Testing
   @Test func recordsAreOnlyOurTaggedThinVolumes() throws {
     let backend = LvmBackend(config: LvmConfig(volumeGroup: "vg0", thinPools: ["pool0"]), exec: SystemExecutor())
     let all = try LvmReport.logicalVolumes(lvs)
-    #expect(backend.record(all[0]) == nil)
-    #expect(backend.record(all[2]) == nil)
-    let record = try #require(backend.record(all[1]))
+    #expect(try backend.record(all[0]) == nil)
+    #expect(try backend.record(all[2]) == nil)
+    let record = try #require(try backend.record(all[1]))
     #expect(record.id == "pvc-1" && record.capacityBytes == 100 << 20 && record.access == .mount && record.fsType == "xfs")
     #expect(record.backend == "lvm" && record.isLocal)
     // A tag naming another volume than the LV's name says is not trusted.
     var forged = all[1]
     forged.tags = ["swell.csi.dev/volume=pvc-2", "swell.csi.dev/access=mount"]
-    #expect(backend.record(forged) == nil)
+    #expect(try backend.record(forged) == nil)
     // Nor is a volume in a pool this node was not told to use.
     let elsewhere = LvmBackend(config: LvmConfig(volumeGroup: "vg0", thinPools: ["fast"]), exec: SystemExecutor())
-    #expect(elsewhere.record(all[1]) == nil)
+    #expect(try elsewhere.record(all[1]) == nil)
+  }
+
+  @Test func tagsOfANewerFormatAreRefusedAndThoseWithoutAFormatAreFormatOne() throws {
+    let backend = LvmBackend(config: LvmConfig(volumeGroup: "vg0", thinPools: ["pool0"]), exec: SystemExecutor())
+    var lv = try LvmReport.logicalVolumes(lvs)[1]
+    #expect(!lv.tags.contains { $0.hasPrefix("swell.csi.dev/format=") }, "made before formats: format 1")
+    #expect(try backend.record(lv)?.id == "pvc-1")
+    lv.tags.append("swell.csi.dev/format=1")
+    #expect(try backend.record(lv)?.id == "pvc-1")
+    lv.tags[lv.tags.count - 1] = "swell.csi.dev/format=2"
+    do {
+      _ = try backend.record(lv)
+      Issue.record("a newer format was read")
+    } catch let error as SwellError {
+      #expect(error.kind == .failedPrecondition && error.message.contains("format 2") && error.message.contains(lv.name))
+    }
   }
 
   @Test func aTaggedLinearLVIsAThickVolumeWithNoPool() throws {
     let backend = LvmBackend(config: LvmConfig(volumeGroup: "vg0", thinPools: []), exec: SystemExecutor())
     var linear = try LvmReport.logicalVolumes(lvs)[2]
-    #expect(backend.record(linear) == nil, "untagged: not ours")
+    #expect(try backend.record(linear) == nil, "untagged: not ours")
     linear.name = "sw-pvc-9"
     linear.tags = ["swell.csi.dev/volume=pvc-9", "swell.csi.dev/access=block"]
-    let record = try #require(backend.record(linear))
+    let record = try #require(try backend.record(linear))
     #expect(record.thick && record.id == "pvc-9" && record.access == .block && record.context.isEmpty)
     // A thin LV of a pool this node does not use is still not ours, thick or not.
-    #expect(backend.record(try LvmReport.logicalVolumes(lvs)[1]) == nil)
+    #expect(try backend.record(try LvmReport.logicalVolumes(lvs)[1]) == nil)
     // With no thin pool, a thin class is refused with the way out named.
     #expect(throws: SwellError.self) { try backend.pool(named: nil) }
   }
