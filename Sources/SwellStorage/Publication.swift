@@ -26,11 +26,6 @@ public struct Publication: Sendable, Equatable {
     "version=\(Self.version);node=\(nodeID);access=\(access.rawValue);mode=\(mode);readonly=\(readonly)"
   }
 
-  public init?(encoded text: String) {
-    guard let record = try? Publication.decode(text) else { return nil }
-    self = record
-  }
-
   /// Parses ``encoded``: FAILED_PRECONDITION for a newer format, INTERNAL for a line it cannot read.
   public static func decode(_ text: String) throws -> Publication {
     var fields: [String: String] = [:]

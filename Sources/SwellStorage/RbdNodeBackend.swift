@@ -72,7 +72,7 @@ public struct RbdNodeBackend: NodeBackend {
     let rbd = Rbd(exec: exec, monitors: monitors, credentials: credentials, keyDir: keyDir)
     let spec = "\(pool)/\(image)"
     // The image's owner, as ControllerPublishVolume recorded it, must be this node.
-    let owner = try await rbd.meta(spec, RbdBackend.publicationKey).flatMap(Publication.init(encoded:))
+    let owner = try await rbd.meta(spec, RbdBackend.publicationKey).map { try Publication.decode($0) }
     guard let owner, owner.nodeID == context.nodeID else {
       throw SwellError.precondition(
         "rbd image \(spec) is published to \(owner.map { "node \($0.nodeID)" } ?? "no node"), not to this node (\(context.nodeID))")

@@ -53,20 +53,20 @@ struct AutoGrowPolicyTests {
   @Test func thresholdsOnBytesAndInodes() {
     var p = AutoGrowPolicy(maximum: 10 * gi)
     p.threshold = .percent(10)
-    #expect(!p.needsGrowth(.init(totalBytes: 1000, availableBytes: 100)))
-    #expect(p.needsGrowth(.init(totalBytes: 1000, availableBytes: 99)))
-    #expect(p.needsGrowth(.init(totalBytes: 1000, availableBytes: 500, totalInodes: 1000, freeInodes: 49)))
-    #expect(!p.needsGrowth(.init(totalBytes: 1000, availableBytes: 500, totalInodes: 1000, freeInodes: 50)))
+    #expect(p.reason(.init(totalBytes: 1000, availableBytes: 100)) == nil)
+    #expect(p.reason(.init(totalBytes: 1000, availableBytes: 99)) == .space(floor: 100))
+    #expect(p.reason(.init(totalBytes: 1000, availableBytes: 500, totalInodes: 1000, freeInodes: 49)) != nil)
+    #expect(p.reason(.init(totalBytes: 1000, availableBytes: 500, totalInodes: 1000, freeInodes: 50)) == nil)
     p.threshold = .absolute(200)
-    #expect(p.needsGrowth(.init(totalBytes: 1000, availableBytes: 199)))
+    #expect(p.reason(.init(totalBytes: 1000, availableBytes: 199)) != nil)
   }
 
   @Test func aFastFillGrowsBeforeTheThreshold() {
     let p = AutoGrowPolicy(maximum: 10 * gi)  // 10 % threshold
     let usage = AutoGrowPolicy.Usage(totalBytes: 1000, availableBytes: 400)
-    #expect(!p.needsGrowth(usage, bytesPerSecond: 10, horizon: .seconds(30)))  // 300 s of headroom
-    #expect(p.needsGrowth(usage, bytesPerSecond: 20, horizon: .seconds(30)))  // 15 s of headroom
-    #expect(!p.needsGrowth(usage, bytesPerSecond: 20, horizon: .zero))
+    #expect(p.reason(usage, projected: 10 * 30) == nil)  // 300 s of headroom
+    #expect(p.reason(usage, projected: 20 * 30) == .rate(floor: 100, projected: 600))  // 15 s of headroom
+    #expect(p.reason(usage) == nil)
   }
 
   @Test func stepIsTheLargerOfIncreaseAndMinimumAndStopsAtTheMaximum() {

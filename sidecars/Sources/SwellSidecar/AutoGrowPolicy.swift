@@ -172,12 +172,6 @@ public struct AutoGrowPolicy: Sendable, Equatable {
     return nil
   }
 
-  /// True when free space or free inodes are under their thresholds, or when, at `bytesPerSecond`,
-  /// free space would fall under the threshold within `horizon`.
-  public func needsGrowth(_ usage: Usage, bytesPerSecond: Double = 0, horizon: Duration = .zero) -> Bool {
-    reason(usage, projected: bytesPerSecond * FillRate.seconds(horizon)) != nil
-  }
-
   public enum Decision: Sendable, Equatable {
     /// Raise the request to this many bytes.
     case grow(to: Int64)
