@@ -90,7 +90,7 @@ struct ChapNames: Equatable {
   /// The names in `text`; a newer format is FAILED_PRECONDITION naming `what`.
   static func decode(_ text: String, what: String) throws -> ChapNames? {
     let fields = keyValueLines(text)
-    try RecordFormat.check(fields["version"] ?? "1", current: version, what: what)
+    try RecordFormat.check(fields: fields, current: version, what: what)
     return fields["username"].map { ChapNames(username: $0, usernameIn: fields["username_in"]) }
   }
 }

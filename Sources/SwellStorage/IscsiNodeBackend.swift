@@ -69,7 +69,7 @@ public struct IscsiEndpoint: Sendable, Equatable {
   /// The endpoint in `text`; a newer format is FAILED_PRECONDITION naming `what`.
   static func decode(_ text: String, what: String) throws -> IscsiEndpoint {
     let fields = keyValueLines(text)
-    try RecordFormat.check(fields["version"] ?? "1", current: version, what: what)
+    try RecordFormat.check(fields: fields, current: version, what: what)
     return try IscsiEndpoint(context: fields)
   }
 }

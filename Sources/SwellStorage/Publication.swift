@@ -33,7 +33,7 @@ public struct Publication: Sendable, Equatable {
       let kv = part.split(separator: "=", maxSplits: 1)
       if kv.count == 2 { fields[String(kv[0])] = String(kv[1]) }
     }
-    try RecordFormat.check(fields["version"] ?? "1", current: version, what: "its publication record")
+    try RecordFormat.check(fields: fields, current: version, what: "its publication record")
     guard let node = fields["node"], !node.isEmpty, let access = fields["access"].flatMap(AccessKind.init(rawValue:)),
       let mode = fields["mode"], !mode.isEmpty
     else { throw SwellError(.internal, "a publication record line is incomplete: \(text)") }

@@ -92,7 +92,7 @@ public struct RbdBackend: ControllerBackend {
   /// interrupted call, removes) the image.
   static func fields(_ text: String, what: String) throws -> [String: String] {
     let fields = decode(text)
-    try RecordFormat.check(fields["version"] ?? "1", current: recordVersion, what: what)
+    try RecordFormat.check(fields: fields, current: recordVersion, what: what)
     return fields
   }
 

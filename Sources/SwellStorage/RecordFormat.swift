@@ -23,6 +23,13 @@ public enum RecordFormat {
     return version
   }
 
+  /// The format of a record of `fields` that gained its `version` field on 2026-12-06: one without
+  /// it was written before and is format 1.
+  @discardableResult
+  static func check(fields: [String: String], current: Int, what: String) throws -> Int {
+    try check(fields["version"] ?? "1", current: current, what: what)
+  }
+
   /// `error` with `subject` put in front of its message when it is a newer format's refusal, which
   /// must keep its code; any other error becomes INTERNAL `fallback`, with it as the cause.
   static func rethrow(_ error: any Error, subject: String, fallback: String) -> SwellError {
