@@ -112,8 +112,9 @@ public struct AutoGrowPolicy: Sendable, Equatable {
     return problems.isEmpty ? (policy, []) : (nil, problems)
   }
 
-  /// "90s", "5m", "1h", "1h30m": Go's duration syntax, for whole seconds, minutes and hours.
-  static func parseDuration(_ text: String) -> Duration? {
+  /// "90s", "5m", "1h", "1h30m": Go's duration syntax, for whole seconds, minutes and hours, and
+  /// days ("7d"); nil for zero or anything above `maximum` seconds.
+  static func parseDuration(_ text: String, maximum: Int64 = 86400) -> Duration? {
     var total: Int64 = 0
     var number = ""
     var sawUnit = false
@@ -122,12 +123,14 @@ public struct AutoGrowPolicy: Sendable, Equatable {
         number.append(c)
         continue
       }
-      guard let n = Int64(number), let unit: Int64 = ["s": 1, "m": 60, "h": 3600][String(c)] else { return nil }
-      total += n * unit
+      guard let n = Int64(number), let unit: Int64 = ["s": 1, "m": 60, "h": 3600, "d": 86400][String(c)] else { return nil }
+      let (part, overflow) = n.multipliedReportingOverflow(by: unit)
+      guard !overflow, part <= maximum else { return nil }
+      total += part
       number = ""
       sawUnit = true
     }
-    guard number.isEmpty, sawUnit, total > 0, total <= 86400 else { return nil }
+    guard number.isEmpty, sawUnit, total > 0, total <= maximum else { return nil }
     return .seconds(total)
   }
 
