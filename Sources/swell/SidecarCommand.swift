@@ -81,6 +81,12 @@ struct SidecarCommand: AsyncParsableCommand {
   @Flag(help: "Take VolumeGroupSnapshotContents of this driver to the plugin's GroupController too (csi-snapshotter's group role). Needs the group snapshot CRDs and the common snapshot-controller with its group feature.")
   var groupSnapshots = false
 
+  @Flag(help: "Take scheduled snapshots: VolumeSnapshots of the claims whose StorageClass or own annotations set snapshot.swell.dev/schedule, kept by their retention (keep, max-age); with --group-snapshots, VolumeGroupSnapshots of the claims labelled snapshot.swell.dev/group. Central sidecar only; needs the snapshot CRDs.")
+  var scheduledSnapshots = false
+
+  @Option(help: .hidden)
+  var scheduleClockFile: String?
+
   @Flag(help: "Be the attacher too (csi-attacher's role): publish volumes to the nodes their VolumeAttachments name, and unpublish them when those go. Per-node: this node's local volumes; central: the network volumes. The CSIDriver must say attachRequired: true.")
   var attach = false
 
@@ -113,6 +119,9 @@ struct SidecarCommand: AsyncParsableCommand {
     guard csiAddress.hasPrefix("unix://") else { throw ValidationError("--csi-address must be unix:///path") }
     if perNode && (nodeId ?? "").isEmpty { throw ValidationError("--per-node needs --node-id") }
     if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
+    if scheduledSnapshots && perNode {
+      throw ValidationError("--scheduled-snapshots runs in the central sidecar, not with --per-node")
+    }
     if autogrowPluginAddress != nil && !perNode { throw ValidationError("--autogrow-plugin-address needs --per-node") }
     guard autogrowMaxInterval >= 0.1 else { throw ValidationError("--autogrow-max-interval must be at least 0.1") }
     guard capacityPollInterval >= 0.1 else { throw ValidationError("--capacity-poll-interval must be at least 0.1") }
@@ -157,6 +166,8 @@ struct SidecarCommand: AsyncParsableCommand {
       config.autoGrowHorizon = .seconds(autogrowHorizon)
       config.snapshots = snapshots
       config.groupSnapshots = groupSnapshots
+      config.scheduledSnapshots = scheduledSnapshots
+      config.scheduleClockFile = scheduleClockFile
       config.attach = attach
       config.nodesFile = nodesFile
       if enableCapacity {

@@ -146,21 +146,23 @@ class Api:
     def pvc_path(self, name, ns="default"):
         return f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}"
 
-    def create_class(self, name, binding="Immediate", expansion=True, params=None, reclaim="Delete"):
+    def create_class(self, name, binding="Immediate", expansion=True, params=None, reclaim="Delete", annotations=None):
         return self.ok("POST", "/apis/storage.k8s.io/v1/storageclasses", {
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name, "annotations": annotations or {}},
             "provisioner": DRIVER, "reclaimPolicy": reclaim, "volumeBindingMode": binding,
             "allowVolumeExpansion": expansion, "parameters": params or {"csi.storage.k8s.io/fstype": "xfs"}})
 
     def create_claim(self, name, size="1Gi", sc="swell", ns="default", annotations=None, mode="Filesystem",
-                     attributes_class=None):
+                     attributes_class=None, labels=None):
         spec = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}},
                 "storageClassName": sc, "volumeMode": mode}
         if attributes_class:
             spec["volumeAttributesClassName"] = attributes_class
         return self.ok("POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}}, "spec": spec})
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}, "labels": labels or {}},
+            "spec": spec})
 
     def update_claim(self, name, change, ns="default"):
         """Read, change, write, retrying on 409 like any client."""

@@ -13,6 +13,7 @@ from test_group_snapshots import group_snapshot_and_delete
 from test_sidecar import pv_for, repeated_failure, wait_bound
 from test_vac import create_vac
 from test_attach import attachment, create_attachment, VA
+from test_scheduled_snapshots import P, Clock, scheduled, wait_next, wait_snapshot
 
 
 def granted(path, role, kind="ClusterRole"):
@@ -42,6 +43,25 @@ def snapshot_restore_delete(api, claim_name, handle, sc="swell", size="600Mi", a
     api.wait("the restored PV deleted", lambda: pv_for(api, restored) is None)
     api.delete_content_as_controller(content["metadata"]["name"])
     api.wait("the content gone", lambda: api.content(content["metadata"]["name"]) is None)
+
+
+def scheduled_and_pruned(api, clock):
+    """Everything the scheduler calls: a claim's VolumeSnapshots and a group's VolumeGroupSnapshots,
+    each taken twice with keep 1, so that the first is pruned, and the claims' annotations."""
+    policy = {P + "schedule": "@every 10s", P + "keep": "1"}
+    api.create_claim("sched", sc="net-fresh", size="64Mi", annotations=policy)
+    api.create_claim("grouped", sc="net-fresh", size="64Mi", annotations=policy, labels={P + "group": "g"})
+    for name in ("sched", "grouped"):
+        wait_bound(api, name)
+        wait_next(api, name, "2026-12-06T10:00:10Z")
+    clock.set("2026-12-06T10:00:10Z")
+    wait_snapshot(api, "sched-20261206-100010")
+    clock.set("2026-12-06T10:00:20Z")
+    wait_snapshot(api, "sched-20261206-100020")
+    api.wait("the first pruned", lambda: set(scheduled(api)) == {"sched-20261206-100020"})
+    groups = "/apis/groupsnapshot.storage.k8s.io/v1"
+    api.wait("the group's first pruned", lambda: set(scheduled(api, resource="volumegroupsnapshots", group=groups))
+             == {"g-20261206-100020"})
 
 
 def attach_and_detach(api, pv, node):
@@ -109,11 +129,13 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     api.create_class("net", binding="WaitForFirstConsumer", params={"backend": "iscsi"})
     stale_pair(api, "net", "external-provisioner", None)
     api.create_class("net-fresh", params={"backend": "iscsi"})  # no object yet: one is created
+    clock = Clock(cluster.root, "2026-12-06T10:00:01Z")
     sidecar = cluster.sidecar("--backend", "iscsi", "--leader-election", "--leader-election-namespace", "swell-system",
                               "--leader-election-lease-duration", "3", "--leader-election-renew-deadline", "2",
                               "--leader-election-retry-period", "0.3", "--snapshots", "--group-snapshots", "--enable-capacity",
                               "--attach", "--nodes-file", os.path.join(cluster.root, "nodes"),
-                              "--pod-name", pod, "--pod-namespace", NS)
+                              "--pod-name", pod, "--pod-namespace", NS, "--scheduled-snapshots",
+                              "--schedule-clock-file", clock.path)
     create_vac(api, "thin", {"provisioning": "thin"})
     claim = api.create_claim("c", sc="net", size="64Mi", attributes_class="thin",
                              annotations={"volume.kubernetes.io/selected-node": "worker-1"})
@@ -128,6 +150,7 @@ def test_controller_rbac_matches_the_calls(cluster, tgtd):  # noqa: F811
     api.ok("DELETE", api.pvc_path("c"))
     api.wait("the PV deleted", lambda: pv_for(api, claim) is None)
     repeated_failure(api, sc="net", annotations={"volume.kubernetes.io/selected-node": "worker-1"}, count=2)
+    scheduled_and_pruned(api, clock)
     assert api.get("/apis/coordination.k8s.io/v1/namespaces/swell-system/leases/swell-csi-dev-sidecar")
     api.wait("a lease renewal", lambda: ["coordination.k8s.io", "leases", "update"] in api.hook("audit"))
 

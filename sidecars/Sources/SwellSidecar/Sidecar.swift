@@ -44,6 +44,11 @@ public struct SidecarConfig: Sendable {
   /// Serve VolumeGroupSnapshotContents (the group snapshot CRDs, and the common snapshot-controller
   /// with its group feature, must be installed).
   public var groupSnapshots = false
+  /// Take VolumeSnapshots (and with `groupSnapshots`, VolumeGroupSnapshots) on the schedules that
+  /// claims and classes set, and delete them by their retention (central sidecar only).
+  public var scheduledSnapshots = false
+  /// For tests: the scheduler's wall clock, as Unix seconds in this file.
+  public var scheduleClockFile: String?
   /// Serve VolumeAttachments of this driver (csi-attacher's role): ControllerPublishVolume and
   /// ControllerUnpublishVolume for the volumes this sidecar owns.
   public var attach = false
@@ -158,6 +163,11 @@ public struct SidecarService: Service {
         .volumeGroupSnapshotContents, classes: .volumeGroupSnapshotClasses, classField: "volumeGroupSnapshotClassName",
         kube: kube, queue: queue, logger: logger, key: Reconciler.groupContentKey)
       : nil
+    // The scheduler's caches: it looks at them once a second, so their changes queue nothing.
+    let scheduled = config.scheduledSnapshots
+      ? (Informer(client: kube, resource: .volumeSnapshots, logger: logger) { _, _ in },
+         config.groupSnapshots ? Informer(client: kube, resource: .volumeGroupSnapshots, logger: logger) { _, _ in } : nil)
+      : nil
     let attachments = config.attach
       ? Informer(client: kube, resource: .volumeAttachments, logger: logger) { old, new in
         guard let va = new ?? old else { return }
@@ -194,6 +204,7 @@ public struct SidecarService: Service {
     let core = [claims, volumes, classes] + [attachments, csiNodes].compactMap { $0 }
     let optional = (snapshotCaches.map { [$0.contents, $0.classes] } ?? [])
       + (groupCaches.map { [$0.contents, $0.classes] } ?? [])
+      + (scheduled.map { [$0.0] + [$0.1].compactMap { $0 } } ?? [])
     let informers = core + optional
     state.attach(queue: queue, core: core, optional: optional)
 
@@ -221,6 +232,12 @@ public struct SidecarService: Service {
           if let path = config.nodesFile, let csiNodes {
             let registry = NodeRegistry(csiNodes: csiNodes, driver: config.driverName, path: path, logger: logger)
             workers.addTask { try await registry.run(nudge: nodesChanged) }
+          }
+          if let (snapshots, groups) = scheduled {
+            let scheduler = SnapshotScheduler(
+              reconciler: reconciler, snapshots: snapshots, groupSnapshots: groups,
+              clock: ScheduleClock(file: config.scheduleClockFile), logger: logger)
+            workers.addTask { try await scheduler.run() }
           }
           if case .node(let node, _) = scope, let address = config.autoGrowPluginAddress {
             let grower = AutoGrower(

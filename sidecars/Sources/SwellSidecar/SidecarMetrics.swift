@@ -1,4 +1,5 @@
 import Prometheus
+import Synchronization
 
 /// The sidecar's Prometheus metrics: operations and their latencies, CSI errors by code, the work
 /// queue's depth and leadership.
@@ -50,7 +51,49 @@ public final class SidecarMetrics: Sendable {
     namespace: "swell", subsystem: "sidecar", metricName: "autogrow_at_maximum", unitName: "",
     helpText: "1 while a claim's auto-grow is held at its policy's maximum, 0 after it grows again") }
 
+  static var scheduled: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "scheduled_snapshots", unitName: "total",
+    helpText: "Scheduled snapshot steps: create, prune (retention), ready (a snapshot the controllers marked "
+      + "failed counts as an error) and schedule (a pass over one claim or group that failed), by result") }
+  static var scheduleLastReady: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "scheduled_snapshot_last_ready", unitName: "timestamp_seconds",
+    helpText: "The slot of the newest ready scheduled snapshot of a claim (pvc/<name>) or group (group/<name>)") }
+  static var schedulePeriod: MetricNameDescriptor { MetricNameDescriptor(
+    namespace: "swell", subsystem: "sidecar", metricName: "scheduled_snapshot_period", unitName: "seconds",
+    helpText: "The time between a schedule's last slot and its next") }
+
   public init() {}
+
+  /// Drops the series of schedules no longer there (a claim deleted, a schedule removed), so that
+  /// the staleness alert does not fire for them.
+  public func keepSchedules(_ present: Set<[String]>) {
+    let gone = scheduleSeries.withLock { series in
+      let gone = series.subtracting(present)
+      series.subtract(gone)
+      return gone
+    }
+    for key in gone {
+      for descriptor in [Self.scheduleLastReady, Self.schedulePeriod] {
+        registry.unregisterGauge(registry.makeGauge(descriptor: descriptor, labels: [("namespace", key[0]), ("target", key[1])]))
+      }
+    }
+  }
+
+  public func scheduledSnapshot(operation: String, success: Bool) {
+    registry.makeCounter(
+      descriptor: Self.scheduled, labels: [("operation", operation), ("result", success ? "success" : "error")]
+    ).increment()
+  }
+
+  /// The schedules' series published: (namespace, target).
+  let scheduleSeries = Mutex<Set<[String]>>([])
+
+  public func setSchedule(namespace: String, target: String, lastReady: Int64?, period: Int64?) {
+    scheduleSeries.withLock { _ = $0.insert([namespace, target]) }
+    let labels = [("namespace", namespace), ("target", target)]
+    if let lastReady { registry.makeGauge(descriptor: Self.scheduleLastReady, labels: labels).set(to: Double(lastReady)) }
+    if let period { registry.makeGauge(descriptor: Self.schedulePeriod, labels: labels).set(to: Double(period)) }
+  }
 
   public func autoGrowDone(after duration: Duration) {
     registry.makeDurationHistogram(descriptor: Self.autoGrowDuration, buckets: growBuckets).record(duration)
