@@ -318,6 +318,46 @@ def test_a_group_snapshot_of_two_claims_in_use(cluster):
     no_restarts(c)
 
 
+def test_scheduled_snapshots_on_a_real_api_server(cluster):
+    """The controller sidecar's scheduler against the real API server: its RBAC, and the v1 snapshot
+    CRDs' schema on every VolumeSnapshot it makes. No common snapshot-controller runs here, so none
+    becomes ready, and retention counts them all: with keep 2, the first is pruned at the third slot."""
+    c = cluster
+    policy = {"snapshot.swell.dev/schedule": "@every 20s", "snapshot.swell.dev/keep": "2",
+              "snapshot.swell.dev/class": "swell-snapshots"}
+    apply(c, claim("sched", "256Mi", sc="swell-local", annotations=policy), pod("sched", "sched"))
+    running(c, "sched")
+    seen = set()
+
+    def scheduled():
+        items = c.get("volumesnapshot", "-n", "default", "-l", "snapshot.swell.dev/claim=sched")["items"]
+        seen.update(i["metadata"]["name"] for i in items)
+        return items
+
+    def pruned():
+        items = scheduled()
+        return items if len(seen) >= 3 and len(items) == 2 else None
+
+    kept = wait_for("three slots taken and the first pruned", pruned, timeout=150)
+    for item in kept:
+        slot = item["metadata"]["annotations"]["snapshot.swell.dev/slot"]
+        stamp = slot.replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")
+        assert item["metadata"]["name"] == f"sched-{stamp}"
+        assert int(stamp[-2:]) % 20 == 0, "slots on whole multiples of 20 s"
+        assert item["spec"] == {"source": {"persistentVolumeClaimName": "sched"}, "volumeSnapshotClassName": "swell-snapshots"}
+    oldest = min(seen)
+    assert oldest not in {i["metadata"]["name"] for i in kept}, "the oldest went"
+    notes = c.get("pvc", "sched", "-n", "default")["metadata"]["annotations"]
+    assert notes["snapshot.swell.dev/last-snapshot"] in seen
+    assert notes["snapshot.swell.dev/next-snapshot-at"] > max(i["metadata"]["annotations"]["snapshot.swell.dev/slot"]
+                                                              for i in kept)
+    assert events(c, "sched", "SnapshotScheduled") and events(c, "sched", "ScheduledSnapshotPruned")
+    delete_and_check_gone(c, ["sched"], ["sched"])
+    c.kubectl("delete", "volumesnapshot", "-n", "default", "-l", "snapshot.swell.dev/claim=sched", "--wait=true",
+              "--timeout=60s")
+    no_restarts(c)
+
+
 def test_auto_grow_follows_a_pod_that_fills_its_volume(cluster):
     c = cluster
     policy = {"autogrow.swell.dev/enabled": "true", "autogrow.swell.dev/threshold": "25%",
