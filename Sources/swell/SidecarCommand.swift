@@ -87,6 +87,9 @@ struct SidecarCommand: AsyncParsableCommand {
   @Option(help: .hidden)
   var scheduleClockFile: String?
 
+  @Option(help: .hidden)
+  var scheduleInterval = 1.0
+
   @Flag(help: "Be the attacher too (csi-attacher's role): publish volumes to the nodes their VolumeAttachments name, and unpublish them when those go. Per-node: this node's local volumes; central: the network volumes. The CSIDriver must say attachRequired: true.")
   var attach = false
 
@@ -119,6 +122,7 @@ struct SidecarCommand: AsyncParsableCommand {
     guard csiAddress.hasPrefix("unix://") else { throw ValidationError("--csi-address must be unix:///path") }
     if perNode && (nodeId ?? "").isEmpty { throw ValidationError("--per-node needs --node-id") }
     if !perNode && nodeId != nil { throw ValidationError("--node-id is only used with --per-node") }
+    guard scheduleInterval >= 0.05 else { throw ValidationError("--schedule-interval must be at least 0.05") }
     if scheduledSnapshots && perNode {
       throw ValidationError("--scheduled-snapshots runs in the central sidecar, not with --per-node")
     }
@@ -168,6 +172,7 @@ struct SidecarCommand: AsyncParsableCommand {
       config.groupSnapshots = groupSnapshots
       config.scheduledSnapshots = scheduledSnapshots
       config.scheduleClockFile = scheduleClockFile
+      config.scheduleInterval = .milliseconds(Int64(scheduleInterval * 1000))
       config.attach = attach
       config.nodesFile = nodesFile
       if enableCapacity {

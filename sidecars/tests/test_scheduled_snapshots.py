@@ -36,7 +36,8 @@ class Clock:
 
 
 def scheduler(cluster, clock, *extra, name=None):
-    return cluster.sidecar("--snapshots", "--scheduled-snapshots", "--schedule-clock-file", clock.path, *extra, name=name)
+    return cluster.sidecar("--snapshots", "--scheduled-snapshots", "--schedule-clock-file", clock.path,
+                           "--schedule-interval", "0.2", *extra, name=name)
 
 
 def scheduled(api, ns="default", resource="volumesnapshots", group=SNAP):

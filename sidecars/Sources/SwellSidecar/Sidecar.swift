@@ -49,6 +49,8 @@ public struct SidecarConfig: Sendable {
   public var scheduledSnapshots = false
   /// For tests: the scheduler's wall clock, as Unix seconds in this file.
   public var scheduleClockFile: String?
+  /// How often the scheduler looks at every claim's schedule.
+  public var scheduleInterval: Duration = .seconds(1)
   /// Serve VolumeAttachments of this driver (csi-attacher's role): ControllerPublishVolume and
   /// ControllerUnpublishVolume for the volumes this sidecar owns.
   public var attach = false
@@ -236,7 +238,7 @@ public struct SidecarService: Service {
           if let (snapshots, groups) = scheduled {
             let scheduler = SnapshotScheduler(
               reconciler: reconciler, snapshots: snapshots, groupSnapshots: groups,
-              clock: ScheduleClock(file: config.scheduleClockFile), logger: logger)
+              clock: ScheduleClock(file: config.scheduleClockFile), interval: config.scheduleInterval, logger: logger)
             workers.addTask { try await scheduler.run() }
           }
           if case .node(let node, _) = scope, let address = config.autoGrowPluginAddress {
