@@ -3,7 +3,8 @@ on one control plane, Swell installed from the dev overlay unchanged, driven as 
 cluster: a StatefulSet spread over the nodes, claims that must wait for a node, two pods that want
 one ReadWriteOnce volume from two nodes, a node lost while it holds a volume, a drain, a rolling
 update of the node plugin, a node that loses power, and two controller replicas whose leader is
-killed in the middle of provisioning (with the rbd overlay and a real Ceph cluster).
+killed in the middle of provisioning (with the rbd overlay and a real Ceph cluster). Before them,
+the soak: a database's whole life (cluster/soak.py).
 
 The tests run in this file's order on one cluster. This machine's kernel has no iSCSI initiator, so
 a node here cannot stage an iSCSI volume: for those, the attach side is checked (VolumeAttachments,
@@ -21,6 +22,7 @@ from conftest import NAMESPACE, rendered_overlay, restarts
 from kube import wait_for
 import nodes
 import rbd_install
+import soak
 
 MiB, GiB = 1 << 20, 1 << 30
 DRIVER = "swell.csi.dev"
@@ -172,6 +174,21 @@ def test_three_nodes_come_up_with_the_plugin_on_each(multi):
               "allowVolumeExpansion": True, "reclaimPolicy": "Delete"})
     driver = c.get("csidriver", DRIVER)
     assert driver["spec"]["attachRequired"] is True
+    no_restarts(c)
+
+
+def test_soak_a_databases_whole_life(multi):
+    """Issue 38's soak (cluster/soak.py): PostgreSQL on node 2 through auto-grow, scheduled snapshots,
+    a restore drill, its node plugin and the controller deleted, a grow by hand, an upgrade, and node
+    3 drained and brought back, under a ledger writer and pgbench. SWELL_SOAK_MINUTES makes it longer;
+    SWELL_SOAK_FAULT (ledger, restore) breaks one check on purpose; SWELL_SOAK_REPORT names where its
+    report goes."""
+    c = multi
+    site = soak.Site(N2, c.node(N2).ip, N3, lambda node, argv: c.node(node).run(*argv, check=False),
+                     lambda src, dst: [n.ctr("images", "tag", "--force", src, dst) for n in c.nodes])
+    report = os.environ.get("SWELL_SOAK_REPORT", os.path.join(c.dir, "soak"))
+    soak.run(c, site, minutes=float(os.environ.get("SWELL_SOAK_MINUTES", "0")),
+             fault=os.environ.get("SWELL_SOAK_FAULT", ""), report=report)
     no_restarts(c)
 
 

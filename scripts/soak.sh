@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The soak: a database's whole life on a real one-node cluster (kube-apiserver, controller manager,
-# scheduler, kubelet, containerd), with no manual step. PostgreSQL runs as deploy/examples/postgres's
-# StatefulSet on an auto-grow class with scheduled snapshots every minute (keep 3), a ledger writer
-# and pgbench beside it, while auto-grow grows the volume twice, the newest snapshot is restored and
-# checked beside the running database, the node-plugin and controller pods are deleted, the claim is
-# grown by hand, and Swell is rolled to a new image tag. At the end every committed ledger id must
-# be there, amcheck clean, no transaction failed, nothing restarted that the run did not restart,
-# and nothing left on the node. The test is cluster/test_cluster.py::test_soak_a_databases_whole_life;
-# CI runs it (about 5 minutes) with the rest of the real-node tier.
+# The soak: a database's whole life on the multi-node tier (three real nodes, each its own kubelet
+# and containerd, on one control plane), with no manual step. PostgreSQL runs as
+# deploy/examples/postgres's StatefulSet on an auto-grow class with scheduled snapshots every minute
+# (keep 3), a ledger writer and pgbench beside it, while auto-grow grows the volume twice, the newest
+# snapshot is restored and checked beside the running database, the node-plugin and controller pods
+# are deleted, the claim is grown by hand, Swell is rolled to a new image tag, and another node is
+# drained and brought back. At the end every committed ledger id must be there, amcheck clean, no
+# transaction failed, nothing restarted that the run did not restart, and nothing left on the node.
+# The test is cluster/test_nodes.py::test_soak_a_databases_whole_life (its steps: cluster/soak.py);
+# CI runs it (about 5 minutes) with the rest of that tier.
 #
 #   scripts/soak.sh                      # the CI length
 #   scripts/soak.sh --minutes 240        # four hours
@@ -37,4 +38,4 @@ if [ -z "${SWELL_RELEASE_BIN:-}" ]; then
   export SWELL_RELEASE_BIN="$PWD/.build-release/image/swell"
 fi
 SWELL_SOAK_MINUTES="$minutes" SWELL_SOAK_FAULT="$fault" SWELL_SOAK_REPORT="$report" SWELL_REQUIRE_KUBE_KIT=1 \
-  python3 -m pytest -q -s -rs -p no:cacheprovider -k soak cluster/test_cluster.py
+  python3 -m pytest -q -s -rs -p no:cacheprovider -k soak cluster/test_nodes.py
