@@ -161,8 +161,8 @@ class Api:
             spec["volumeAttributesClassName"] = attributes_class
         return self.ok("POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}, "labels": labels or {}},
-            "spec": spec})
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {},
+                         **({"labels": labels} if labels else {})}, "spec": spec})
 
     def update_claim(self, name, change, ns="default"):
         """Read, change, write, retrying on 409 like any client."""

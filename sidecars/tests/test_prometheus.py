@@ -19,6 +19,7 @@ import yaml
 
 from conftest import ROOT, csiconf
 from test_autogrow import Kubelet, staged_autogrow_claim, write_synced
+from test_scheduled_snapshots import Clock, scheduler, wait_next, wait_snapshot
 
 MiB = 1 << 20
 MONITORING = os.path.join(ROOT, "deploy", "monitoring")
@@ -157,6 +158,10 @@ def test_dashboard_and_alerts_against_a_real_prometheus(cluster, prometheus_tool
         "autogrow.swell.dev/min-step": "64Mi", "autogrow.swell.dev/max": "640Mi",
         "autogrow.swell.dev/cooldown": "1s"})
     sidecar = cluster.sidecars[-1]
+    # The controller's sidecar, for the scheduled snapshots' series: its scheduler on a clock the test
+    # moves; with --backend iscsi it provisions, grows and snapshots nothing of these loop volumes.
+    clock = Clock(cluster.root, "2026-12-06T10:00:01Z")
+    central = scheduler(cluster, clock, "--backend", "iscsi")
     plugin_port = cluster.plugin.metrics_port
     kubelet = Kubelet(api, cluster.plugin, "db", handle, staging)
     path = os.path.join(staging, "data")
@@ -167,9 +172,10 @@ def test_dashboard_and_alerts_against_a_real_prometheus(cluster, prometheus_tool
         prom = Prometheus(cluster.root, {
             "swell-plugin": [f"127.0.0.1:{plugin_port}"],
             "swell-sidecar": [f"127.0.0.1:{sidecar.metrics_port}"],
+            "swell-sidecar-controller": [f"127.0.0.1:{central.metrics_port}"],
         }, rules_without_durations())
         kubelet.start()
-        assert len(prom.wait_targets_up(2)) == 2
+        assert len(prom.wait_targets_up(3)) == 3
         # Fill at about 20 MiB/s through two grows (320 → 480 → 640 MiB, the maximum), then on at about
         # 8 MiB/s toward full, until the fill alert fires.
         chunk = os.urandom(2 * MiB)
@@ -191,6 +197,20 @@ def test_dashboard_and_alerts_against_a_real_prometheus(cluster, prometheus_tool
         api.update_claim("db", lambda c: c["spec"]["resources"]["requests"].update(storage="20Ti"))
         sidecar.wait_metric("swell_sidecar_operations_total", 0, operation="resize", result="error")
         sidecar.wait_metric("swell_sidecar_autogrow_at_maximum", 0, namespace="default", persistentvolumeclaim="db")
+        # Two scheduled snapshots of the claim: the first made ready, the second failed, with the
+        # statuses the common snapshot-controller writes.
+        api.update_claim("db", lambda c: c["metadata"]["annotations"].update(
+            {"snapshot.swell.dev/schedule": "@every 10s", "snapshot.swell.dev/keep": "5"}))
+        wait_next(api, "db", "2026-12-06T10:00:10Z")
+        for slot, status in (("100010", {"readyToUse": True}),
+                             ("100020", {"readyToUse": False, "error": {"message": "refused", "time": "2026-12-06T10:00:21Z"}})):
+            clock.set(f"2026-12-06T{slot[:2]}:{slot[2:4]}:{slot[4:]}Z")
+            snap = wait_snapshot(api, f"db-20261206-{slot}")
+            snap["status"] = status
+            api.ok("PUT", f"/apis/snapshot.storage.k8s.io/v1/namespaces/default/volumesnapshots/{snap['metadata']['name']}/status",
+                   snap)
+        central.wait_metric("swell_sidecar_scheduled_snapshots_total", 0, operation="ready", result="error")
+        central.wait_metric("swell_sidecar_scheduled_snapshot_last_ready_timestamp_seconds", 0, target="pvc/db")
         time.sleep(3)  # three scrapes past the last change
 
         for expr in dashboard_queries():
@@ -204,7 +224,8 @@ def test_dashboard_and_alerts_against_a_real_prometheus(cluster, prometheus_tool
         assert prom.firing("SwellVolumeAtAutoGrowMaximum"), prom.api("alerts")
         assert not prom.firing("SwellComponentDown")
 
-        for name, port in (("plugin", plugin_port), ("sidecar", sidecar.metrics_port)):
+        for name, port in (("plugin", plugin_port), ("sidecar", sidecar.metrics_port),
+                           ("controller's sidecar", central.metrics_port)):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 code, out = promtool_check_metrics(r.read().decode())
             assert code == 0, f"promtool check metrics on the {name}'s /metrics:\n{out}"
