@@ -8,7 +8,8 @@
 # drained and brought back. At the end every committed ledger id must be there, amcheck clean, no
 # transaction failed, nothing restarted that the run did not restart, and nothing left on the node.
 # The test is cluster/test_nodes.py::test_soak_a_databases_whole_life (its steps: cluster/soak.py);
-# CI runs it (about 5 minutes) with the rest of that tier.
+# CI does not run it yet: in a clean-clone run with it, a later flow of that tier timed out waiting
+# for its volumes to detach. Run it by hand (about 5 minutes).
 #
 #   scripts/soak.sh                      # the CI length
 #   scripts/soak.sh --minutes 240        # four hours
