@@ -2,8 +2,7 @@
 cluster of real Kubernetes binaries (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet
 v1.36 on containerd), driven as a user drives them: claims and pods, `kubectl patch pvc`, snapshots,
 the scheduler reading Swell's CSIStorageCapacity, a node-plugin pod replaced under a mounted volume,
-and the controller pod stopped. Auto-grow, scheduled snapshots and PostgreSQL under pgbench are
-in the multi-node tier's soak (test_nodes.py).
+auto-grow, the controller pod stopped, and PostgreSQL under pgbench grown online.
 
 The tests run in this file's order on one cluster: the first ones run before the snapshot CRDs
 exist (a cluster without them must still provision), a later one applies them. The kit holds no
@@ -25,6 +24,7 @@ from kube import NODE, wait_for
 
 MiB, GiB = 1 << 20, 1 << 30
 DRIVER = "swell.csi.dev"
+PG_PORT = 55432
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SIDECAR_HEALTH = "http://127.0.0.1:9810/healthz"
 
@@ -323,6 +323,23 @@ def test_a_group_snapshot_of_two_claims_in_use(cluster):
     no_restarts(c)
 
 
+def test_auto_grow_follows_a_pod_that_fills_its_volume(cluster):
+    c = cluster
+    policy = {"autogrow.swell.dev/enabled": "true", "autogrow.swell.dev/threshold": "25%",
+              "autogrow.swell.dev/increase": "256Mi", "autogrow.swell.dev/min-step": "256Mi",
+              "autogrow.swell.dev/max": "2Gi"}
+    apply(c, claim("fill", "512Mi", annotations=policy), pod("fill", "fill"))
+    running(c, "fill")
+    # Written as an application fills a volume: steadily (16 MiB every half second), not in one burst.
+    sh(c, "fill", "for i in $(seq 1 26); do head -c 16M /dev/zero > /data/a$i; sync; sleep 0.5; done")
+    wait_for("auto-grow to raise the claim", lambda: capacity(c, "fill") not in (None, "512Mi"), timeout=120)
+    grown = wait_for("the filesystem grown in the pod", lambda: (lambda s: s if s > 600 * MiB else None)(
+        fs_size(c, "fill")), timeout=60)
+    assert grown > 600 * MiB
+    assert events(c, "fill", "AutoGrow"), "an AutoGrow Event on the claim"
+    delete_and_check_gone(c, ["fill"], ["fill"])
+
+
 def test_the_node_plugin_pod_replaced_under_a_mounted_volume(cluster):
     c = cluster
     apply(c, claim("busy", "512Mi"), pod("busy", "busy"))
@@ -385,6 +402,42 @@ def test_the_controller_pod_stops_tgtd_cleanly(cluster):
         x["type"] == "Available" and x["status"] == "True"
         for x in c.get("deployment", "swell-controller", "-n", NAMESPACE)["status"].get("conditions", [])), 120)
     no_restarts(c)
+
+
+def test_postgres_in_a_pod_grows_under_pgbench(cluster):
+    c = cluster
+    script = (f"set -e; mkdir -p /data/pg; chown postgres:postgres /data/pg; chmod 700 /data/pg; "
+              f"if [ ! -f /data/pg/PG_VERSION ]; then runuser -u postgres -- initdb -D /data/pg -A trust -U postgres >/dev/null; fi; "
+              f"exec runuser -u postgres -- postgres -D /data/pg -p {PG_PORT} -c listen_addresses=127.0.0.1 "
+              f"-c unix_socket_directories=/tmp -c shared_buffers=64MB -c max_wal_size=256MB")
+    apply(c, claim("pg", "1Gi"), pod("pg", "pg", command=["/bin/bash", "-c", script]))
+    running(c, "pg")
+    conn = ["-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres"]
+    wait_for("PostgreSQL ready", lambda: subprocess.run([f"{PG_BIN}/pg_isready", *conn],
+                                                        capture_output=True).returncode == 0, timeout=90)
+    subprocess.run([f"{PG_BIN}/pgbench", "-i", "-s", "5", "-q", *conn, "postgres"], check=True, capture_output=True)
+    before = fs_size(c, "pg")
+    bench = subprocess.Popen([f"{PG_BIN}/pgbench", "-c", "4", "-j", "2", "-T", "40", "-P", "5", *conn, "postgres"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(8)
+        c.kubectl("patch", "pvc", "pg", "-n", "default", "--type=merge",
+                  "-p", '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}')
+        wait_for("the claim at 2Gi", lambda: capacity(c, "pg") == "2Gi", timeout=60)
+        grown_while_running = bench.poll() is None
+        out, _ = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 0, out
+    assert grown_while_running, "the grow finished only after pgbench"
+    failed = [line for line in out.splitlines() if line.startswith("number of failed transactions")]
+    assert failed and failed[0].split(":")[1].strip().startswith("0 "), out
+    processed = int(next(line for line in out.splitlines() if "number of transactions actually processed" in line)
+                    .split(":")[1].split("/")[0])
+    assert processed > 0, out
+    assert fs_size(c, "pg") > before + 900 * MiB
+    delete_and_check_gone(c, ["pg"], ["pg"])
 
 
 def test_no_container_restarted_in_swells_namespace(cluster):
