@@ -1,5 +1,7 @@
 import CSIProto
 import Testing
+import Logging
+import Synchronization
 @testable import SwellKube
 @testable import SwellSidecar
 
@@ -185,5 +187,74 @@ struct ModifyStepTests {
     #expect(
       Reconciler.modifyStep(claim("rec-vac-silver", current: "rec-vac-silver", status: infeasible), classExists: exists)
         == .apply("rec-vac-silver"))
+  }
+}
+
+/// A worker whose reconcile fails a set number of times, recording when each try ran.
+final class FlakyWorker: KeyWorker {
+  let failuresLeft = Mutex(0)
+  let tries = Mutex<[ContinuousClock.Instant]>([])
+  let holds = Mutex<[String: ContinuousClock.Instant]>([:])
+  init(failures: Int) { failuresLeft.withLock { $0 = failures } }
+
+  func reconcile(_ key: String) async throws {
+    tries.withLock { $0.append(.now) }
+    let fail = failuresLeft.withLock { left in
+      defer { left -= 1 }
+      return left > 0
+    }
+    if fail { throw CancellationError() }
+  }
+  func heldUntil(_ key: String) -> ContinuousClock.Instant? {
+    holds.withLock { $0[key] }.flatMap { $0 > .now ? $0 : nil }
+  }
+  func hold(_ key: String, until: ContinuousClock.Instant) { holds.withLock { $0[key] = until } }
+  func release(_ key: String) { _ = holds.withLock { $0.removeValue(forKey: key) } }
+  func queueDepthChanged(_ depth: Int) {}
+}
+
+struct WorkerTests {
+  /// Waits up to `seconds` for the worker's tries to reach `count`.
+  func tries(_ worker: FlakyWorker, reach count: Int, within seconds: Int) async -> [ContinuousClock.Instant] {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+      let tries = worker.tries.withLock { $0 }
+      if tries.count >= count { return tries }
+      try? await Task.sleep(for: .milliseconds(10))
+    }
+    return worker.tries.withLock { $0 }
+  }
+
+  @Test func aKeyTakenOutWhileHeldIsTriedWhenItsHoldEndsNotDropped() async {
+    // An event for the key arrives during its backoff, and no timer is left to bring it back (the
+    // case that left a PV undeleted for minutes: the retry's timer fired a moment before its hold ended).
+    let queue = WorkQueue()
+    let worker = FlakyWorker(failures: 0)
+    let holdEnds = ContinuousClock.now + .milliseconds(300)
+    worker.hold("volume/pv", until: holdEnds)
+    await queue.add("volume/pv")
+    let run = Task { await Workers.run(queue: queue, worker: worker, logger: .init(label: "test")) }
+    let tries = await tries(worker, reach: 1, within: 5)
+    await queue.shutDown()
+    await run.value
+    #expect(tries.count == 1)
+    #expect(tries.allSatisfy { $0 >= holdEnds }, "tried while still held")
+  }
+
+  @Test func aFailedKeyIsTriedAgainAfterEachBackoff() async {
+    let queue = WorkQueue(baseDelay: .milliseconds(100))
+    let worker = FlakyWorker(failures: 2)
+    await queue.add("claim/db/data")
+    let run = Task { await Workers.run(queue: queue, worker: worker, logger: .init(label: "test")) }
+    let tries = await tries(worker, reach: 3, within: 5)
+    await queue.shutDown()
+    await run.value
+    #expect(tries.count == 3)
+    if tries.count == 3 {
+      // 100 ms, then 200 ms: the backoff doubles, and no try comes before its hold ends.
+      #expect(tries[1] - tries[0] >= .milliseconds(100))
+      #expect(tries[2] - tries[1] >= .milliseconds(200))
+    }
+    #expect(worker.holds.withLock { $0.isEmpty }, "a success releases the hold")
   }
 }

@@ -16,7 +16,7 @@ public enum Scope: Sendable, Equatable {
 /// The level-triggered reconciler: each key is a claim (`claim/<ns>/<name>`), a volume
 /// (`volume/<name>`) or a snapshot content (`content/<name>`); a worker re-reads the object from the
 /// informer caches and takes the next step.
-public final class Reconciler: Sendable {
+public final class Reconciler: KeyWorker {
   let kube: KubeClient
   let csi: CSIClient
   let driver: String
@@ -117,21 +117,23 @@ public final class Reconciler: Sendable {
     ]
   }
 
-  /// True when the key is in backoff and its object has not changed since it failed.
-  func isHeld(_ key: String) -> Bool {
-    guard let hold = holds.withLock({ $0[key] }) else { return false }
-    if ContinuousClock.now >= hold.until { return false }
-    return hold.fingerprint == fingerprint(key)
+  /// When the key's backoff ends, if it is in one and its object has not changed since it failed.
+  func heldUntil(_ key: String) -> ContinuousClock.Instant? {
+    guard let hold = holds.withLock({ $0[key] }) else { return nil }
+    if ContinuousClock.now >= hold.until { return nil }
+    return hold.fingerprint == fingerprint(key) ? hold.until : nil
   }
 
-  func hold(_ key: String, for delay: Duration) {
+  func hold(_ key: String, until: ContinuousClock.Instant) {
     let print = fingerprint(key)
-    holds.withLock { $0[key] = (ContinuousClock.now + delay, print) }
+    holds.withLock { $0[key] = (until, print) }
   }
 
   func release(_ key: String) {
     _ = holds.withLock { $0.removeValue(forKey: key) }
   }
+
+  func queueDepthChanged(_ depth: Int) { metrics.setQueueDepth(depth) }
 
   static func claimKey(_ claim: JSON) -> String { "claim/\(objectKey(claim))" }
   static func volumeKey(_ pv: JSON) -> String { "volume/\(pv.name)" }

@@ -308,23 +308,7 @@ public struct SidecarService: Service {
   }
 
   static func work(queue: WorkQueue, reconciler: Reconciler, logger: Logger) async {
-    while let key = await queue.get() {
-      if reconciler.isHeld(key) {
-        await queue.done(key)
-        continue
-      }
-      do {
-        try await reconciler.reconcile(key)
-        reconciler.release(key)
-        await queue.forget(key)
-      } catch {
-        let delay = await queue.addRateLimited(key)
-        reconciler.hold(key, for: delay)
-        logger.warning("reconcile failed; will retry", metadata: ["key": "\(key)", "error": "\(error)", "after": "\(delay)"])
-      }
-      await queue.done(key)
-      reconciler.metrics.setQueueDepth(await queue.depth)
-    }
+    await Workers.run(queue: queue, worker: reconciler, logger: logger)
   }
 }
 

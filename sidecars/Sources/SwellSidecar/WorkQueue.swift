@@ -33,10 +33,10 @@ public actor WorkQueue {
     queue.append(key)
   }
 
-  /// Adds the key after `delay`.
-  public nonisolated func add(_ key: String, after delay: Duration) {
+  /// Adds the key once `deadline` has passed.
+  public nonisolated func add(_ key: String, at deadline: ContinuousClock.Instant) {
     Task {
-      try? await Task.sleep(for: delay)
+      try? await Task.sleep(until: deadline, clock: .continuous)
       await self.add(key)
     }
   }
@@ -47,14 +47,6 @@ public actor WorkQueue {
     failures[key] = n + 1
     if n >= 20 { return maxDelay }
     return min(baseDelay * (1 << n), maxDelay)
-  }
-
-  /// Re-adds a failed key after its backoff; returns the delay chosen.
-  @discardableResult
-  public func addRateLimited(_ key: String) -> Duration {
-    let delay = nextDelay(for: key)
-    add(key, after: delay)
-    return delay
   }
 
   /// Clears the key's failure count after a success.
