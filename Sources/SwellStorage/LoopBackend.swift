@@ -159,10 +159,11 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
   }
 
   public func expand(_ id: String, to bytes: Int64) async throws -> VolumeRecord {
-    try await BlockingIO.run { try self.grow(id, to: bytes) }
+    let spans = Spans.recorder
+    return try await BlockingIO.run { try self.grow(id, to: bytes, spans: spans) }
   }
 
-  private func grow(_ id: String, to bytes: Int64) throws -> VolumeRecord {
+  private func grow(_ id: String, to bytes: Int64, spans: SpanRecorder?) throws -> VolumeRecord {
     guard var record = try load(id) else { throw SwellError.notFound("volume \(id) does not exist") }
     if bytes <= record.capacityBytes {
       // A crash between growing the file and recording it leaves the record behind; mend it.
@@ -182,14 +183,16 @@ public struct LoopBackend: ControllerBackend, NodeBackend {
     let fd = open(path, O_WRONLY | O_CLOEXEC)
     guard fd >= 0 else { throw SystemCallError("open", path) }
     defer { close(fd) }
-    guard ftruncate(fd, off_t(bytes)) == 0 else { throw SystemCallError("ftruncate", path) }
+    try Spans.measure("truncate", in: spans) {
+      guard ftruncate(fd, off_t(bytes)) == 0 else { throw SystemCallError("ftruncate", path) }
+    }
     // No fsync of the backing file here: the metadata's fsync below commits the data
     // filesystem's journal, size change included (xfs and ext4 journal metadata in order). The
     // file's own fsync would wait behind the volume's in-flight writes and flushes (a database's
     // commits) on a busy disk, and add a journal commit to each grow.
     Failpoints.hit("expand-after-truncate")
     record.capacityBytes = bytes
-    try writeMeta(record)
+    try Spans.measure("meta", in: spans) { try writeMeta(record) }
     return record
   }
 
