@@ -9,7 +9,9 @@ quota), one after the other:
 - fio commits: 8 KiB writes, each followed by fdatasync, 8 s, on fio's own new file, then on a
   file written once before (as a database's WAL segments are);
 - fio random 4 KiB reads and writes (direct I/O, 50/50), 8 s;
-- pgbench (scale 2, 2 clients, 12 s), then pgbench while each Swell volume grows online twice;
+- pgbench (scale 2, 2 clients, 12 s), then pgbench while each Swell volume grows online twice
+  through the plugin and once by hand between them, with the kind's own tools (lvextend and
+  resize2fs; ftruncate, `losetup -c` and resize2fs; none for a dir volume's quota);
 - MariaDB (InnoDB, a durable commit): one writer committing batches of 100 rows of 1 KiB at a
   fixed pace beside 4 unpaced readers, while each Swell volume grows online twice more.
 Prints each figure, each grow's length (from the guest's shell, the CLI's start included), the
@@ -82,6 +84,10 @@ def main():
                   f"{' and '.join(str(g) for g in f['pg_grow_ms'])} ms; under MariaDB grows {grows} ms, longest commit "
                   f"during a grow {m['longest_during_grow_ms']:.0f} ms, outside {m['longest_outside_ms']:.0f} ms; "
                   f"in the plugin (all four grows): {rpcs}", flush=True)
+            if "hand_grow_ms" in f:
+                print(f"round {i + 1}: {place}: a grow by hand with the kind's own tools under the same pgbench "
+                      f"(to 896 MiB, between the plugin's two): {f['hand_grow_ms']} ms, the filesystem then "
+                      f"{f['hand_fs_bytes'] / 1048576:.0f} MiB", flush=True)
     for place in test_vm_db.PLACES[1:]:
         parts = []
         for key, label in RATIOS:

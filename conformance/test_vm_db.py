@@ -60,6 +60,18 @@ bench() {  # port seconds output
   as_pg $PGBIN/pgbench -h /tmp/pgsock-$1 -p $1 -U postgres -c 2 -j 1 -T $2 postgres > $3 2>&1
 }
 
+hand_grow() {  # name dir mib: an operator's grow with the kind's own tools (no tool for dir's quota here)
+  src=$(findmnt -n -o SOURCE $2)
+  t0=$(ms)
+  case $1 in
+    lvm|thick) lvm lvextend -q -L ${3}M vg0/sw-db-$1 > /dev/null; resize2fs $src > /dev/null 2>&1 ;;
+    loop) truncate -s ${3}M "$(cat /sys/block/${src#/dev/}/loop/backing_file)"; losetup -c $src; resize2fs $src > /dev/null 2>&1 ;;
+    *) return 0 ;;
+  esac
+  result hand_grow_ms_$1 $(( $(ms) - t0 ))
+  result fs_bytes_hand_$1 "$(fs_bytes $2)"
+}
+
 # MariaDB: the commit stream (one writer paced at MDB_PACE batches of 100 rows of 1 KiB a second,
 # one commit a batch) beside 4 unpaced readers for MDB_SECONDS; on a Swell volume, two online grows
 # under it. Each commit's start and end, and each grow's, are in ms of /proc/uptime's clock.
@@ -151,7 +163,10 @@ for place in own:/own lvm:/tmp/csi/stage/db-lvm thick:/tmp/csi/stage/db-thick lo
   if [ "$FIGURES" = 1 ]; then bench $port 12 /share/pgbench-$name.txt; fi
   if [ $name != own ]; then
     result fs_bytes_before_$name "$(fs_bytes $dir)"
-    bench $port 30 /share/pggrow-$name.txt &
+    # For the benchmark, a grow by hand between the plugin's two, with the kind's own tools, in
+    # the same boot and under the same load (the run is longer by as much).
+    secs=30; [ "$FIGURES" = 0 ] || secs=42
+    bench $port $secs /share/pggrow-$name.txt &
     load=$!
     for mib in 768 1024; do
       sleep 8
@@ -160,6 +175,7 @@ for place in own:/own lvm:/tmp/csi/stage/db-lvm thick:/tmp/csi/stage/db-thick lo
       csi node-expand --bytes $((mib * 1048576)) db-$name $dir
       result grow_ms_${mib}_$name $(( $(ms) - t0 ))
       result fs_bytes_${mib}_$name "$(fs_bytes $dir)"
+      if [ "$FIGURES" = 1 ] && [ $mib = 768 ]; then sleep 4; hand_grow $name $dir 896; fi
     done
     if wait $load; then result pggrow_status_$name 0; else result pggrow_status_$name $?; fi
     if as_pg $PGBIN/pg_amcheck -h /tmp/pgsock-$port -p $port -U postgres --install-missing --all --heapallindexed \
@@ -264,6 +280,9 @@ def figures(vm, mdb_seconds=30):
         if place != "own":
             f["tps_growing"] = float(share_text(vm, f"pggrow-{place}.txt").split("tps = ")[1].split()[0])
             f["pg_grow_ms"] = [int(results[f"grow_ms_{mib}_{place}"]) for mib in (768, 1024)]
+            if f"hand_grow_ms_{place}" in results:
+                f["hand_grow_ms"] = int(results[f"hand_grow_ms_{place}"])
+                f["hand_fs_bytes"] = int(results[f"fs_bytes_hand_{place}"])
         f["mdb"] = mdb_figures(vm, place, results, mdb_seconds)
         out[place] = f
     return out
