@@ -26,7 +26,6 @@ import glob
 import re
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -156,42 +155,28 @@ def mariadb_run(directory, args, work, during):
     seconds of CLOCK_BOOTTIME."""
     datadir = os.path.join(directory, "mysql")
     mdb.make_datadir(datadir)
-    sock = os.path.join(work, "mdb.sock")
-    server = subprocess.Popen([mdb.MARIADBD, *mdb.SERVER_OPTIONS, f"--datadir={datadir}", f"--socket={sock}",
-                               f"--log-error={work}/mdb-err.log", f"--pid-file={work}/mdb.pid",
-                               f"--lc-messages-dir={mdb.SHARE}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     readers = writer = None
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(sock):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mariadbd did not start: {open(work + '/mdb-err.log').read()[-2000:]}")
-            time.sleep(0.1)
-        seconds = int(3 + 2 * args.grows * (args.gap + 0.3) + 5)
-        log = os.path.join(work, "commits.log")
-        readers = subprocess.Popen(mdb.sysbench_argv(sock, "--role=reader", f"--threads={args.readers}",
-                                                     f"--time={seconds + 5}", "run"),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        writer = subprocess.Popen(mdb.sysbench_argv(sock, "--role=writer", "--threads=1", f"--pace={args.pace}",
-                                                    f"--log={log}", f"--time={seconds}", "run"),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(3)
-        during()
-        out, _ = writer.communicate(timeout=seconds + 120)
-        if writer.returncode != 0:
-            raise RuntimeError(f"the MariaDB writer failed:\n{out[-3000:]}")
-        return [(s / 1e3, e / 1e3) for s, e in mdb.commits(open(log).read())]
-    finally:
-        for p in (writer, readers):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-        server.send_signal(signal.SIGTERM)
+    with mdb.server(datadir, work) as sock:
         try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            seconds = int(3 + 2 * args.grows * (args.gap + 0.3) + 5)
+            log = os.path.join(work, "commits.log")
+            readers = subprocess.Popen(mdb.sysbench_argv(sock, "--role=reader", f"--threads={args.readers}",
+                                                         f"--time={seconds + 5}", "run"),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            writer = subprocess.Popen(mdb.sysbench_argv(sock, "--role=writer", "--threads=1", f"--pace={args.pace}",
+                                                        f"--log={log}", f"--time={seconds}", "run"),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            time.sleep(3)
+            during()
+            out, _ = writer.communicate(timeout=seconds + 120)
+            if writer.returncode != 0:
+                raise RuntimeError(f"the MariaDB writer failed:\n{out[-3000:]}")
+            return [(s / 1e3, e / 1e3) for s, e in mdb.commits(open(log).read())]
+        finally:
+            for p in (writer, readers):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
 
 
 def postgres_run(directory, args, work, during):

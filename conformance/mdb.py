@@ -1,6 +1,7 @@
 """A private MariaDB (Debian's mariadb-server, InnoDB) and sysbench for the VM tier's commit stream:
 a data directory made here once, with conformance/mariadb_stream.lua's table and seed rows, that the
 guest copies onto each volume."""
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,30 @@ def sysbench_argv(socket, *args):
             "--mysql-db=sb", *args]
 
 
+@contextlib.contextmanager
+def server(datadir, work):
+    """A server on `datadir`, its socket, log and pid file in `work`; yields the socket's path. The
+    server is stopped when the block ends, on failure too."""
+    socket = os.path.join(work, "sock")
+    proc = subprocess.Popen([MARIADBD, *SERVER_OPTIONS, f"--datadir={datadir}", f"--socket={socket}",
+                             f"--log-error={work}/err.log", f"--pid-file={work}/pid", f"--lc-messages-dir={SHARE}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(socket):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mariadbd did not start: {open(work + '/err.log').read()[-2000:]}")
+            time.sleep(0.1)
+        yield socket
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def make_datadir(datadir, seed=2000):
     """A fresh data directory with the database `sb` and the stream's table holding `seed` rows.
     The server it starts here is stopped before this returns, on failure too."""
@@ -35,26 +60,13 @@ def make_datadir(datadir, seed=2000):
                     "--auth-root-authentication-method=normal", "--skip-test-db", "--innodb-log-file-size=32M"],
                    check=True, capture_output=True, timeout=300)
     work = tempfile.mkdtemp(prefix="swell-mdb-")
-    socket = os.path.join(work, "sock")
-    server = subprocess.Popen([MARIADBD, *SERVER_OPTIONS, f"--datadir={datadir}", f"--socket={socket}",
-                               f"--log-error={work}/err.log", f"--pid-file={work}/pid", f"--lc-messages-dir={SHARE}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(socket):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mariadbd did not start: {open(work + '/err.log').read()[-2000:]}")
-            time.sleep(0.1)
-        subprocess.run(["mariadb", f"--socket={socket}", "-uroot", "-e", "CREATE DATABASE sb"],
-                       check=True, capture_output=True, timeout=60)
-        subprocess.run(sysbench_argv(socket, f"--seed={seed}", "prepare"), check=True, capture_output=True, timeout=120)
+        with server(datadir, work) as socket:
+            subprocess.run(["mariadb", f"--socket={socket}", "-uroot", "-e", "CREATE DATABASE sb"],
+                           check=True, capture_output=True, timeout=60)
+            subprocess.run(sysbench_argv(socket, f"--seed={seed}", "prepare"), check=True, capture_output=True,
+                           timeout=120)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
