@@ -214,14 +214,16 @@ final class FlakyWorker: KeyWorker {
 }
 
 struct WorkerTests {
-  /// Waits up to `seconds` for the worker's tries to reach `count`.
-  func tries(_ worker: FlakyWorker, reach count: Int, within seconds: Int) async -> [ContinuousClock.Instant] {
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    while ContinuousClock.now < deadline {
-      let tries = worker.tries.withLock { $0 }
-      if tries.count >= count { return tries }
+  /// Runs a worker loop on the queue until the worker has tried `count` times (or 5 s have passed),
+  /// then shuts the queue down; returns when each try began.
+  func run(_ worker: FlakyWorker, on queue: WorkQueue, untilTries count: Int) async -> [ContinuousClock.Instant] {
+    let run = Task { await Workers.run(queue: queue, worker: worker, logger: .init(label: "test")) }
+    let deadline = ContinuousClock.now + .seconds(5)
+    while ContinuousClock.now < deadline, worker.tries.withLock({ $0.count }) < count {
       try? await Task.sleep(for: .milliseconds(10))
     }
+    await queue.shutDown()
+    await run.value
     return worker.tries.withLock { $0 }
   }
 
@@ -233,10 +235,7 @@ struct WorkerTests {
     let holdEnds = ContinuousClock.now + .milliseconds(300)
     worker.hold("volume/pv", until: holdEnds)
     await queue.add("volume/pv")
-    let run = Task { await Workers.run(queue: queue, worker: worker, logger: .init(label: "test")) }
-    let tries = await tries(worker, reach: 1, within: 5)
-    await queue.shutDown()
-    await run.value
+    let tries = await run(worker, on: queue, untilTries: 1)
     #expect(tries.count == 1)
     #expect(tries.allSatisfy { $0 >= holdEnds }, "tried while still held")
   }
@@ -245,10 +244,7 @@ struct WorkerTests {
     let queue = WorkQueue(baseDelay: .milliseconds(100))
     let worker = FlakyWorker(failures: 2)
     await queue.add("claim/db/data")
-    let run = Task { await Workers.run(queue: queue, worker: worker, logger: .init(label: "test")) }
-    let tries = await tries(worker, reach: 3, within: 5)
-    await queue.shutDown()
-    await run.value
+    let tries = await run(worker, on: queue, untilTries: 3)
     #expect(tries.count == 3)
     if tries.count == 3 {
       // 100 ms, then 200 ms: the backoff doubles, and no try comes before its hold ends.

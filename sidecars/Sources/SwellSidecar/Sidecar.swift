@@ -226,7 +226,7 @@ public struct SidecarService: Service {
         logger.notice("caches synced; starting workers", metadata: ["workers": "\(config.workers)"])
         try await withThrowingTaskGroup(of: Void.self) { workers in
           for _ in 0..<max(1, config.workers) {
-            workers.addTask { await Self.work(queue: queue, reconciler: reconciler, logger: logger) }
+            workers.addTask { await Workers.run(queue: queue, worker: reconciler, logger: logger) }
           }
           let health = config.healthInterval.map { HealthMonitor(reconciler: reconciler, interval: $0, logger: logger) }
           if let health { workers.addTask { try await health.run() } }
@@ -305,10 +305,6 @@ public struct SidecarService: Service {
       return false
     }
     return response.capabilities.contains { $0.rpc.type == .singleNodeMultiWriter }
-  }
-
-  static func work(queue: WorkQueue, reconciler: Reconciler, logger: Logger) async {
-    await Workers.run(queue: queue, worker: reconciler, logger: logger)
   }
 }
 
